@@ -1,0 +1,1 @@
+//! JSONL records → (ids, loss mask). STUB: interface only — to be implemented.

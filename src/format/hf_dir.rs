@@ -1,0 +1,1 @@
+//! Hugging Face model folder reader (config.json, *.safetensors, tokenizer files). STUB.

@@ -1,0 +1,5 @@
+//! On-disk formats: GGUF (read), Hugging Face safetensors folders (read), PEFT adapters.
+
+pub mod gguf;
+pub mod hf_dir;
+pub mod peft;

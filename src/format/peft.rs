@@ -1,0 +1,1 @@
+//! PEFT adapter folder reader/writer. STUB.

@@ -1,0 +1,15 @@
+//! edge-sft: on-device LoRA supervised fine-tuning of small quantized language models.
+//!
+//! The CLI (`src/main.rs`, `src/cli/`) is a thin shell over this library.
+
+pub mod cpu;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod format;
+pub mod infer;
+pub mod model;
+pub mod quant;
+pub mod tokenize;
+
+pub use error::{Error, Result};
