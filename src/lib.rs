@@ -8,6 +8,7 @@ pub mod error;
 pub mod eval;
 pub mod format;
 pub mod infer;
+pub mod loaded;
 pub mod model;
 pub mod quant;
 pub mod tokenize;

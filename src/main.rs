@@ -1,1 +1,47 @@
-fn main(){}
+//! The `edge-sft` command line: a thin shell over the library.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod cli;
+
+#[derive(Parser)]
+#[command(
+    name = "edge-sft",
+    version,
+    about = "Fine-tune small language models on the device that owns the data",
+    long_about = "edge-sft memory-maps a quantized model (GGUF, or a Hugging Face folder), keeps it \
+frozen, and scores, generates with, or (soon) trains LoRA adapters on your prompt→response data.\n\n\
+Start with:\n  edge-sft inspect MODEL.gguf\n  edge-sft eval --model MODEL.gguf --data data.jsonl\n  \
+edge-sft generate --model MODEL.gguf --prompt \"What is the capital of France?\""
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's architecture, sizes, tensor types and tokenizer.
+    Inspect(cli::inspect::Args),
+    /// Score a JSONL data set: Σ log Pr(y|x), mean NLL per response token, perplexity.
+    Eval(cli::eval::Args),
+    /// Generate a reply to a prompt with the model's chat template.
+    Generate(cli::generate::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => cli::inspect::run(a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Generate(a) => cli::generate::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

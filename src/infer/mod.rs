@@ -1,1 +1,4 @@
-//! KV cache, sampling, generation.
+//! Text generation: KV-cached decoding with greedy or nucleus sampling.
+
+pub mod generate;
+pub mod sampling;

@@ -66,8 +66,15 @@ impl QMatrix {
     pub fn from_f32(name: impl Into<String>, rows: usize, cols: usize, data: &[f32]) -> Self {
         assert_eq!(data.len(), rows * cols, "from_f32: data length");
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        QMatrix::new(name, GgmlType::F32, rows, cols, Backing::Owned(Arc::new(bytes)), 0)
-            .expect("owned f32 matrix always fits")
+        QMatrix::new(
+            name,
+            GgmlType::F32,
+            rows,
+            cols,
+            Backing::Owned(Arc::new(bytes)),
+            0,
+        )
+        .expect("owned f32 matrix always fits")
     }
 
     /// All bytes of the matrix.
@@ -88,5 +95,21 @@ impl QMatrix {
     /// Dequantize row `r` into `out` (length `cols`).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         dequantize_row(self.dtype, self.row(r), out);
+    }
+}
+
+impl QMatrix {
+    /// A view of rows `start..end` sharing the same bytes (used to walk the vocabulary in chunks).
+    pub fn slice_rows(&self, start: usize, end: usize) -> QMatrix {
+        assert!(start <= end && end <= self.rows, "slice_rows out of range");
+        QMatrix {
+            name: self.name.clone(),
+            dtype: self.dtype,
+            rows: end - start,
+            cols: self.cols,
+            backing: self.backing.clone(),
+            offset: self.offset + start * self.row_bytes,
+            row_bytes: self.row_bytes,
+        }
     }
 }

@@ -1,0 +1,108 @@
+//! `edge-sft generate`: a reply to one prompt, streamed to stdout as it is produced.
+
+use edge_sft::error::Error;
+use edge_sft::infer::generate::{generate, GenerateOptions};
+use edge_sft::loaded::LoadedModel;
+use edge_sft::tokenize::chat::Message;
+use edge_sft::Result;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A .gguf file or a Hugging Face model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A PEFT adapter folder to apply.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// The user message.
+    #[arg(long)]
+    pub prompt: String,
+    /// An optional system message (otherwise the template's default, if any).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Most new tokens to produce.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 = greedy (deterministic); higher values sample more freely.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Sampling seed (only used when --temperature > 0).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use the prompt as raw text, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Worker threads (default: physical cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
+        return Err(Error::Usage("--top-p must be in (0, 1]".into()));
+    }
+    if a.temperature < 0.0 || !a.temperature.is_finite() {
+        return Err(Error::Usage("--temperature must be ≥ 0".into()));
+    }
+    super::init_threads(a.threads)?;
+    let lm = LoadedModel::open(&a.model)?;
+    let lora = a.adapter.as_deref().map(|d| lm.read_adapter(d)).transpose()?;
+    let tok = &lm.tokenizer;
+
+    let prompt_ids = if a.raw {
+        let mut ids = Vec::new();
+        if tok.add_bos {
+            ids.extend(tok.bos_id);
+        }
+        ids.extend(tok.encode(&a.prompt)?);
+        ids
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(Message::new("system", s.clone()));
+        }
+        msgs.push(Message::new("user", a.prompt.clone()));
+        let text = lm.chat.render(&msgs, true)?;
+        tok.encode(&text)?
+    };
+    if prompt_ids.is_empty() {
+        return Err(Error::Usage("the prompt is empty".into()));
+    }
+    let mut stop_ids: Vec<u32> = tok.eot_id.into_iter().chain(tok.eos_id).collect();
+    stop_ids.dedup();
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop_ids,
+    };
+
+    // Decode the whole reply each step and print only the new, complete characters, so a
+    // multi-byte character split across tokens is never printed half.
+    let mut ids: Vec<u32> = Vec::new();
+    let mut printed = 0usize;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    generate(&lm.model, lora.as_ref(), &prompt_ids, &opts, |id| {
+        ids.push(id);
+        let text = tok.decode(&ids)?;
+        if !text.ends_with('\u{FFFD}') && text.len() > printed && text.is_char_boundary(printed) {
+            let _ = out.write_all(text[printed..].as_bytes());
+            let _ = out.flush();
+            printed = text.len();
+        }
+        Ok(())
+    })?;
+    let text = tok.decode(&ids)?;
+    if text.len() > printed && text.is_char_boundary(printed) {
+        let _ = out.write_all(text[printed..].as_bytes());
+    }
+    let _ = writeln!(out);
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! One file per subcommand. Each parses its arguments with clap and calls the library.
+
+pub mod common;
+pub mod eval;
+pub mod generate;
+pub mod inspect;
+
+use edge_sft::Result;
+
+/// Set the rayon thread count: `--threads N`, default the number of physical cores.
+pub fn init_threads(threads: Option<usize>) -> Result<usize> {
+    let n = threads.unwrap_or_else(num_cpus::get_physical).max(1);
+    // A second call (tests, daemon) keeps the first pool; that is fine.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    Ok(rayon::current_num_threads())
+}

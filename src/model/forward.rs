@@ -1,0 +1,217 @@
+//! Inference forward pass over one sequence with a KV cache (eval, generate). Training uses its
+//! own forward that keeps activations; both share the kernels in `crate::cpu`.
+
+use super::lora::{LoraPair, LoraSet, Target};
+use super::rope::Rope;
+use super::weights::QMatrix;
+use super::Model;
+use crate::cpu;
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// Keys and values of the positions seen so far, per layer.
+pub struct KvCache {
+    k: Vec<Vec<f32>>, // per layer [len, kv_dim]
+    v: Vec<Vec<f32>>, // per layer [len, kv_dim]
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            k: vec![Vec::new(); n_layers],
+            v: vec![Vec::new(); n_layers],
+            len: 0,
+        }
+    }
+}
+
+/// y [n, out] += scale · (x [n, in] · Aᵀ) · Bᵀ
+pub fn lora_add(x: &[f32], n: usize, p: &LoraPair, scale: f32, y: &mut [f32]) {
+    let mut t = vec![0.0f32; n * p.rank]; // [n, rank]
+    for i in 0..n {
+        let xi = &x[i * p.in_dim..(i + 1) * p.in_dim];
+        for r in 0..p.rank {
+            t[i * p.rank + r] = cpu::dot(xi, &p.a[r * p.in_dim..(r + 1) * p.in_dim]) * scale;
+        }
+    }
+    y.par_chunks_mut(p.out_dim)
+        .zip(t.par_chunks(p.rank))
+        .for_each(|(yi, ti)| {
+            for (o, yo) in yi.iter_mut().enumerate() {
+                *yo += cpu::dot(ti, &p.b[o * p.rank..(o + 1) * p.rank]);
+            }
+        });
+}
+
+/// A projection with optional LoRA: y [n, w.rows] = x · Wᵀ (+ bias) (+ LoRA).
+fn project(
+    x: &[f32],
+    n: usize,
+    w: &QMatrix,
+    bias: Option<&[f32]>,
+    lora: Option<(&LoraSet, usize, Target)>,
+) -> Vec<f32> {
+    let mut y = vec![0.0f32; n * w.rows];
+    cpu::matmul_wt(x, n, w, &mut y);
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(w.rows) {
+            for (v, bb) in row.iter_mut().zip(b) {
+                *v += bb;
+            }
+        }
+    }
+    if let Some((set, layer, t)) = lora {
+        if let Some(p) = set.get(layer, t) {
+            lora_add(x, n, p, set.scale, &mut y);
+        }
+    }
+    y
+}
+
+impl Model {
+    pub fn rope(&self) -> Rope {
+        let c = &self.config;
+        Rope::new(c.head_dim, c.rope_theta, c.rope_style)
+    }
+
+    /// Embedding rows for `tokens`: [n, d_model].
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let d = self.config.d_model;
+        let mut x = vec![0.0f32; tokens.len() * d];
+        for (i, &t) in tokens.iter().enumerate() {
+            if t as usize >= self.config.vocab_size {
+                return Err(Error::Usage(format!(
+                    "token id {t} is outside the vocabulary ({})",
+                    self.config.vocab_size
+                )));
+            }
+            self.tok_embd.dequantize_row(t as usize, &mut x[i * d..(i + 1) * d]);
+        }
+        Ok(x)
+    }
+
+    /// Run `tokens` at positions `cache.len..`; returns the final-normed hidden states
+    /// [n, d_model] and appends the new keys/values to `cache`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, lora: Option<&LoraSet>) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (n, d) = (tokens.len(), c.d_model);
+        let (qd, kvd, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
+        let rope = self.rope();
+        let start = cache.len;
+        let mut x = self.embed(tokens)?; // [n, d]
+        let mut h = vec![0.0f32; n * d]; // [n, d]
+
+        // Angles for the new positions: [n, hd/2] each.
+        let half = rope.half_dim();
+        let mut cos = vec![0.0f32; n * half];
+        let mut sin = vec![0.0f32; n * half];
+        for i in 0..n {
+            rope.angles(start + i, &mut cos[i * half..(i + 1) * half], &mut sin[i * half..(i + 1) * half]);
+        }
+
+        for (li, l) in self.layers.iter().enumerate() {
+            let lo = |t| lora.map(|s| (s, li, t));
+            cpu::rmsnorm(&x, &l.attn_norm, c.rms_eps, d, &mut h);
+            let mut q = project(&h, n, &l.wq, l.bq.as_deref(), lo(Target::Q)); // [n, qd]
+            let mut k = project(&h, n, &l.wk, l.bk.as_deref(), lo(Target::K)); // [n, kvd]
+            let v = project(&h, n, &l.wv, l.bv.as_deref(), lo(Target::V)); // [n, kvd]
+            for i in 0..n {
+                let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+                rope.apply(&mut q[i * qd..(i + 1) * qd], cs, sn, false);
+                rope.apply(&mut k[i * kvd..(i + 1) * kvd], cs, sn, false);
+            }
+            cache.k[li].extend_from_slice(&k);
+            cache.v[li].extend_from_slice(&v);
+            let (kc, vc) = (&cache.k[li], &cache.v[li]); // [start + n, kvd]
+
+            let mut att = vec![0.0f32; n * qd]; // [n, qd]
+            let group = c.n_heads / c.n_kv_heads;
+            let scale = 1.0 / (hd as f32).sqrt();
+            att.par_chunks_mut(qd).enumerate().for_each(|(i, out)| {
+                let visible = start + i + 1;
+                let mut scores = vec![0.0f32; visible];
+                for head in 0..c.n_heads {
+                    let g = head / group;
+                    let qh = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        *s = cpu::dot(qh, &kc[j * kvd + g * hd..j * kvd + (g + 1) * hd]) * scale;
+                    }
+                    cpu::softmax_inplace(&mut scores);
+                    let oh = &mut out[head * hd..(head + 1) * hd];
+                    for (j, &p) in scores.iter().enumerate() {
+                        cpu::axpy(p, &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd], oh);
+                    }
+                }
+            });
+            let o = project(&att, n, &l.wo, None, lo(Target::O)); // [n, d]
+            for (xv, ov) in x.iter_mut().zip(&o) {
+                *xv += ov;
+            }
+
+            cpu::rmsnorm(&x, &l.ffn_norm, c.rms_eps, d, &mut h);
+            let gate = project(&h, n, &l.w_gate, None, lo(Target::Gate)); // [n, ffn]
+            let up = project(&h, n, &l.w_up, None, lo(Target::Up)); // [n, ffn]
+            let mut act = vec![0.0f32; gate.len()];
+            cpu::silu_mul(&gate, &up, &mut act);
+            let down = project(&act, n, &l.w_down, None, lo(Target::Down)); // [n, d]
+            for (xv, dv) in x.iter_mut().zip(&down) {
+                *xv += dv;
+            }
+        }
+        cache.len += n;
+        let mut out = vec![0.0f32; n * d];
+        cpu::rmsnorm(&x, &self.final_norm, c.rms_eps, d, &mut out);
+        if out.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Numeric(format!(
+                "non-finite hidden state in the forward pass of {}",
+                self.path.display()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Full logits [n, vocab] for hidden rows [n, d] (generation: n is 1).
+    pub fn logits(&self, hidden: &[f32], n: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; n * self.config.vocab_size];
+        cpu::matmul_wt(hidden, n, &self.output, &mut y);
+        y
+    }
+
+    /// log Pr(target_i | row i) for hidden rows [m, d], walking the vocabulary in chunks so the
+    /// [m, vocab] logits matrix never exists.
+    pub fn target_logprobs(&self, hidden: &[f32], targets: &[u32]) -> Vec<f64> {
+        const CHUNK: usize = 4096;
+        let m = targets.len();
+        let vocab = self.config.vocab_size;
+        let mut max = vec![f32::NEG_INFINITY; m];
+        let mut sum = vec![0.0f64; m]; // Σ exp(logit − max)
+        let mut tgt = vec![0.0f32; m];
+        let mut buf = vec![0.0f32; m * CHUNK.min(vocab)]; // [m, chunk]
+        let mut c0 = 0;
+        while c0 < vocab {
+            let c1 = (c0 + CHUNK).min(vocab);
+            let w = c1 - c0;
+            let chunk = self.output.slice_rows(c0, c1);
+            let out = &mut buf[..m * w];
+            cpu::matmul_wt(hidden, m, &chunk, out);
+            for i in 0..m {
+                let row = &out[i * w..(i + 1) * w];
+                let cmax = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if cmax > max[i] {
+                    sum[i] *= ((max[i] - cmax) as f64).exp();
+                    max[i] = cmax;
+                }
+                sum[i] += row.iter().map(|&v| ((v - max[i]) as f64).exp()).sum::<f64>();
+                let t = targets[i] as usize;
+                if (c0..c1).contains(&t) {
+                    tgt[i] = row[t - c0];
+                }
+            }
+            c0 = c1;
+        }
+        (0..m)
+            .map(|i| tgt[i] as f64 - max[i] as f64 - sum[i].ln())
+            .collect()
+    }
+}

@@ -1,0 +1,88 @@
+//! Rotary position embeddings, computed in f32 the way Hugging Face does
+//! (inv_freq = 1 / θ^(2i/d), angle = pos · inv_freq).
+
+use super::config::RopeStyle;
+
+/// Precomputed inverse frequencies for one head size.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>, // [head_dim / 2]
+    head_dim: usize,
+    style: RopeStyle,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, theta: f32, style: RopeStyle) -> Self {
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        Rope {
+            inv_freq,
+            head_dim,
+            style,
+        }
+    }
+
+    /// Fill `cos`/`sin` ([head_dim / 2]) for one position.
+    pub fn angles(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        for (i, &f) in self.inv_freq.iter().enumerate() {
+            let a = pos as f32 * f;
+            cos[i] = a.cos();
+            sin[i] = a.sin();
+        }
+    }
+
+    /// Rotate every head of one row `x` ([n_heads * head_dim]) for the given angles.
+    /// `inverse` applies the transpose rotation (used by backward).
+    pub fn apply(&self, x: &mut [f32], cos: &[f32], sin: &[f32], inverse: bool) {
+        let d = self.head_dim;
+        let half = d / 2;
+        let sgn = if inverse { -1.0 } else { 1.0 };
+        for head in x.chunks_exact_mut(d) {
+            for i in 0..half {
+                let (a, b) = match self.style {
+                    RopeStyle::Half => (i, i + half),
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                let (c, s) = (cos[i], sgn * sin[i]);
+                head[a] = x0 * c - x1 * s;
+                head[b] = x1 * c + x0 * s;
+            }
+        }
+    }
+
+    pub fn half_dim(&self) -> usize {
+        self.head_dim / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inverse_undoes_rotation_and_styles_agree_under_permutation() {
+        let d = 8;
+        let r_half = Rope::new(d, 10000.0, RopeStyle::Half);
+        let r_int = Rope::new(d, 10000.0, RopeStyle::Interleaved);
+        let x: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (mut c, mut s) = (vec![0.0; d / 2], vec![0.0; d / 2]);
+        r_half.angles(7, &mut c, &mut s);
+        let mut y = x.clone();
+        r_half.apply(&mut y, &c, &s, false);
+        let mut z = y.clone();
+        r_half.apply(&mut z, &c, &s, true);
+        for (a, b) in x.iter().zip(&z) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        // Interleaved RoPE on GGUF-permuted rows equals half RoPE on HF rows, permuted.
+        let perm = crate::model::lora::permute_rows(&x, 2 * d, 1, d, true);
+        let mut yi = perm.clone();
+        r_int.apply(&mut yi, &c, &s, false);
+        let back = crate::model::lora::permute_rows(&yi, 2 * d, 1, d, false);
+        for (a, b) in y.iter().zip(&back) {
+            assert!((a - b).abs() < 1e-6);
+        }
+    }
+}
