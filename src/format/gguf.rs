@@ -1,12 +1,43 @@
-//! GGUF v2/v3 reader. The file is memory-mapped; tensors are used in place.
-//! STUB: interface only — to be implemented.
+//! GGUF v2/v3 reader. The file is memory-mapped and tensors are used in place.
+//!
+//! Layout (little-endian): magic "GGUF", version u32, tensor_count u64, kv_count u64,
+//! kv_count × (key: string, type: u32, value), tensor_count × (name: string, n_dims: u32,
+//! dims: n_dims × u64, type: u32, offset: u64), padding to `general.alignment` (default 32),
+//! then the data section; tensor offsets are relative to its start. A string is a u64 length
+//! followed by that many bytes. Every count, length and offset is checked against the bytes that
+//! remain before it is used, so a lying file gives an `Error`, never a panic or a huge allocation.
 
 use crate::error::{Error, Result};
-use crate::quant::GgmlType;
+use crate::model::weights::{Backing, QMatrix};
+use crate::quant::{dequantize_row, GgmlType};
 use memmap2::Mmap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
+pub const DEFAULT_ALIGNMENT: usize = 32;
+/// ggml's `GGML_MAX_DIMS`.
+pub const MAX_DIMS: usize = 4;
+/// Deeper nesting than this is certainly garbage; the limit keeps recursion off the stack limit.
+const MAX_ARRAY_DEPTH: usize = 16;
+
+/// GGUF metadata value type ids.
+pub mod value_type {
+    pub const U8: u32 = 0;
+    pub const I8: u32 = 1;
+    pub const U16: u32 = 2;
+    pub const I16: u32 = 3;
+    pub const U32: u32 = 4;
+    pub const I32: u32 = 5;
+    pub const F32: u32 = 6;
+    pub const BOOL: u32 = 7;
+    pub const STRING: u32 = 8;
+    pub const ARRAY: u32 = 9;
+    pub const U64: u32 = 10;
+    pub const I64: u32 = 11;
+    pub const F64: u32 = 12;
+}
 
 /// A GGUF metadata value (all GGUF value types).
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +57,81 @@ pub enum Value {
     Array(Vec<Value>),
 }
 
+impl Value {
+    /// The GGUF type id of this value.
+    pub fn type_id(&self) -> u32 {
+        use value_type as t;
+        match self {
+            Value::U8(_) => t::U8,
+            Value::I8(_) => t::I8,
+            Value::U16(_) => t::U16,
+            Value::I16(_) => t::I16,
+            Value::U32(_) => t::U32,
+            Value::I32(_) => t::I32,
+            Value::U64(_) => t::U64,
+            Value::I64(_) => t::I64,
+            Value::F32(_) => t::F32,
+            Value::F64(_) => t::F64,
+            Value::Bool(_) => t::BOOL,
+            Value::String(_) => t::STRING,
+            Value::Array(_) => t::ARRAY,
+        }
+    }
+
+    /// Any integer type as i128 (wide enough for every GGUF integer), else `None`.
+    fn as_int(&self) -> Option<i128> {
+        Some(match *self {
+            Value::U8(x) => x.into(),
+            Value::I8(x) => x.into(),
+            Value::U16(x) => x.into(),
+            Value::I16(x) => x.into(),
+            Value::U32(x) => x.into(),
+            Value::I32(x) => x.into(),
+            Value::U64(x) => x.into(),
+            Value::I64(x) => x.into(),
+            _ => return None,
+        })
+    }
+
+    pub fn as_u64(&self) -> Option<u64> {
+        self.as_int().and_then(|x| u64::try_from(x).ok())
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        self.as_int().and_then(|x| i64::try_from(x).ok())
+    }
+
+    /// F32 or F64 (narrowed), or any integer.
+    pub fn as_f32(&self) -> Option<f32> {
+        match *self {
+            Value::F32(x) => Some(x),
+            Value::F64(x) => Some(x as f32),
+            _ => self.as_int().map(|x| x as f32),
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
     pub name: String,
@@ -38,16 +144,439 @@ pub struct TensorInfo {
     pub size: usize,
 }
 
+impl TensorInfo {
+    /// Number of values (product of dims; fits usize since the bytes fit in the file).
+    pub fn n_elements(&self) -> usize {
+        self.dims.iter().product::<u64>() as usize
+    }
+}
+
 pub struct GgufFile {
     pub path: PathBuf,
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
     pub mmap: Arc<Mmap>,
+    /// `general.alignment` (default 32).
+    pub alignment: usize,
+    /// Absolute offset of the data section.
+    pub data_offset: usize,
+    index: HashMap<String, usize>,
+}
+
+/// Cursor over the mapped bytes; every read checks what remains first.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Reader<'a> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
+        if n > self.remaining() as u64 {
+            return Err(Error::format(
+                self.path,
+                format!(
+                    "truncated file: {what} needs {n} bytes at offset {}, but the file has {} bytes",
+                    self.pos,
+                    self.buf.len()
+                ),
+            ));
+        }
+        let s = &self.buf[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N as u64, what)?);
+        Ok(a)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        self.array(what).map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        self.array(what).map(u64::from_le_bytes)
+    }
+
+    fn string(&mut self, what: &str) -> Result<String> {
+        let len = self.u64(what)?;
+        let bytes = self.take(len, what)?;
+        // GGUF strings are UTF-8; a stray invalid byte should not make the whole model unusable.
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    /// One value of type `ty`; `depth` counts enclosing arrays.
+    fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<Value> {
+        use value_type as t;
+        Ok(match ty {
+            t::U8 => Value::U8(self.array::<1>(key)?[0]),
+            t::I8 => Value::I8(self.array::<1>(key)?[0] as i8),
+            t::U16 => Value::U16(u16::from_le_bytes(self.array(key)?)),
+            t::I16 => Value::I16(i16::from_le_bytes(self.array(key)?)),
+            t::U32 => Value::U32(self.u32(key)?),
+            t::I32 => Value::I32(i32::from_le_bytes(self.array(key)?)),
+            t::U64 => Value::U64(self.u64(key)?),
+            t::I64 => Value::I64(i64::from_le_bytes(self.array(key)?)),
+            t::F32 => Value::F32(f32::from_le_bytes(self.array(key)?)),
+            t::F64 => Value::F64(f64::from_le_bytes(self.array(key)?)),
+            t::BOOL => match self.array::<1>(key)?[0] {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(self.bad(format!("metadata '{key}': invalid bool byte {b}"))),
+            },
+            t::STRING => Value::String(self.string(key)?),
+            t::ARRAY => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(self.bad(format!(
+                        "metadata '{key}': arrays nested deeper than {MAX_ARRAY_DEPTH}"
+                    )));
+                }
+                let elem_ty = self.u32(key)?;
+                let count = self.u64(key)?;
+                // Smallest possible encoding of one element: bounds the count before allocating.
+                let min_size: u64 = match elem_ty {
+                    t::U8 | t::I8 | t::BOOL => 1,
+                    t::U16 | t::I16 => 2,
+                    t::U32 | t::I32 | t::F32 => 4,
+                    t::U64 | t::I64 | t::F64 | t::STRING => 8,
+                    t::ARRAY => 12,
+                    other => {
+                        return Err(self.bad(format!(
+                            "metadata '{key}': unknown array element type {other}"
+                        )))
+                    }
+                };
+                if !matches!(count.checked_mul(min_size), Some(b) if b <= self.remaining() as u64) {
+                    return Err(self.bad(format!(
+                        "metadata '{key}': array of {count} elements does not fit in the {} \
+                         bytes left (truncated or corrupt file)",
+                        self.remaining()
+                    )));
+                }
+                let mut items = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    items.push(self.value(elem_ty, key, depth + 1)?);
+                }
+                Value::Array(items)
+            }
+            other => return Err(self.bad(format!("metadata '{key}': unknown value type {other}"))),
+        })
+    }
+
+    fn bad(&self, msg: String) -> Error {
+        Error::format(self.path, msg)
+    }
 }
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        Err(Error::format(path, "GGUF reader not implemented yet"))
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len < 24 {
+            return Err(Error::format(
+                path,
+                format!("truncated file: {len} bytes is shorter than a GGUF header (24 bytes)"),
+            ));
+        }
+        // SAFETY: the map is read-only and we never hand out references that outlive it (it is
+        // kept alive by the Arc). Mapping is only unsound if another process truncates or
+        // rewrites the file while it is mapped; like every mmap-based model loader (llama.cpp),
+        // we accept that model files are not modified while in use.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::parse(path, Arc::new(mmap))
+    }
+
+    fn parse(path: &Path, mmap: Arc<Mmap>) -> Result<Self> {
+        let buf: &[u8] = &mmap;
+        let mut r = Reader { buf, pos: 0, path };
+        let magic = r.array::<4>("magic")?;
+        if magic != GGUF_MAGIC {
+            return Err(Error::format(
+                path,
+                format!("not a GGUF file: wrong magic {magic:02x?} (expected \"GGUF\")"),
+            ));
+        }
+        let version = r.u32("version")?;
+        if version.swap_bytes() == 2 || version.swap_bytes() == 3 {
+            return Err(r.bad("big-endian GGUF files are not supported".into()));
+        }
+        if version != 2 && version != 3 {
+            return Err(r.bad(format!(
+                "unsupported GGUF version {version} (only versions 2 and 3 are supported)"
+            )));
+        }
+        let n_tensors = r.u64("tensor count")?;
+        let n_kv = r.u64("metadata count")?;
+        // A key-value pair takes at least 8 (key length) + 4 (type) + 1 bytes.
+        if !matches!(n_kv.checked_mul(13), Some(b) if b <= r.remaining() as u64) {
+            return Err(r.bad(format!(
+                "header claims {n_kv} metadata entries, which cannot fit in the file ({} bytes; \
+                 truncated or corrupt file)",
+                buf.len()
+            )));
+        }
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = r.string("metadata key")?;
+            let ty = r.u32(&key)?;
+            let value = r.value(ty, &key, 0)?;
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(r.bad(format!("duplicate metadata key '{key}'")));
+            }
+        }
+
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => match v.as_u64() {
+                Some(a) if a.is_power_of_two() && a <= 1 << 20 => a as usize,
+                _ => return Err(r.bad(format!("invalid general.alignment {v:?}"))),
+            },
+        };
+
+        // A tensor info takes at least 8 (name length) + 4 + 4 (type) + 8 (offset) bytes.
+        if !matches!(n_tensors.checked_mul(24), Some(b) if b <= r.remaining() as u64) {
+            return Err(r.bad(format!(
+                "header claims {n_tensors} tensors, which cannot fit in the file ({} bytes; \
+                 truncated or corrupt file)",
+                buf.len()
+            )));
+        }
+        let mut raw = Vec::with_capacity(n_tensors as usize);
+        for _ in 0..n_tensors {
+            let name = r.string("tensor name")?;
+            let n_dims = r.u32(&name)? as usize;
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(Error::tensor(
+                    path,
+                    &name,
+                    format!("{n_dims} dimensions (expected 1 to {MAX_DIMS})"),
+                ));
+            }
+            let mut dims = Vec::with_capacity(n_dims);
+            for _ in 0..n_dims {
+                dims.push(r.u64(&name)?);
+            }
+            let type_id = r.u32(&name)?;
+            let rel_offset = r.u64(&name)?;
+            raw.push((name, dims, type_id, rel_offset));
+        }
+        let data_offset = r.pos.div_ceil(alignment) * alignment;
+
+        let mut tensors = Vec::with_capacity(raw.len());
+        let mut index = HashMap::with_capacity(raw.len());
+        for (name, dims, type_id, rel_offset) in raw {
+            let t = Self::check_tensor(
+                path,
+                buf.len(),
+                data_offset,
+                alignment,
+                name,
+                dims,
+                type_id,
+                rel_offset,
+            )?;
+            if index.insert(t.name.clone(), tensors.len()).is_some() {
+                return Err(Error::tensor(path, &t.name, "duplicate tensor name"));
+            }
+            tensors.push(t);
+        }
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            mmap,
+            alignment,
+            data_offset,
+            index,
+        })
+    }
+
+    /// Validate one tensor info against the file and turn it into absolute, checked offsets.
+    #[allow(clippy::too_many_arguments)]
+    fn check_tensor(
+        path: &Path,
+        file_len: usize,
+        data_offset: usize,
+        alignment: usize,
+        name: String,
+        dims: Vec<u64>,
+        type_id: u32,
+        rel_offset: u64,
+    ) -> Result<TensorInfo> {
+        let err = |msg: String| Error::tensor(path, &name, msg);
+        let dtype = GgmlType::from_u32(type_id).ok_or_else(|| {
+            err(format!(
+                "unknown or unsupported tensor type id {type_id} (supported: F32, F16, BF16, \
+                 Q8_0, Q4_0, Q4_1)"
+            ))
+        })?;
+        let n_el = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        let row = usize::try_from(dims[0])
+            .ok()
+            .and_then(|n| dtype.row_bytes(n));
+        let size = match (n_el, row) {
+            (None, _) => return Err(err(format!("dims {dims:?} overflow"))),
+            (_, None) => {
+                return Err(err(format!(
+                    "row length {} is not a whole number of {} blocks of {}",
+                    dims[0],
+                    dtype.name(),
+                    dtype.block_size()
+                )))
+            }
+            (Some(_), Some(row)) => dims[1..]
+                .iter()
+                .try_fold(row as u64, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| err(format!("dims {dims:?} overflow")))?,
+        };
+        if rel_offset % alignment as u64 != 0 {
+            return Err(err(format!(
+                "data offset {rel_offset} is not a multiple of the alignment {alignment}"
+            )));
+        }
+        let start = (data_offset as u64).checked_add(rel_offset);
+        let end = start.and_then(|s| s.checked_add(size));
+        match (start, end) {
+            (Some(start), Some(end)) if end <= file_len as u64 => Ok(TensorInfo {
+                name,
+                dims,
+                dtype,
+                offset: start as usize,
+                size: size as usize,
+            }),
+            _ => Err(err(format!(
+                "data at offset {rel_offset} (+{data_offset}) with size {size} lies beyond the \
+                 end of the file ({file_len} bytes; truncated or corrupt file)"
+            ))),
+        }
+    }
+
+    /// Size of the mapped file in bytes.
+    pub fn file_size(&self) -> usize {
+        self.mmap.len()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.get(key)
+    }
+
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key)?.as_str()
+    }
+
+    /// Any integer type that fits in u32.
+    pub fn get_u32(&self, key: &str) -> Option<u32> {
+        self.get(key)?.as_u64().and_then(|x| u32::try_from(x).ok())
+    }
+
+    /// Any integer type that fits in usize.
+    pub fn get_usize(&self, key: &str) -> Option<usize> {
+        self.get(key)?
+            .as_u64()
+            .and_then(|x| usize::try_from(x).ok())
+    }
+
+    /// F32, F64 or an integer.
+    pub fn get_f32(&self, key: &str) -> Option<f32> {
+        self.get(key)?.as_f32()
+    }
+
+    pub fn get_bool(&self, key: &str) -> Option<bool> {
+        self.get(key)?.as_bool()
+    }
+
+    /// An array of strings; `None` if missing or any element is not a string.
+    pub fn get_str_array(&self, key: &str) -> Option<Vec<&str>> {
+        self.get(key)?
+            .as_array()?
+            .iter()
+            .map(Value::as_str)
+            .collect()
+    }
+
+    /// `general.architecture`, e.g. "llama".
+    pub fn architecture(&self) -> Option<&str> {
+        self.get_str("general.architecture")
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// A tensor, or an error naming it and the file.
+    pub fn require(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensor(name)
+            .ok_or_else(|| Error::tensor(&self.path, name, "not found in GGUF file"))
+    }
+
+    /// The raw bytes of a tensor of this file (bounds were checked at open).
+    pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
+        &self.mmap[t.offset..t.offset + t.size]
+    }
+
+    /// A 2-D tensor as a frozen matrix [rows = dims[1], cols = dims[0]], used in place.
+    /// A 1-D tensor is a matrix with one row; trailing dims of 1 are ignored.
+    pub fn matrix(&self, name: &str) -> Result<QMatrix> {
+        let t = self.require(name)?;
+        if t.dims.len() > 2 && t.dims[2..].iter().any(|&d| d != 1) {
+            return Err(Error::tensor(
+                &self.path,
+                name,
+                format!("has dims {:?}; expected a 1-D or 2-D tensor", t.dims),
+            ));
+        }
+        let cols = t.dims[0] as usize;
+        let rows = t.dims.get(1).copied().unwrap_or(1) as usize;
+        QMatrix::new(
+            name,
+            t.dtype,
+            rows,
+            cols,
+            Backing::Mapped(self.mmap.clone()),
+            t.offset,
+        )
+        .ok_or_else(|| Error::tensor(&self.path, name, "data does not fit its shape"))
+    }
+
+    /// A 1-D tensor (norm weight, bias) dequantized to f32; trailing dims of 1 are ignored.
+    pub fn vector_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.require(name)?;
+        if t.dims[1..].iter().any(|&d| d != 1) {
+            return Err(Error::tensor(
+                &self.path,
+                name,
+                format!("has dims {:?}; expected a 1-D tensor", t.dims),
+            ));
+        }
+        let mut out = vec![0f32; t.dims[0] as usize];
+        dequantize_row(t.dtype, self.tensor_bytes(t), &mut out);
+        Ok(out)
+    }
+
+    /// Any tensor dequantized to f32 in ggml order (tests, export). Allocates the whole tensor.
+    pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.require(name)?;
+        let mut out = vec![0f32; t.n_elements()];
+        let row = t.dims[0] as usize;
+        // Validated at open: dims[0] is a whole number of blocks.
+        let row_bytes = t.dtype.row_bytes(row).unwrap_or(0);
+        if row > 0 && row_bytes > 0 {
+            for (dst, src) in out
+                .chunks_exact_mut(row)
+                .zip(self.tensor_bytes(t).chunks_exact(row_bytes))
+            {
+                dequantize_row(t.dtype, src, dst);
+            }
+        }
+        Ok(out)
     }
 }
