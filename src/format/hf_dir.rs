@@ -140,14 +140,17 @@ impl HfDir {
                 .zip(data_start.checked_add(end));
             let (start, stop) = match range {
                 Some((s, e)) if s <= e && e <= mmap.len() => (s, e),
-                _ => return Err(Error::tensor(
-                    path,
-                    &name,
-                    format!(
-                        "data offsets [{begin}, {end}) lie beyond the end of the file ({} bytes)",
-                        mmap.len()
-                    ),
-                )),
+                _ => {
+                    return Err(Error::tensor(
+                        path,
+                        &name,
+                        format!(
+                            "data offsets [{begin}, {end}) lie beyond the end of the file \
+                             ({} bytes)",
+                            mmap.len()
+                        ),
+                    ))
+                }
             };
             if self.tensors.contains_key(&name) {
                 return Err(Error::tensor(path, &name, "appears in more than one shard"));
