@@ -507,3 +507,41 @@ fn real_smollm2_model() {
         }
     }
 }
+
+#[test]
+fn version_2_reads_like_version_3() {
+    let dir = TempDir::new("v2");
+    let mut bytes = sample_writer().to_bytes().unwrap();
+    bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let g = open_bytes(&dir, "v2.gguf", &bytes).unwrap();
+    assert_eq!(g.version, 2);
+    assert_eq!(g.tensors.len(), 4);
+    assert_eq!(g.vector_f32("output_norm.weight").unwrap(), ramp(64, 1.0));
+}
+
+#[test]
+fn writer_rejects_inconsistent_input() {
+    let mut w = GgufWriter::new();
+    let e = w
+        .add_tensor("x.weight", &[32, 2], GgmlType::Q8_0, vec![0u8; 34])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("x.weight") && e.contains("34 bytes"), "{e}");
+    let e = w
+        .add_tensor("y.weight", &[33], GgmlType::Q4_1, vec![0u8; 20])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("y.weight"), "{e}");
+    w.add_tensor_f32("z", &[2], &[1.0, 2.0]).unwrap();
+    let e = w
+        .add_tensor_f32("z", &[2], &[1.0, 2.0])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("duplicate"), "{e}");
+    w.set("mixed", Value::Array(vec![Value::U8(1), Value::I32(2)]));
+    let e = w.to_bytes().err().unwrap().to_string();
+    assert!(e.contains("mixed") && e.contains("one element type"), "{e}");
+}
