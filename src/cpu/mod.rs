@@ -1,2 +1,31 @@
-//! CPU kernels. Each has a scalar reference; SIMD variants are picked at run time.
-//! STUB: interface only.
+//! CPU kernels. Each has a plain scalar reference (`reference`); the fast paths (portable
+//! `Scalar`, `Avx2` = AVX2+FMA+F16C, `Avx512` = AVX-512F/BW/VL on top of that) are picked once
+//! at run time from the host's CPU features, so one x86-64 binary runs everywhere.
+//!
+//! Every public kernel has a `*_with(isa, ..)` twin so tests can drive each path explicitly;
+//! the plain function uses [`active_isa`]. Outputs are deterministic: the same inputs, ISA and
+//! thread count give bit-identical results (each output element is reduced in a fixed order by
+//! exactly one task, whatever rayon's scheduling).
+//!
+//! All activations are f32, row-major.
+
+mod dispatch;
+mod gemm;
+mod gemv;
+pub mod reference;
+mod scalar;
+mod vecops;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use dispatch::{active_isa, available_isas, isa_name, Isa};
+pub use gemm::{
+    matmul_f32_nn, matmul_f32_nn_with, matmul_f32_nt, matmul_f32_nt_with, matmul_f32_tn,
+    matmul_f32_tn_with, matmul_w, matmul_w_with, matmul_wt, matmul_wt_range, matmul_wt_range_with,
+    matmul_wt_with,
+};
+pub use vecops::{
+    axpy, axpy_with, dequantize_row_with, dot, dot_with, logsumexp, logsumexp_with, rmsnorm,
+    rmsnorm_with, scale, scale_with, silu_mul, silu_mul_with, softmax_inplace,
+    softmax_inplace_with,
+};

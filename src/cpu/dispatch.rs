@@ -1,0 +1,108 @@
+//! Which instruction set the kernels use: detected once per process, overridable with
+//! `EDGE_SFT_ISA=scalar|avx2|avx512` (for benchmarking and for reproducing a user's numbers).
+
+use std::sync::OnceLock;
+
+/// A kernel implementation family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust (the compiler may still auto-vectorize with the baseline target).
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL (+ everything `Avx2` needs).
+    Avx512,
+}
+
+/// Short lowercase name, the same spelling `EDGE_SFT_ISA` accepts.
+pub fn isa_name(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Scalar => "scalar",
+        Isa::Avx2 => "avx2",
+        Isa::Avx512 => "avx512",
+    }
+}
+
+fn detect() -> Vec<Isa> {
+    #[allow(unused_mut)]
+    let mut v = vec![Isa::Scalar];
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        if avx2 {
+            v.push(Isa::Avx2);
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+            {
+                v.push(Isa::Avx512);
+            }
+        }
+    }
+    v
+}
+
+/// Every kernel path this host can run, slowest first (always starts with `Scalar`).
+pub fn available_isas() -> Vec<Isa> {
+    available().to_vec()
+}
+
+fn available() -> &'static [Isa] {
+    static AVAILABLE: OnceLock<Vec<Isa>> = OnceLock::new();
+    AVAILABLE.get_or_init(detect)
+}
+
+/// True if `isa` can run on this host.
+pub(crate) fn supported(isa: Isa) -> bool {
+    available().contains(&isa)
+}
+
+/// Panic with a clear message if a caller asks for a path the CPU lacks. The `*_with`
+/// functions call this before any `unsafe` SIMD code, which is what makes them safe.
+pub(crate) fn check(isa: Isa) {
+    assert!(
+        supported(isa),
+        "kernel ISA '{}' is not supported on this CPU (available: {:?})",
+        isa_name(isa),
+        available()
+    );
+}
+
+/// The ISA the plain kernel functions use: the best one available, unless `EDGE_SFT_ISA`
+/// names another (an unknown or unsupported value falls back to the best, with a message).
+pub fn active_isa() -> Isa {
+    static ACTIVE: OnceLock<Isa> = OnceLock::new();
+    *ACTIVE.get_or_init(|| {
+        let best = *available().last().expect("Scalar is always available");
+        let Ok(want) = std::env::var("EDGE_SFT_ISA") else {
+            return best;
+        };
+        let wanted = match want.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(Isa::Scalar),
+            "avx2" => Some(Isa::Avx2),
+            "avx512" => Some(Isa::Avx512),
+            "" | "auto" => return best,
+            _ => None,
+        };
+        match wanted {
+            Some(isa) if supported(isa) => isa,
+            Some(isa) => {
+                eprintln!(
+                    "edge-sft: EDGE_SFT_ISA={want}: '{}' is not supported by this CPU; using '{}'",
+                    isa_name(isa),
+                    isa_name(best)
+                );
+                best
+            }
+            None => {
+                eprintln!(
+                    "edge-sft: EDGE_SFT_ISA={want} is not one of scalar, avx2, avx512; using '{}'",
+                    isa_name(best)
+                );
+                best
+            }
+        }
+    })
+}

@@ -1,0 +1,220 @@
+//! Element-wise and reduction kernels on f32 vectors, dispatched by ISA. All run on the
+//! calling thread, in a fixed order (deterministic).
+
+use super::dispatch::{active_isa, check, Isa};
+use super::scalar;
+#[cfg(target_arch = "x86_64")]
+use super::x86::{avx2, avx512};
+use crate::quant::GgmlType;
+
+/// Σ a[i]·b[i]. Panics if the lengths differ.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(active_isa(), a, b)
+}
+
+pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    check(isa);
+    assert_eq!(a.len(), b.len(), "dot: length mismatch");
+    match isa {
+        Isa::Scalar => scalar::dot(a, b),
+        // SAFETY: check(isa) verified the CPU has the features these functions enable.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::dot(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::dot(a, b) },
+        #[allow(unreachable_patterns)]
+        _ => scalar::dot(a, b),
+    }
+}
+
+/// y += alpha·x. Panics if the lengths differ.
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    axpy_with(active_isa(), alpha, x, y)
+}
+
+pub fn axpy_with(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
+    check(isa);
+    assert_eq!(x.len(), y.len(), "axpy: length mismatch");
+    match isa {
+        // SAFETY: check(isa) verified the CPU features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::axpy(alpha, x, y) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::axpy(alpha, x, y) },
+        _ => scalar::axpy(alpha, x, y),
+    }
+}
+
+/// x *= alpha.
+pub fn scale(alpha: f32, x: &mut [f32]) {
+    scale_with(active_isa(), alpha, x)
+}
+
+pub fn scale_with(isa: Isa, alpha: f32, x: &mut [f32]) {
+    check(isa);
+    match isa {
+        // SAFETY: check(isa) verified the CPU features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::scale(alpha, x) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::scale(alpha, x) },
+        _ => scalar::scale(alpha, x),
+    }
+}
+
+/// RMSNorm of each row: x, out [n, d]; w [d]; out = x / sqrt(mean(x²) + eps) · w.
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, d: usize, out: &mut [f32]) {
+    rmsnorm_with(active_isa(), x, w, eps, d, out)
+}
+
+pub fn rmsnorm_with(isa: Isa, x: &[f32], w: &[f32], eps: f32, d: usize, out: &mut [f32]) {
+    check(isa);
+    assert!(
+        d > 0 && x.len() % d == 0,
+        "rmsnorm: x length {} not a multiple of d={d}",
+        x.len()
+    );
+    assert_eq!(w.len(), d, "rmsnorm: weight length");
+    assert_eq!(out.len(), x.len(), "rmsnorm: out length");
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ss = dot_with(isa, xr, xr);
+        let inv = 1.0 / (ss / d as f32 + eps).sqrt();
+        match isa {
+            // SAFETY: check(isa) verified the CPU features.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::mul3(xr, inv, w, or) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::mul3(xr, inv, w, or) },
+            _ => {
+                for ((o, &v), &wi) in or.iter_mut().zip(xr).zip(w) {
+                    *o = v * inv * wi;
+                }
+            }
+        }
+    }
+}
+
+/// out = silu(gate)·up, silu(g) = g·sigmoid(g). All three the same length.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    silu_mul_with(active_isa(), gate, up, out)
+}
+
+pub fn silu_mul_with(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    check(isa);
+    assert!(
+        gate.len() == up.len() && up.len() == out.len(),
+        "silu_mul: length mismatch"
+    );
+    match isa {
+        // SAFETY: check(isa) verified the CPU features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::silu_mul(gate, up, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::silu_mul(gate, up, out) },
+        _ => scalar::silu_mul(gate, up, out),
+    }
+}
+
+fn max_with(isa: Isa, x: &[f32]) -> f32 {
+    match isa {
+        // SAFETY: callers ran check(isa).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::max(x) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::max(x) },
+        _ => scalar::max(x),
+    }
+}
+
+/// ln Σ exp(x), computed stably around the maximum. −∞ for an empty or all −∞ input.
+pub fn logsumexp(x: &[f32]) -> f32 {
+    logsumexp_with(active_isa(), x)
+}
+
+pub fn logsumexp_with(isa: Isa, x: &[f32]) -> f32 {
+    check(isa);
+    let m = max_with(isa, x);
+    if m == f32::NEG_INFINITY || m.is_nan() {
+        return m;
+    }
+    let s = match isa {
+        // SAFETY: check(isa) verified the CPU features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::sum_exp(x, m) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::sum_exp(x, m) },
+        _ => scalar::sum_exp(x, m),
+    };
+    m + s.ln()
+}
+
+/// x = softmax(x), stable (shifted by the maximum). Entries of −∞ become 0.
+pub fn softmax_inplace(x: &mut [f32]) {
+    softmax_inplace_with(active_isa(), x)
+}
+
+pub fn softmax_inplace_with(isa: Isa, x: &mut [f32]) {
+    check(isa);
+    if x.is_empty() {
+        return;
+    }
+    let m = max_with(isa, x);
+    let s = match isa {
+        // SAFETY: check(isa) verified the CPU features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::exp_sub_inplace(x, m) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::exp_sub_inplace(x, m) },
+        _ => scalar::exp_sub_inplace(x, m),
+    };
+    scale_with(isa, 1.0 / s, x);
+}
+
+/// Dequantize `src` (whole blocks of `ty`) into `dst` with the given ISA's code. Same result
+/// as `crate::quant::dequantize_row` (bit-exact: every value is one f16→f32 conversion and at
+/// most one multiply-add, which SIMD does with the same rounding).
+pub fn dequantize_row_with(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    check(isa);
+    let want = ty.row_bytes(dst.len());
+    assert!(
+        want == Some(src.len()),
+        "dequantize_row_with: {} row of {} values needs {want:?} bytes, got {}",
+        ty.name(),
+        dst.len(),
+        src.len()
+    );
+    match isa {
+        // SAFETY: check(isa) verified the CPU features; lengths were checked above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::dequantize(ty, src, dst) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::dequantize(ty, src, dst) },
+        _ => crate::quant::dequantize_row(ty, src, dst),
+    }
+}
+
+/// [`dequantize_row_with`] without the feature and length checks, for the GEMM drivers.
+/// The caller must have run `check(isa)` and pass whole blocks (`src` = `dst.len()` values).
+pub(crate) fn dequant_unchecked(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    match isa {
+        // SAFETY: the caller ran check(isa); the length contract is the caller's too, and the
+        // SIMD code re-derives its loop bounds from both slice lengths.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::dequantize(ty, src, dst) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::dequantize(ty, src, dst) },
+        _ => crate::quant::dequantize_row(ty, src, dst),
+    }
+}
+
+/// [`dot_with`] without the feature check (caller ran `check(isa)`).
+pub(crate) fn dot_unchecked(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    match isa {
+        // SAFETY: the caller ran check(isa).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::dot(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::dot(a, b) },
+        _ => scalar::dot(a, b),
+    }
+}

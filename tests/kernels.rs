@@ -1,0 +1,426 @@
+//! Every CPU kernel on every ISA this host can run, against the f64 scalar reference
+//! (`edge_sft::cpu::reference`), for each weight type and awkward sizes (tails of every
+//! micro-tile, k across several panel chunks).
+//!
+//! Tolerance for sums: the fast kernels accumulate in f32 in a different order than the f64
+//! reference. Summing K terms in f32 has error ≤ K·u·Σ|terms| in the worst case and about
+//! √K·u·Σ|terms| in practice (u = 2⁻²⁴ ≈ 6e-8); for K ≤ 1536 that is ≈ 2.3e-6·Σ|terms|, so we
+//! allow 1e-5·Σ|terms| (plus 1e-30 for exact zeros). A wrong index, a lost tail or a
+//! mis-decoded nibble gives errors of the order of a whole term, far above that.
+
+use edge_sft::cpu::{self, reference, Isa};
+use edge_sft::model::weights::{Backing, QMatrix};
+use edge_sft::quant::GgmlType;
+use half::{bf16, f16};
+use std::sync::Arc;
+
+const REL_TOL: f32 = 1e-5;
+
+/// xorshift64*: deterministic test data without a rand dependency.
+struct Rng(u64);
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f() * scale).collect()
+    }
+    fn byte(&mut self) -> u8 {
+        (self.next_u64() >> 56) as u8
+    }
+}
+
+const ALL_TYPES: [GgmlType; 6] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+];
+
+/// A random [rows, cols] matrix of type `ty` with valid (finite) scales.
+fn random_matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> QMatrix {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut bytes = Vec::new();
+    for _ in 0..rows {
+        match ty {
+            GgmlType::F32 => {
+                for _ in 0..cols {
+                    bytes.extend_from_slice(&rng.f().to_le_bytes());
+                }
+            }
+            GgmlType::F16 => {
+                for _ in 0..cols {
+                    bytes.extend_from_slice(&f16::from_f32(rng.f()).to_le_bytes());
+                }
+            }
+            GgmlType::BF16 => {
+                for _ in 0..cols {
+                    bytes.extend_from_slice(&bf16::from_f32(rng.f()).to_le_bytes());
+                }
+            }
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                for _ in 0..cols / 32 {
+                    bytes.extend_from_slice(&f16::from_f32(rng.f() * 0.05).to_le_bytes());
+                    if ty == GgmlType::Q4_1 {
+                        bytes.extend_from_slice(&f16::from_f32(rng.f() * 0.3).to_le_bytes());
+                    }
+                    let nq = if ty == GgmlType::Q8_0 { 32 } else { 16 };
+                    for _ in 0..nq {
+                        bytes.push(rng.byte());
+                    }
+                }
+            }
+        }
+    }
+    QMatrix::new(
+        format!("test.{}", ty.name()),
+        ty,
+        rows,
+        cols,
+        Backing::Owned(Arc::new(bytes)),
+        0,
+    )
+    .expect("test matrix fits")
+}
+
+fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+/// Assert |got − want| ≤ REL_TOL·mag + 1e-30 elementwise, where mag = Σ|terms| per element.
+fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
+        let tol = REL_TOL * m + 1e-30;
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: element {i}: got {g}, want {w} (|Δ| = {}, tol {tol})",
+            (g - w).abs()
+        );
+    }
+}
+
+#[test]
+fn active_isa_is_available() {
+    let avail = cpu::available_isas();
+    assert_eq!(avail[0], Isa::Scalar);
+    assert!(avail.contains(&cpu::active_isa()));
+    for isa in avail {
+        assert!(!cpu::isa_name(isa).is_empty());
+    }
+}
+
+#[test]
+fn dequantize_is_bit_exact_with_quant_reference() {
+    for ty in ALL_TYPES {
+        for cols in [32, 64, 96, 576] {
+            let w = random_matrix(ty, 3, cols, cols as u64);
+            let mut want = vec![0.0f32; cols];
+            let mut got = vec![0.0f32; cols];
+            for r in 0..3 {
+                edge_sft::quant::dequantize_row(ty, w.row(r), &mut want);
+                for isa in cpu::available_isas() {
+                    cpu::dequantize_row_with(isa, ty, w.row(r), &mut got);
+                    for (i, (g, wv)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            wv.to_bits(),
+                            "{} {:?} row {r} col {i}: {g} vs {wv}",
+                            ty.name(),
+                            isa
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_wt_matches_reference() {
+    // (n, rows, cols): GEMV sizes, micro-tile tails, k spanning several 256-deep panels.
+    let shapes = [
+        (1, 67, 96),
+        (2, 33, 64),
+        (3, 96, 576),
+        (17, 131, 320),
+        (64, 64, 32),
+        (100, 70, 544),
+    ];
+    for ty in ALL_TYPES {
+        for (si, &(n, rows, cols)) in shapes.iter().enumerate() {
+            let w = random_matrix(ty, rows, cols, 7 + si as u64);
+            let x = Rng(99 + si as u64).vec(n * cols, 1.0);
+            let mut want = vec![0.0f32; n * rows];
+            reference::matmul_wt(&x, n, &w, &mut want);
+            let wabs = QMatrix::from_f32("abs", rows, cols, &abs(&reference::dequantize(&w)));
+            let mut mag = vec![0.0f32; n * rows];
+            reference::matmul_wt(&abs(&x), n, &wabs, &mut mag);
+            for isa in cpu::available_isas() {
+                let mut got = vec![f32::NAN; n * rows];
+                cpu::matmul_wt_with(isa, &x, n, &w, &mut got);
+                let what = format!("matmul_wt {} {:?} n={n} {rows}x{cols}", ty.name(), isa);
+                assert_close(&what, &got, &want, &mag);
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_wt_range_is_a_slice_of_the_full_product() {
+    let (n, rows, cols) = (9, 150, 128);
+    let w = random_matrix(GgmlType::Q8_0, rows, cols, 5);
+    let x = Rng(3).vec(n * cols, 1.0);
+    for isa in cpu::available_isas() {
+        let mut full = vec![0.0f32; n * rows];
+        cpu::matmul_wt_with(isa, &x, n, &w, &mut full);
+        let r = 37..101;
+        let mut part = vec![0.0f32; n * r.len()];
+        cpu::matmul_wt_range_with(isa, &x, n, &w, r.clone(), &mut part);
+        let mut mag = vec![0.0f32; n * rows];
+        let wabs = QMatrix::from_f32("abs", rows, cols, &abs(&reference::dequantize(&w)));
+        reference::matmul_wt(&abs(&x), n, &wabs, &mut mag);
+        for i in 0..n {
+            let what = format!("matmul_wt_range {isa:?} row {i}");
+            let want = &full[i * rows + r.start..i * rows + r.end];
+            let m = &mag[i * rows + r.start..i * rows + r.end];
+            assert_close(&what, &part[i * r.len()..(i + 1) * r.len()], want, m);
+        }
+    }
+}
+
+#[test]
+fn matmul_w_matches_reference() {
+    // dx[n, cols] = dy[n, rows] · W ; rows is the reduction dimension here.
+    let shapes = [(1, 64, 96), (3, 300, 64), (17, 67, 160), (40, 576, 96)];
+    for ty in ALL_TYPES {
+        for (si, &(n, rows, cols)) in shapes.iter().enumerate() {
+            let w = random_matrix(ty, rows, cols, 11 + si as u64);
+            let dy = Rng(5 + si as u64).vec(n * rows, 1.0);
+            let mut want = vec![0.0f32; n * cols];
+            reference::matmul_w(&dy, n, &w, &mut want);
+            let wabs = QMatrix::from_f32("abs", rows, cols, &abs(&reference::dequantize(&w)));
+            let mut mag = vec![0.0f32; n * cols];
+            reference::matmul_w(&abs(&dy), n, &wabs, &mut mag);
+            for isa in cpu::available_isas() {
+                let mut got = vec![f32::NAN; n * cols];
+                cpu::matmul_w_with(isa, &dy, n, &w, &mut got);
+                let what = format!("matmul_w {} {:?} n={n} {rows}x{cols}", ty.name(), isa);
+                assert_close(&what, &got, &want, &mag);
+            }
+        }
+    }
+}
+
+type F32Gemm = fn(Isa, &[f32], &[f32], &mut [f32], usize, usize, usize, bool);
+type RefGemm = fn(&[f32], &[f32], &mut [f32], usize, usize, usize, bool);
+
+#[test]
+fn f32_gemms_match_reference() {
+    let variants: [(&str, F32Gemm, RefGemm); 3] = [
+        ("nn", cpu::matmul_f32_nn_with, reference::matmul_f32_nn),
+        ("nt", cpu::matmul_f32_nt_with, reference::matmul_f32_nt),
+        ("tn", cpu::matmul_f32_tn_with, reference::matmul_f32_tn),
+    ];
+    let shapes = [
+        (1, 1, 1),
+        (1, 7, 33),
+        (5, 64, 8),
+        (17, 33, 67),
+        (64, 300, 64),
+        (130, 16, 100),
+        (3, 0, 5),
+    ];
+    for (name, fast, slow) in variants {
+        for (si, &(m, k, n)) in shapes.iter().enumerate() {
+            let mut rng = Rng(1000 + si as u64);
+            let a = rng.vec(m * k, 1.0);
+            let b = rng.vec(k * n, 1.0);
+            let c0 = rng.vec(m * n, 1.0);
+            for accumulate in [false, true] {
+                let mut want = c0.clone();
+                slow(&a, &b, &mut want, m, k, n, accumulate);
+                let mut mag = if accumulate {
+                    abs(&c0)
+                } else {
+                    vec![0.0; m * n]
+                };
+                slow(&abs(&a), &abs(&b), &mut mag, m, k, n, true);
+                for isa in cpu::available_isas() {
+                    let mut got = if accumulate {
+                        c0.clone()
+                    } else {
+                        vec![f32::NAN; m * n]
+                    };
+                    fast(isa, &a, &b, &mut got, m, k, n, accumulate);
+                    let what = format!("matmul_f32_{name} {isa:?} {m}x{k}x{n} acc={accumulate}");
+                    assert_close(&what, &got, &want, &mag);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn products_are_deterministic_across_runs_and_thread_counts() {
+    // Large enough to take the parallel path with many tasks.
+    let (n, rows, cols) = (200, 320, 576);
+    let w = random_matrix(GgmlType::Q4_1, rows, cols, 21);
+    let x = Rng(22).vec(n * cols, 1.0);
+    let x1 = Rng(23).vec(cols, 1.0);
+    for isa in cpu::available_isas() {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut y = vec![0.0f32; n * rows];
+                cpu::matmul_wt_with(isa, &x, n, &w, &mut y);
+                let mut y1 = vec![0.0f32; rows];
+                cpu::matmul_wt_with(isa, &x1, 1, &w, &mut y1);
+                let mut dx = vec![0.0f32; n * cols];
+                cpu::matmul_w_with(isa, &y, n, &w, &mut dx);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+                (bits(&y), bits(&y1), bits(&dx))
+            })
+        };
+        let a = run(2);
+        assert!(a == run(2), "{isa:?}: two runs differ");
+        assert!(a == run(1), "{isa:?}: 1 thread differs from 2 threads");
+        assert!(a == run(3), "{isa:?}: 3 threads differ from 2 threads");
+    }
+}
+
+const LENS: [usize; 10] = [0, 1, 7, 8, 15, 16, 17, 33, 100, 1000];
+
+#[test]
+fn dot_axpy_scale_match_reference() {
+    for (li, &len) in LENS.iter().enumerate() {
+        let mut rng = Rng(300 + li as u64);
+        let a = rng.vec(len, 2.0);
+        let b = rng.vec(len, 2.0);
+        let want = reference::dot(&a, &b);
+        let mag = reference::dot(&abs(&a), &abs(&b));
+        for isa in cpu::available_isas() {
+            let what = format!("dot {isa:?} len={len}");
+            assert_close(&what, &[cpu::dot_with(isa, &a, &b)], &[want], &[mag]);
+
+            let mut y = b.clone();
+            let mut y_ref = b.clone();
+            cpu::axpy_with(isa, -0.75, &a, &mut y);
+            reference::axpy(-0.75, &a, &mut y_ref);
+            let mag: Vec<f32> = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| 0.75 * x.abs() + y.abs())
+                .collect();
+            assert_close(&format!("axpy {isa:?} len={len}"), &y, &y_ref, &mag);
+
+            let mut s = a.clone();
+            let mut s_ref = a.clone();
+            cpu::scale_with(isa, 1.7, &mut s);
+            reference::scale(1.7, &mut s_ref);
+            assert_close(
+                &format!("scale {isa:?} len={len}"),
+                &s,
+                &s_ref,
+                &abs(&s_ref),
+            );
+        }
+    }
+}
+
+#[test]
+fn rmsnorm_matches_reference() {
+    for &(n, d) in &[(1, 1), (3, 17), (5, 576), (2, 64)] {
+        let mut rng = Rng(n as u64 * 31 + d as u64);
+        let x = rng.vec(n * d, 3.0);
+        let w = rng.vec(d, 1.5);
+        let mut want = vec![0.0f32; n * d];
+        reference::rmsnorm(&x, &w, 1e-5, d, &mut want);
+        for isa in cpu::available_isas() {
+            let mut got = vec![f32::NAN; n * d];
+            cpu::rmsnorm_with(isa, &x, &w, 1e-5, d, &mut got);
+            // A few roundings per element (sum of squares, sqrt, two products).
+            assert_close(
+                &format!("rmsnorm {isa:?} {n}x{d}"),
+                &got,
+                &want,
+                &abs(&want),
+            );
+        }
+    }
+}
+
+#[test]
+fn silu_mul_matches_reference() {
+    for (li, &len) in LENS.iter().enumerate() {
+        let mut rng = Rng(500 + li as u64);
+        let mut g = rng.vec(len, 12.0);
+        if len > 8 {
+            // Extremes: exp overflow/underflow territory must still give finite results.
+            g[0] = 100.0;
+            g[1] = -100.0;
+            g[2] = 0.0;
+            g[3] = -87.0;
+            g[4] = 89.0;
+        }
+        let u = rng.vec(len, 2.0);
+        let mut want = vec![0.0f32; len];
+        reference::silu_mul(&g, &u, &mut want);
+        for isa in cpu::available_isas() {
+            let mut got = vec![f32::NAN; len];
+            cpu::silu_mul_with(isa, &g, &u, &mut got);
+            // exp is a polynomial approximation on SIMD paths (a few ulp): 1e-5 relative.
+            let mag: Vec<f32> = want.iter().map(|v| v.abs() + 1e-35).collect();
+            assert_close(&format!("silu_mul {isa:?} len={len}"), &got, &want, &mag);
+        }
+    }
+}
+
+#[test]
+fn softmax_and_logsumexp_match_reference() {
+    for (li, &len) in LENS.iter().enumerate().skip(1) {
+        let mut rng = Rng(700 + li as u64);
+        let mut x = rng.vec(len, 20.0);
+        x[0] += 1000.0; // stability: a huge maximum must not overflow
+        if len > 2 {
+            x[len / 2] = f32::NEG_INFINITY; // a masked position must give exactly 0
+        }
+        let want_lse = reference::logsumexp(&x);
+        let mut want = x.clone();
+        reference::softmax_inplace(&mut want);
+        for isa in cpu::available_isas() {
+            let lse = cpu::logsumexp_with(isa, &x);
+            // ln of a sum of positive terms: relative error of the sum becomes absolute.
+            assert!(
+                (lse - want_lse).abs() <= 1e-5 * (1.0 + want_lse.abs()),
+                "logsumexp {isa:?} len={len}: {lse} vs {want_lse}"
+            );
+            let mut got = x.clone();
+            cpu::softmax_inplace_with(isa, &mut got);
+            let mag: Vec<f32> = want.iter().map(|v| v + 1e-7).collect();
+            assert_close(&format!("softmax {isa:?} len={len}"), &got, &want, &mag);
+            if len > 2 {
+                assert_eq!(got[len / 2], 0.0, "softmax {isa:?}: masked entry");
+            }
+        }
+    }
+    for isa in cpu::available_isas() {
+        assert_eq!(cpu::logsumexp_with(isa, &[]), f32::NEG_INFINITY);
+        assert_eq!(
+            cpu::logsumexp_with(isa, &[f32::NEG_INFINITY; 3]),
+            f32::NEG_INFINITY
+        );
+    }
+}
