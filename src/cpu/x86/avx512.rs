@@ -3,6 +3,9 @@
 //! Every function is an `unsafe fn` compiled with `#[target_feature]`: callers must have
 //! checked the CPU (`dispatch::check`). Slices are only touched within their lengths (masked
 //! lanes are never read or written); raw-pointer kernels document their contract.
+//!
+//! The AVX-512 intrinsics are stable since Rust 1.89: building this crate needs at least that
+//! (Cargo.toml's `rust-version` should say so; until it does, `x86/mod.rs` tells clippy).
 
 use crate::quant::GgmlType;
 use std::arch::x86_64::*;
