@@ -1,0 +1,166 @@
+//! Kernel microbenchmark: `cargo bench --bench kernels [-- FILTER]`.
+//!
+//! matmul_wt (y = x·Wᵀ) and matmul_w (dx = dy·W) for the SmolLM2-135M shapes, per weight type
+//! and ISA, beside the `gemm` crate on the same product in f32. Prints the best time of
+//! several runs and GFLOP/s (2·n·rows·cols flops). Not a test: numbers depend on the machine.
+
+use edge_sft::cpu::{self, Isa};
+use edge_sft::model::weights::{Backing, QMatrix};
+use edge_sft::quant::GgmlType;
+use half::f16;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn lcg(state: &mut u64) -> u64 {
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *state >> 33
+}
+
+fn rand_f32(state: &mut u64) -> f32 {
+    (lcg(state) % 20001) as f32 / 10000.0 - 1.0
+}
+
+/// Random [rows, cols] matrix of type `ty` (random codes, sane scales).
+fn matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
+    let mut s = 42u64;
+    let mut bytes = Vec::new();
+    for _ in 0..rows * cols / ty.block_size() {
+        match ty {
+            GgmlType::F32 => bytes.extend_from_slice(&rand_f32(&mut s).to_le_bytes()),
+            GgmlType::F16 | GgmlType::BF16 => {
+                bytes.extend_from_slice(&f16::from_f32(rand_f32(&mut s)).to_le_bytes())
+            }
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                bytes.extend_from_slice(&f16::from_f32(0.02).to_le_bytes());
+                if ty == GgmlType::Q4_1 {
+                    bytes.extend_from_slice(&f16::from_f32(-0.1).to_le_bytes());
+                }
+                let nq = if ty == GgmlType::Q8_0 { 32 } else { 16 };
+                bytes.extend((0..nq).map(|_| lcg(&mut s) as u8));
+            }
+        }
+    }
+    QMatrix::new("bench", ty, rows, cols, Backing::Owned(Arc::new(bytes)), 0).unwrap()
+}
+
+/// Best wall time of one call, over at least 3 calls and ~0.3 s.
+fn time(mut f: impl FnMut()) -> Duration {
+    f();
+    let mut best = Duration::MAX;
+    let start = Instant::now();
+    let mut reps = 0;
+    while reps < 3 || start.elapsed() < Duration::from_millis(300) {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed());
+        reps += 1;
+    }
+    best
+}
+
+fn report(label: &str, flops: f64, t: Duration) {
+    println!(
+        "{label:<46} {:>9.1} us {:>8.1} GFLOP/s",
+        t.as_secs_f64() * 1e6,
+        flops / t.as_secs_f64() / 1e9
+    );
+}
+
+fn gemm_crate(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], b_trans: bool) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // b is [n, k] when b_trans (c = a·bᵀ), else [k, n]. Strides are (column, row).
+    let (rhs_cs, rhs_rs) = if b_trans {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    // SAFETY: all three buffers have the sizes the strides describe.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |label: &str| filter.is_empty() || filter.iter().any(|f| label.contains(f.as_str()));
+    println!(
+        "threads: {}, ISAs: {:?}",
+        rayon::current_num_threads(),
+        cpu::available_isas()
+    );
+    // (n tokens, rows = out features, cols = in features)
+    let shapes = [
+        (256, 576, 576),
+        (256, 1536, 576),
+        (256, 576, 1536),
+        (1, 576, 576),
+        (1, 1536, 576),
+        (1, 576, 1536),
+    ];
+    let isas: Vec<Isa> = cpu::available_isas();
+    for &(n, rows, cols) in &shapes {
+        let flops = 2.0 * (n * rows * cols) as f64;
+        let mut s = 7u64;
+        let x: Vec<f32> = (0..n * cols).map(|_| rand_f32(&mut s)).collect();
+        let dy: Vec<f32> = (0..n * rows).map(|_| rand_f32(&mut s)).collect();
+        let mut y = vec![0.0f32; n * rows];
+        let mut dx = vec![0.0f32; n * cols];
+        for ty in [GgmlType::F32, GgmlType::Q8_0, GgmlType::Q4_1] {
+            let w = matrix(ty, rows, cols);
+            for &isa in &isas {
+                let label = format!("wt {n}x{rows}x{cols} {} {}", ty.name(), cpu::isa_name(isa));
+                if want(&label) {
+                    let t = time(|| cpu::matmul_wt_with(isa, black_box(&x), n, &w, &mut y));
+                    report(&label, flops, t);
+                }
+                let label = format!("w  {n}x{rows}x{cols} {} {}", ty.name(), cpu::isa_name(isa));
+                if want(&label) {
+                    let t = time(|| cpu::matmul_w_with(isa, black_box(&dy), n, &w, &mut dx));
+                    report(&label, flops, t);
+                }
+            }
+        }
+        let wf: Vec<f32> = (0..rows * cols).map(|_| rand_f32(&mut s)).collect();
+        let label = format!("wt {n}x{rows}x{cols} F32 gemm-crate");
+        if want(&label) {
+            let t = time(|| gemm_crate(n, cols, rows, black_box(&x), &wf, &mut y, true));
+            report(&label, flops, t);
+        }
+        let label = format!("w  {n}x{rows}x{cols} F32 gemm-crate");
+        if want(&label) {
+            let t = time(|| gemm_crate(n, rows, cols, black_box(&dy), &wf, &mut dx, false));
+            report(&label, flops, t);
+        }
+    }
+}
