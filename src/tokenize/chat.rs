@@ -1,1 +1,340 @@
-//! Chat templates rendered with minijinja. STUB.
+//! Chat templates: the model's own Jinja template rendered with minijinja, configured like
+//! transformers' `apply_chat_template` (trim_blocks, lstrip_blocks, loop controls, Python
+//! string methods, `raise_exception`, `strftime_now`, a Python-style `tojson`).
+
+use crate::error::{Error, Result};
+use minijinja::value::{Kwargs, Value as JValue};
+use minijinja::{Environment, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// ChatML, used when a model ships no template.
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+const NAME: &str = "chat_template";
+
+/// A compiled chat template plus the special-token strings it may reference.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
+    /// True when this is the built-in ChatML fallback, not the model's own template.
+    pub is_fallback: bool,
+}
+
+impl ChatTemplate {
+    /// Compile a Jinja chat template.
+    pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<Self> {
+        let mut env = Environment::new();
+        // transformers compiles with trim_blocks=True, lstrip_blocks=True.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(NAME, source.to_string())
+            .map_err(|e| Error::Template(format!("cannot compile: {}", describe(&e))))?;
+        Ok(ChatTemplate {
+            env,
+            source: source.to_string(),
+            bos_token: bos_token.unwrap_or("").to_string(),
+            eos_token: eos_token.unwrap_or("").to_string(),
+            is_fallback: false,
+        })
+    }
+
+    /// The built-in ChatML template.
+    pub fn chatml(bos_token: Option<&str>, eos_token: Option<&str>) -> Self {
+        let mut t = Self::new(CHATML_TEMPLATE, bos_token, eos_token)
+            .expect("built-in ChatML template compiles");
+        t.is_fallback = true;
+        t
+    }
+
+    /// The tokenizer's own template, or ChatML when it has none.
+    pub fn for_tokenizer(tok: &super::TextTokenizer) -> Result<Self> {
+        let (bos, eos) = (tok.bos_token.as_deref(), tok.eos_token.as_deref());
+        match &tok.chat_template {
+            Some(src) => Self::new(src, bos, eos),
+            None => Ok(Self::chatml(bos, eos)),
+        }
+    }
+
+    /// Render `messages`; with `add_generation_prompt` the template opens an assistant turn.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| Error::Template(describe(&e)))?;
+        tmpl.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })
+        .map_err(|e| Error::Template(describe(&e)))
+    }
+}
+
+/// minijinja errors keep their cause in a chain; show all of it.
+fn describe(e: &minijinja::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(&format!(": {inner}"));
+        src = inner.source();
+    }
+    s
+}
+
+fn raise_exception(msg: String) -> std::result::Result<JValue, minijinja::Error> {
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+/// Python `json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=...)`, as transformers'
+/// `tojson` does (separators ", " and ": ", or "," and ": " with an indent). Walks the minijinja
+/// value directly so maps keep their insertion order, as Python dicts do.
+fn tojson(value: JValue, kwargs: Kwargs) -> std::result::Result<JValue, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let _: Option<bool> = kwargs.get("ensure_ascii")?;
+    let _: Option<JValue> = kwargs.get("separators")?;
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    py_dumps(&value, indent, sort_keys.unwrap_or(false), 0, &mut out)?;
+    Ok(JValue::from_safe_string(out))
+}
+
+fn py_dumps(
+    v: &JValue,
+    indent: Option<usize>,
+    sort: bool,
+    depth: usize,
+    out: &mut String,
+) -> std::result::Result<(), minijinja::Error> {
+    use minijinja::value::ValueKind as K;
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * depth));
+        }
+    };
+    let item_sep = if indent.is_some() { "," } else { ", " };
+    let quote = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    match v.kind() {
+        K::Undefined | K::None => out.push_str("null"),
+        K::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+        K::Number => match (v.as_i64(), f64::try_from(v.clone())) {
+            (Some(i), _) => out.push_str(&i.to_string()),
+            (None, Ok(f)) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16 => {
+                out.push_str(&format!("{f:.1}"))
+            }
+            (None, Ok(f)) if f.is_finite() => out.push_str(&format!("{f}")),
+            (None, Ok(f)) if f.is_nan() => out.push_str("NaN"),
+            (None, Ok(f)) => out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" }),
+            (None, Err(_)) => out.push_str(&v.to_string()),
+        },
+        K::String => out.push_str(&quote(v.as_str().unwrap_or_default())),
+        K::Seq | K::Iterable => {
+            let items: Vec<JValue> = v.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, depth + 1);
+                py_dumps(item, indent, sort, depth + 1, out)?;
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        K::Map => {
+            let mut keys: Vec<JValue> = v.try_iter()?.collect();
+            if keys.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            if sort {
+                keys.sort_by_key(|k| k.to_string());
+            }
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, depth + 1);
+                out.push_str(&quote(&k.to_string()));
+                out.push_str(": ");
+                py_dumps(&v.get_item(k)?, indent, sort, depth + 1, out)?;
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        _ => out.push_str(&quote(&v.to_string())),
+    }
+    Ok(())
+}
+
+/// `strftime_now(fmt)`: the current UTC time, for templates that print today's date
+/// (Llama 3.1). Supports %Y %y %m %d %b %B %H %M %S %%.
+fn strftime_now(fmt: String) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    format_time(secs, &fmt)
+}
+
+fn format_time(unix_secs: i64, fmt: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let (days, rem) = (unix_secs.div_euclid(86_400), unix_secs.rem_euclid(86_400));
+    // Civil-from-days (H. Hinnant): proleptic Gregorian calendar.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&y.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", y.rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{m:02}")),
+            Some('d') => out.push_str(&format!("{d:02}")),
+            Some('b') => out.push_str(&MONTHS[(m - 1) as usize][..3]),
+            Some('B') => out.push_str(MONTHS[(m - 1) as usize]),
+            Some('H') => out.push_str(&format!("{:02}", rem / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", rem % 3600 / 60)),
+            Some('S') => out.push_str(&format!("{:02}", rem % 60)),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs() -> Vec<Message> {
+        vec![
+            Message::new("user", "Hi"),
+            Message::new("assistant", "Hello!"),
+        ]
+    }
+
+    #[test]
+    fn chatml_renders() {
+        let t = ChatTemplate::chatml(None, None);
+        assert_eq!(
+            t.render(&msgs(), false).unwrap(),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+        );
+        assert_eq!(
+            t.render(&msgs()[..1], true).unwrap(),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn trim_and_lstrip_blocks_like_transformers() {
+        // With trim_blocks the newline after a block tag is dropped; with lstrip_blocks the
+        // indentation before it is dropped.
+        let src = "{% for m in messages %}\n  {% if m.role == 'user' %}\n[{{ m.content.strip() }}]\n  {% endif %}\n{% endfor %}";
+        let t = ChatTemplate::new(src, None, None).unwrap();
+        let out = t
+            .render(
+                &[Message::new("user", "  a  "), Message::new("user", "b")],
+                false,
+            )
+            .unwrap();
+        assert_eq!(out, "[a]\n[b]\n");
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let src = "{% if messages[0].role != 'system' %}{{ raise_exception('need a system prompt') }}{% endif %}";
+        let t = ChatTemplate::new(src, None, None).unwrap();
+        let err = t.render(&msgs(), false).unwrap_err().to_string();
+        assert!(err.contains("need a system prompt"), "{err}");
+    }
+
+    #[test]
+    fn bos_and_loop_controls() {
+        let src = "{{ bos_token }}{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.content }}{% endfor %}{{ eos_token }}";
+        let t = ChatTemplate::new(src, Some("<s>"), Some("</s>")).unwrap();
+        assert_eq!(t.render(&msgs(), false).unwrap(), "<s>Hi</s>");
+    }
+
+    #[test]
+    fn tojson_is_python_style() {
+        let t = ChatTemplate::new(
+            "{{ messages[0] | tojson }}|{{ [1, 'é'] | tojson(indent=2) }}",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&msgs(), false).unwrap(),
+            "{\"role\": \"user\", \"content\": \"Hi\"}|[\n  1,\n  \"é\"\n]"
+        );
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(format_time(0, "%d %b %Y %H:%M:%S"), "01 Jan 1970 00:00:00");
+        // 2024-02-29 12:34:56 UTC
+        assert_eq!(
+            format_time(1_709_210_096, "%Y-%m-%d %B %y %H:%M:%S %%"),
+            "2024-02-29 February 24 12:34:56 %"
+        );
+    }
+}

