@@ -34,10 +34,12 @@ struct Kern {
     run: KernelFn,
 }
 
-/// Rows of C per task (rounded down to a multiple of MR).
-const MC: usize = 96;
-/// Columns of C per task: a multiple of every NR and of the 32-value quant block.
-const NB: usize = 64;
+/// At most this many rows of C per task (the B panel is dequantized once per task and k chunk,
+/// so tall tasks amortize it; rows are split evenly into tasks of a multiple of MR).
+const MC_MAX: usize = 512;
+/// Columns of C per task, at most: a multiple of every NR and of the 32-value quant block.
+/// Halved (down to 32) until there are enough tasks to keep every thread busy.
+const NB_MAX: usize = 128;
 /// Depth of one B panel: a multiple of 32 so quant blocks never straddle chunks.
 const KC: usize = 256;
 /// Below this many multiply-adds the whole product runs on the calling thread.
@@ -100,6 +102,22 @@ fn dequant_segment(isa: Isa, w: &QMatrix, r: usize, c0: usize, out: &mut [f32]) 
     dequant_unchecked(isa, w.dtype, bytes, out);
 }
 
+/// dst[p*ldb + r] = src[r*lds + p] for r < 8, p < kc with the ISA's SIMD transpose; false if
+/// the ISA has none (the caller then does it element by element).
+fn transpose8(isa: Isa, src: &[f32], lds: usize, kc: usize, dst: &mut [f32], ldb: usize) -> bool {
+    assert!(kc == 0 || (src.len() >= 7 * lds + kc && dst.len() >= (kc - 1) * ldb + 8));
+    match isa {
+        // SAFETY: the sizes were asserted above; the caller ran check(isa), and both x86
+        // ISAs include AVX2.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => unsafe {
+            super::x86::pack::transpose8(src.as_ptr(), lds, kc, dst.as_mut_ptr(), ldb);
+            true
+        },
+        _ => false,
+    }
+}
+
 /// Fill panel[p*ldb + j] = B(p0 + p, j0 + j) for p < kc, j < nb; zero for nb ≤ j < ldb.
 #[allow(clippy::too_many_arguments)]
 fn pack_b(
@@ -114,6 +132,24 @@ fn pack_b(
     tmp: &mut [f32],
 ) {
     match src {
+        BSrc::F32 { b, rs: 1, cs } if cs != 1 => {
+            // B = bᵀ with b row-major [n, k]: columns of B are contiguous; transpose 8 at once.
+            for jg in (0..nb).step_by(8) {
+                let g = 8.min(nb - jg);
+                let base = (j0 + jg) * cs + p0;
+                if g == 8 && transpose8(isa, &b[base..], cs, kc, &mut panel[jg..], ldb) {
+                    continue;
+                }
+                for r in 0..g {
+                    for p in 0..kc {
+                        panel[p * ldb + jg + r] = b[base + r * cs + p];
+                    }
+                }
+            }
+            for prow in panel.chunks_exact_mut(ldb).take(kc) {
+                prow[nb..].fill(0.0);
+            }
+        }
         BSrc::F32 { b, rs, cs } => {
             for (p, prow) in panel.chunks_exact_mut(ldb).take(kc).enumerate() {
                 let base = (p0 + p) * rs + j0 * cs;
@@ -128,11 +164,25 @@ fn pack_b(
             }
         }
         BSrc::Wt { w, row0 } => {
-            let tmp = &mut tmp[..kc];
-            for j in 0..nb {
-                dequant_segment(isa, w, row0 + j0 + j, p0, tmp);
-                for (p, &v) in tmp.iter().enumerate() {
-                    panel[p * ldb + j] = v;
+            // Dequantize 8 W rows (contiguous in p), then transpose them into the panel.
+            for jg in (0..nb).step_by(8) {
+                let g = 8.min(nb - jg);
+                for r in 0..g {
+                    dequant_segment(
+                        isa,
+                        w,
+                        row0 + j0 + jg + r,
+                        p0,
+                        &mut tmp[r * kc..(r + 1) * kc],
+                    );
+                }
+                if g == 8 && transpose8(isa, tmp, kc, kc, &mut panel[jg..], ldb) {
+                    continue;
+                }
+                for r in 0..g {
+                    for (p, &v) in tmp[r * kc..(r + 1) * kc].iter().enumerate() {
+                        panel[p * ldb + jg + r] = v;
+                    }
                 }
             }
             for prow in panel.chunks_exact_mut(ldb).take(kc) {
@@ -175,26 +225,32 @@ fn gemm(
     }
     assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: A too short");
     let kern = kern_for(isa);
-    let mc = (MC / kern.mr).max(1) * kern.mr;
+    let n_ib = m.div_ceil(MC_MAX);
+    let mc = m.div_ceil(n_ib).div_ceil(kern.mr) * kern.mr;
     let n_ib = m.div_ceil(mc);
-    let n_jb = n.div_ceil(NB);
+    let threads = rayon::current_num_threads();
+    let mut nb_task = NB_MAX;
+    while nb_task > 32 && n_ib * n.div_ceil(nb_task) < 4 * threads {
+        nb_task /= 2;
+    }
+    let n_jb = n.div_ceil(nb_task);
     let cptr = CPtr(c.as_mut_ptr());
     let ldc = n;
 
     let task = |t: usize| {
         let (jb, ib) = (t / n_ib, t % n_ib);
-        let (i0, j0) = (ib * mc, jb * NB);
+        let (i0, j0) = (ib * mc, jb * nb_task);
         let mct = mc.min(m - i0);
-        let nbt = NB.min(n - j0);
+        let nbt = nb_task.min(n - j0);
         let ldb = nbt.div_ceil(kern.nr) * kern.nr;
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
-            let need = KC * ldb + KC + kern.mr * kern.nr;
+            let need = KC * ldb + 8 * KC + kern.mr * kern.nr;
             if s.len() < need {
                 s.resize(need, 0.0);
             }
             let (panel, rest) = s.split_at_mut(KC * ldb);
-            let (tmp, ctile) = rest.split_at_mut(KC);
+            let (tmp, ctile) = rest.split_at_mut(8 * KC);
             let ctile = &mut ctile[..kern.mr * kern.nr];
             let cp = cptr;
             for p0 in (0..k).step_by(KC) {

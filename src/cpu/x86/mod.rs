@@ -2,6 +2,7 @@
 //! dispatchers call them only after `dispatch::check` confirmed the CPU has the features.
 
 pub(crate) mod avx2;
+pub(crate) mod pack;
 // AVX-512 intrinsics are stable since Rust 1.89 (the crate's declared MSRV is older).
 #[clippy::msrv = "1.89"]
 pub(crate) mod avx512;
