@@ -105,7 +105,12 @@ fn model_template(
             ));
         }
         let through = encode(tok, &render(chat, &messages[..=i], false)?)?;
-        if !ids.starts_with(&through) || through.len() <= start.len() {
+        if through.len() <= start.len() {
+            return Err(format!(
+                "empty mask: assistant turn messages[{i}] renders no tokens"
+            ));
+        }
+        if !ids.starts_with(&through) {
             return Err(format!(
                 "prefix does not tokenize as a prefix (conversation through messages[{i}]: {})",
                 first_difference(&ids, &through)
