@@ -47,9 +47,11 @@ impl TextTokenizer {
             .ok_or_else(|| Error::Tokenizer("GGUF has no tokenizer.ggml.model".into()))?;
         let (json, kind) = match model {
             "gpt2" => (gguf_vocab::byte_level_bpe_json(md)?, "bpe-gguf"),
-            other => return Err(Error::Tokenizer(format!(
+            other => {
+                return Err(Error::Tokenizer(format!(
                 "GGUF tokenizer model '{other}' is not supported (supported: gpt2 byte-level BPE)"
-            ))),
+            )))
+            }
         };
         let inner: tokenizers::Tokenizer = json
             .parse()
