@@ -36,6 +36,7 @@ from common import (  # noqa: E402
     GOLDEN_TOKENIZE_TEXTS,
     encode_record,
     fmt,
+    logits_of,
     record_messages,
     score_ids,
 )
@@ -270,12 +271,19 @@ def main() -> None:
                                eos_token_id=[eos], pad_token_id=eos)
         new = y[0, len(ids):].tolist()
         stopped = bool(new) and new[-1] == eos
+        # Top-1 minus top-2 logit at each generated step, from one full forward without the cache:
+        # an implementation may only diverge where this margin is within its numerical error.
+        full = logits_of(model, ids + new)[len(ids) - 1: len(ids) - 1 + len(new)]
+        top2 = full.topk(2, dim=-1).values
+        assert full.argmax(dim=-1).tolist() == new, "cached greedy run disagrees with a full forward"
+        margins = [fmt(v) for v in (top2[:, 0] - top2[:, 1]).tolist()]
         gens.append({
             "messages": p["messages"],
             "prompt_text": text,
             "prompt_ids": ids,
             "generated_ids": new,
             "stopped_at_eos": stopped,
+            "top2_margin": margins,
             "text": tok.decode(new[:-1] if stopped else new, skip_special_tokens=False),
         })
         print(f"generate: {gens[-1]['text']!r} (stopped at eos: {stopped})")
