@@ -70,7 +70,11 @@ impl Error {
         }
     }
 
-    pub fn tensor(path: impl Into<PathBuf>, tensor: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub fn tensor(
+        path: impl Into<PathBuf>,
+        tensor: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         Error::Tensor {
             path: path.into(),
             tensor: tensor.into(),

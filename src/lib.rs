@@ -12,5 +12,6 @@ pub mod loaded;
 pub mod model;
 pub mod quant;
 pub mod tokenize;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -22,7 +22,7 @@ impl LoadedModel {
     pub fn open(path: &Path) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let (model, tokenizer, file_size) = if meta.is_dir() {
-            let (model, h) = load_hf(path)?;
+            let (model, _hf) = load_hf(path)?;
             let size = h_size(path);
             let tok = TextTokenizer::from_hf_dir(path)?;
             (model, tok, size)

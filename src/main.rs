@@ -28,6 +28,8 @@ enum Command {
     Eval(cli::eval::Args),
     /// Generate a reply to a prompt with the model's chat template.
     Generate(cli::generate::Args),
+    /// Train LoRA adapters on prompt→response data (loss on response tokens only).
+    Tune(cli::tune::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Generate(a) => cli::generate::run(a),
+        Command::Tune(a) => cli::tune::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

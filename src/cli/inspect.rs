@@ -41,9 +41,9 @@ pub fn run(a: Args) -> Result<()> {
             for q in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
                 add(q);
             }
-            params += 2 * c.d_model;
         }
-        params += c.d_model;
+        // Norm weights: two per layer plus the final one.
+        params += (2 * c.n_layers + 1) * c.d_model;
     }
     let isa = edge_sft::cpu::isa_name(edge_sft::cpu::active_isa());
     let info = json!({

@@ -4,6 +4,7 @@ pub mod common;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod tune;
 
 use edge_sft::Result;
 

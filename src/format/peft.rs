@@ -171,3 +171,67 @@ pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
         layers,
     })
 }
+
+/// Serialize named f32 tensors to safetensors bytes (shapes given per tensor).
+pub fn safetensors_bytes(tensors: &[(String, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            TensorView::new(Dtype::F32, shape.clone(), b)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::Usage(format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, None).map_err(|e| Error::Usage(format!("safetensors: {e}")))
+}
+
+/// Write a PEFT adapter folder (config + weights, each atomically), with B rows of q/k turned
+/// back into Hugging Face order so PEFT applies it to the original model.
+pub fn write_adapter(dir: &Path, lora: &LoraSet, cfg: &ModelConfig, base_model: &str, dropout: f32) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (layer, slots) in lora.layers.iter().enumerate() {
+        for t in Target::ALL {
+            let Some(p) = &slots[t.index()] else { continue };
+            let b = if needs_permute(cfg, t) {
+                permute_rows(&p.b, p.out_dim, p.rank, cfg.head_dim, false)
+            } else {
+                p.b.clone()
+            };
+            owned.push((peft_key(layer, t, "lora_A"), vec![p.rank, p.in_dim], p.a.clone()));
+            owned.push((peft_key(layer, t, "lora_B"), vec![p.out_dim, p.rank], b));
+        }
+    }
+    let refs: Vec<(String, Vec<usize>, &[f32])> =
+        owned.iter().map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice())).collect();
+    let bytes = safetensors_bytes(&refs)?;
+    crate::format::gguf_write::write_atomic(&dir.join(WEIGHTS_FILE), |f| {
+        std::io::Write::write_all(f, &bytes)
+    })?;
+    let targets: Vec<&str> = lora.targets.iter().map(|t| t.hf_module()).collect();
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": dropout,
+        "target_modules": targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "use_rslora": false,
+        "modules_to_save": null,
+        "revision": null,
+    });
+    let text = serde_json::to_string_pretty(&config).expect("JSON of plain values");
+    crate::format::gguf_write::write_atomic(&dir.join(CONFIG_FILE), |f| {
+        std::io::Write::write_all(f, text.as_bytes())
+    })
+}

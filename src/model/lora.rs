@@ -2,7 +2,8 @@
 //! computing `W·x + scale·B·(A·x)`, with `scale = α/r` (or `α/√r` for rsLoRA).
 
 /// The seven projections LoRA can target, in PEFT module naming.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Target {
     Q,
     K,

@@ -1,0 +1,115 @@
+//! Training checkpoints in `OUT/checkpoint/`: `train-{step}.safetensors` (LoRA parameters and
+//! AdamW moments, flat f32) and `state.json` (step, data order, config). Each file is written
+//! atomically (temp, fsync, rename) and `state.json` goes last, so a kill at any instant leaves
+//! the previous complete checkpoint in force.
+
+use super::optim::AdamW;
+use super::params::{flatten, unflatten};
+use crate::error::{Error, Result};
+use crate::format::gguf_write::write_atomic;
+use crate::format::peft::safetensors_bytes;
+use crate::model::lora::LoraSet;
+use safetensors::SafeTensors;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const DIR: &str = "checkpoint";
+pub const STATE: &str = "state.json";
+
+/// Everything but the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub format: u32,
+    /// Optimizer updates done.
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    /// Example order of the current epoch and the index of the next micro-batch in it.
+    pub epoch_order: Vec<usize>,
+    pub cursor: usize,
+    pub seed: u64,
+    /// Fingerprint of the training set (ids of every example) so a resume on other data fails.
+    pub data_fingerprint: String,
+    pub adam_t: u64,
+    pub tensors_file: String,
+    /// The tune options the run was started with (JSON), compared on resume.
+    pub options: serde_json::Value,
+    pub best_eval: Option<f64>,
+}
+
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join(DIR)
+}
+
+/// Save parameters, moments and state.
+pub fn save(out: &Path, state: &State, params: &LoraSet, opt: &AdamW) -> Result<()> {
+    let dir = checkpoint_dir(out);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let p = flatten(params);
+    let n = p.len();
+    let bytes = safetensors_bytes(&[
+        ("params".to_string(), vec![n], &p),
+        ("adam_m".to_string(), vec![n], &opt.m),
+        ("adam_v".to_string(), vec![n], &opt.v),
+    ])?;
+    let file = format!("train-{}.safetensors", state.step);
+    write_atomic(&dir.join(&file), |f| std::io::Write::write_all(f, &bytes))?;
+    let mut st = state.clone();
+    st.tensors_file = file.clone();
+    st.adam_t = opt.t;
+    let text = serde_json::to_string_pretty(&st).expect("state serializes");
+    write_atomic(&dir.join(STATE), |f| std::io::Write::write_all(f, text.as_bytes()))?;
+    // Only now is the older generation unreferenced.
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("train-") && name.ends_with(".safetensors") && name != file {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `out` holds a checkpoint.
+pub fn exists(out: &Path) -> bool {
+    checkpoint_dir(out).join(STATE).is_file()
+}
+
+pub fn load_state(out: &Path) -> Result<State> {
+    let path = checkpoint_dir(out).join(STATE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("invalid checkpoint state: {e}")))
+}
+
+/// Restore parameters (into a set of the right layout) and optimizer moments.
+pub fn load_tensors(out: &Path, state: &State, params: &mut LoraSet, opt: &mut AdamW) -> Result<()> {
+    let path = checkpoint_dir(out).join(&state.tensors_file);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(&path, format!("invalid safetensors: {e}")))?;
+    let get = |name: &str| -> Result<Vec<f32>> {
+        let v = st
+            .tensor(name)
+            .map_err(|_| Error::tensor(&path, name, "missing from checkpoint"))?;
+        Ok(v.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    };
+    let p = get("params")?;
+    if !unflatten(params, &p) {
+        return Err(Error::tensor(
+            &path,
+            "params",
+            format!("{} values, but this LoRA layout has {}", p.len(), params.num_params()),
+        ));
+    }
+    let (m, v) = (get("adam_m")?, get("adam_v")?);
+    if m.len() != p.len() || v.len() != p.len() {
+        return Err(Error::tensor(&path, "adam_m", "moment length differs from params"));
+    }
+    opt.m = m;
+    opt.v = v;
+    opt.t = state.adam_t;
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The fused response-masked NLL: output projection, log-softmax, NLL and the gradient with
+//! respect to the final hidden state in ONE pass over vocabulary chunks, for scored rows only.
+//!
+//! With logits l = h·Wᵀ, p = softmax(l): ∂(−log p_y)/∂h = Σ_v p_v W_v − W_y. The sum is kept as
+//! an online-softmax accumulator g = Σ_v exp(l_v − m) W_v, rescaled whenever the running max m
+//! grows, so the [rows × vocab] logits matrix never exists: only one [rows × CHUNK] tile does.
+
+use crate::cpu;
+use crate::model::weights::QMatrix;
+
+/// Vocabulary columns per chunk: [rows, CHUNK] logits live at a time.
+pub const CHUNK: usize = 2048;
+
+/// Result of the fused kernel.
+pub struct NllOutput {
+    /// −log Pr(target_i) per row, in f64.
+    pub nll: Vec<f64>,
+}
+
+/// For hidden rows `h` [m, d] and their `targets`, compute each row's NLL and write
+/// `dh` [m, d] = `grad_scale` · ∂(Σ_i nll_i)/∂h_i. `w` is the output projection [vocab, d].
+pub fn fused_nll(h: &[f32], targets: &[u32], w: &QMatrix, grad_scale: f32, dh: &mut [f32]) -> NllOutput {
+    let m = targets.len();
+    let d = w.cols;
+    let vocab = w.rows;
+    assert_eq!(h.len(), m * d, "fused_nll: h must be [{m}, {d}]");
+    assert_eq!(dh.len(), m * d, "fused_nll: dh must be [{m}, {d}]");
+    if m == 0 {
+        return NllOutput { nll: Vec::new() };
+    }
+    let chunk = CHUNK.min(vocab);
+    let mut tile = vec![0.0f32; m * chunk]; // [m, chunk] logits, then exp(l − m)
+    let mut g = vec![0.0f32; m * d]; // [m, d] Σ exp(l − max) W_v
+    let mut tmp = vec![0.0f32; m * d]; // [m, d]
+    let mut max = vec![f32::NEG_INFINITY; m];
+    let mut sum = vec![0.0f64; m];
+    let mut tgt = vec![0.0f32; m];
+
+    let mut c0 = 0;
+    while c0 < vocab {
+        let c1 = (c0 + chunk).min(vocab);
+        let wc = c1 - c0;
+        let wchunk = w.slice_rows(c0, c1);
+        let t = &mut tile[..m * wc];
+        cpu::matmul_wt(h, m, &wchunk, t);
+        for i in 0..m {
+            let row = &mut t[i * wc..(i + 1) * wc];
+            let target = targets[i] as usize;
+            if (c0..c1).contains(&target) {
+                tgt[i] = row[target - c0];
+            }
+            let cmax = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if cmax > max[i] {
+                let f = (max[i] - cmax).exp(); // 0 on the first chunk
+                sum[i] *= f as f64;
+                cpu::scale(f, &mut g[i * d..(i + 1) * d]);
+                max[i] = cmax;
+            }
+            let mi = max[i];
+            let mut s = 0.0f64;
+            for v in row.iter_mut() {
+                *v = (*v - mi).exp();
+                s += *v as f64;
+            }
+            sum[i] += s;
+        }
+        // g += exp-tile [m, wc] · W_chunk [wc, d]
+        cpu::matmul_w(t, m, &wchunk, &mut tmp);
+        for (gv, tv) in g.iter_mut().zip(&tmp) {
+            *gv += tv;
+        }
+        c0 = c1;
+    }
+
+    let mut wy = vec![0.0f32; d];
+    let mut nll = Vec::with_capacity(m);
+    for i in 0..m {
+        nll.push(-(tgt[i] as f64 - max[i] as f64 - sum[i].ln()));
+        w.dequantize_row(targets[i] as usize, &mut wy);
+        let inv = (1.0 / sum[i]) as f32;
+        let (gi, di) = (&g[i * d..(i + 1) * d], &mut dh[i * d..(i + 1) * d]);
+        for k in 0..d {
+            di[k] = grad_scale * (gi[k] * inv - wy[k]);
+        }
+    }
+    NllOutput { nll }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    /// Plain reference: full logits, log-softmax in f64.
+    fn reference(h: &[f32], t: &[u32], w: &[f32], v: usize, d: usize) -> Vec<f64> {
+        t.iter()
+            .enumerate()
+            .map(|(i, &y)| {
+                let l: Vec<f64> = (0..v)
+                    .map(|j| (0..d).map(|k| h[i * d + k] as f64 * w[j * d + k] as f64).sum())
+                    .collect();
+                let mx = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = mx + l.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
+                lse - l[y as usize]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_reference_and_finite_differences_across_chunks() {
+        // vocab spans several chunks so the online rescaling is exercised.
+        let (m, d, v) = (3, 8, 2 * CHUNK + 37);
+        let mut s = 7u64;
+        let w: Vec<f32> = (0..v * d).map(|_| lcg(&mut s) * 2.0).collect();
+        let h: Vec<f32> = (0..m * d).map(|_| lcg(&mut s) * 3.0).collect();
+        let targets = [5u32, (CHUNK + 3) as u32, (v - 1) as u32];
+        let wq = QMatrix::from_f32("w", v, d, &w);
+        let mut dh = vec![0.0; m * d];
+        let out = fused_nll(&h, &targets, &wq, 1.0, &mut dh);
+        let r = reference(&h, &targets, &w, v, d);
+        for (a, b) in out.nll.iter().zip(&r) {
+            assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "nll {a} vs {b}");
+        }
+        // Central finite differences of the reference (f64) for every coordinate.
+        let eps = 1e-3f32;
+        for i in 0..m {
+            for k in 0..d {
+                let mut hp = h.clone();
+                hp[i * d + k] += eps;
+                let mut hm = h.clone();
+                hm[i * d + k] -= eps;
+                let fd = (reference(&hp, &targets, &w, v, d)[i] - reference(&hm, &targets, &w, v, d)[i])
+                    / (2.0 * eps as f64);
+                let an = dh[i * d + k] as f64;
+                assert!((fd - an).abs() < 2e-3 * fd.abs().max(1.0), "row {i} dim {k}: fd {fd} vs {an}");
+            }
+        }
+        // grad_scale scales the gradient linearly.
+        let mut dh2 = vec![0.0; m * d];
+        fused_nll(&h, &targets, &wq, 0.5, &mut dh2);
+        for (a, b) in dh.iter().zip(&dh2) {
+            assert!((a * 0.5 - b).abs() < 1e-6);
+        }
+    }
+}

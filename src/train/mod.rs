@@ -1,0 +1,12 @@
+//! LoRA supervised fine-tuning: packing, forward/backward, fused NLL, AdamW, checkpoints.
+
+pub mod attention;
+pub mod batch;
+pub mod layer;
+pub mod loss;
+pub mod ops;
+pub mod optim;
+pub mod params;
+pub mod step;
+pub mod checkpoint;
+pub mod trainer;

@@ -1,0 +1,110 @@
+//! The real default model (SmolLM2-135M-Instruct, Q4_1 GGUF) against transformers loading the
+//! same GGUF dequantized (tests/reference/golden_smollm2.py): ids, masks, per-record
+//! Σ log Pr(y|x) within 1e-3 relative, and greedy generation token for token.
+//! Skipped (with a note) when the model file is absent; `scripts/test.sh` and CI fetch it.
+
+use edge_sft::data::{load_jsonl, DataOptions, LossOn, TemplateMode};
+use edge_sft::eval::score_example;
+use edge_sft::infer::generate::{generate, GenerateOptions};
+use edge_sft::loaded::LoadedModel;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+fn model_path() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [
+        std::env::var_os("EDGE_SFT_MODEL").map(PathBuf::from),
+        Some(root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")),
+    ];
+    candidates.into_iter().flatten().find(|p| p.is_file())
+}
+
+fn model() -> Option<&'static LoadedModel> {
+    static M: OnceLock<Option<LoadedModel>> = OnceLock::new();
+    M.get_or_init(|| match model_path() {
+        Some(p) => Some(LoadedModel::open(&p).expect("open SmolLM2")),
+        None => {
+            eprintln!("note: SmolLM2 GGUF not found (run scripts/fetch_model.sh); skipping");
+            None
+        }
+    })
+    .as_ref()
+}
+
+fn golden(name: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn eval_matches_transformers_per_record() {
+    let Some(lm) = model() else { return };
+    let g = golden("smollm2_eval.json");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/eval_smollm2.jsonl");
+    for (loss_on, key_lp, key_n) in [
+        (LossOn::Response, "sum_logprob", "scored_tokens"),
+        (LossOn::All, "sum_logprob_all", "scored_tokens_all"),
+    ] {
+        let opts = DataOptions {
+            loss_on,
+            template: TemplateMode::Model,
+            max_seq: 8192,
+            skip_bad: false,
+        };
+        let ds = load_jsonl(&data, &lm.tokenizer, &lm.chat, &opts).unwrap();
+        let recs = g["records"].as_array().unwrap();
+        assert!(recs.len() >= 20);
+        assert_eq!(ds.examples.len(), recs.len());
+        for (ex, rec) in ds.examples.iter().zip(recs) {
+            assert_eq!(ex.ids, ids_of(&rec["ids"]), "line {}: ids", ex.line);
+            if loss_on == LossOn::Response {
+                let mask: Vec<bool> = rec["mask"].as_array().unwrap().iter().map(|v| v.as_u64() == Some(1)).collect();
+                assert_eq!(ex.mask, mask, "line {}: mask", ex.line);
+            }
+            let s = score_example(&lm.model, ex, None).unwrap();
+            let want = rec[key_lp].as_f64().unwrap();
+            assert_eq!(s.scored_tokens as u64, rec[key_n].as_u64().unwrap(), "line {}", ex.line);
+            let rel = (s.sum_logprob - want).abs() / want.abs().max(1e-9);
+            assert!(rel < 1e-3, "line {} {key_lp}: {} vs transformers {want} (rel {rel:.2e})", ex.line, s.sum_logprob);
+        }
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    let Some(lm) = model() else { return };
+    let g = golden("smollm2_generate.json");
+    for p in g["prompts"].as_array().unwrap() {
+        let prompt_ids = ids_of(&p["prompt_ids"]);
+        // The prompt goes through our template and tokenizer, too.
+        let msgs: Vec<edge_sft::tokenize::chat::Message> = serde_json::from_value(p["messages"].clone()).unwrap();
+        let text = lm.chat.render(&msgs, true).unwrap();
+        assert_eq!(text, p["prompt_text"].as_str().unwrap());
+        assert_eq!(lm.tokenizer.encode(&text).unwrap(), prompt_ids);
+        let want = ids_of(&p["generated_ids"]);
+        let opts = GenerateOptions {
+            max_tokens: g["max_new_tokens"].as_u64().unwrap() as usize,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop_ids: vec![g["eos_id"].as_u64().unwrap() as u32],
+        };
+        let got = generate(&lm.model, None, &prompt_ids, &opts, |_| Ok(())).unwrap();
+        // transformers includes the EOS it stopped at; we stop before emitting it.
+        let want_body: Vec<u32> = if p["stopped_at_eos"].as_bool() == Some(true) {
+            want[..want.len() - 1].to_vec()
+        } else {
+            want.clone()
+        };
+        assert_eq!(got, want_body, "prompt {:?}", p["messages"]);
+        let text = lm.tokenizer.decode(&got).unwrap();
+        if p["prompt_text"].as_str().unwrap().contains("capital of France") {
+            assert!(text.contains("Paris"), "{text}");
+        }
+    }
+}
