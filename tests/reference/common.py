@@ -101,10 +101,13 @@ def logits_of(model, ids: list[int]) -> torch.Tensor:
 def sequence_golden(model, ids: list[int], subset: list[int]) -> dict:
     logits = logits_of(model, ids).double()
     lse = torch.logsumexp(logits, dim=-1)
+    top2 = logits.topk(2, dim=-1).values
     return {
         "ids": ids,
         "logsumexp": [fmt(v) for v in lse.tolist()],
         "argmax": logits.argmax(dim=-1).tolist(),
+        # top-1 minus top-2 logit: argmax comparisons are only meaningful where this is not tiny.
+        "top2_margin": [fmt(v) for v in (top2[:, 0] - top2[:, 1]).tolist()],
         "logits_subset": [[fmt(v) for v in row] for row in logits[:, subset].tolist()],
     }
 
