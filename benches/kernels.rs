@@ -109,6 +109,15 @@ fn gemm_crate(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32],
 }
 
 fn main() {
+    // Run inside the pool, as the trainer does: calls from a worker thread fork and join
+    // cheaply, where calls from outside pay a wake-up handoff each time.
+    rayon::ThreadPoolBuilder::new()
+        .build()
+        .unwrap()
+        .install(bench_all);
+}
+
+fn bench_all() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -127,6 +136,10 @@ fn main() {
         (1, 576, 576),
         (1, 1536, 576),
         (1, 576, 1536),
+        (4, 576, 576),
+        (8, 576, 576),
+        (16, 576, 576),
+        (64, 576, 576),
     ];
     let isas: Vec<Isa> = cpu::available_isas();
     for &(n, rows, cols) in &shapes {

@@ -13,12 +13,12 @@
 
 use super::dispatch::{active_isa, check, Isa};
 use super::gemv;
+use super::par;
 use super::scalar;
 use super::vecops::dequant_unchecked;
 #[cfg(target_arch = "x86_64")]
 use super::x86::{avx2, avx512};
 use crate::model::weights::QMatrix;
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
 
@@ -42,8 +42,6 @@ const MC_MAX: usize = 512;
 const NB_MAX: usize = 128;
 /// Depth of one B panel: a multiple of 32 so quant blocks never straddle chunks.
 const KC: usize = 256;
-/// Below this many multiply-adds the whole product runs on the calling thread.
-const PAR_MIN_FMAS: usize = 1 << 16;
 
 fn kern_for(isa: Isa) -> Kern {
     match isa {
@@ -297,12 +295,7 @@ fn gemm(
         });
     };
 
-    let ntasks = n_ib * n_jb;
-    if ntasks == 1 || m * n * k < PAR_MIN_FMAS {
-        (0..ntasks).for_each(task);
-    } else {
-        (0..ntasks).into_par_iter().for_each(task);
-    }
+    par::for_each_task(n_ib * n_jb, m * n * k, task);
 }
 
 /// y[n, w.rows] = x[n, w.cols] · Wᵀ, W frozen in its ggml type.

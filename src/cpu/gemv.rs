@@ -3,16 +3,45 @@
 //! each output element computed by one task in a fixed order (deterministic).
 
 use super::dispatch::Isa;
+use super::par;
 use super::vecops::{dequant_unchecked, dot_unchecked};
 use crate::model::weights::QMatrix;
-use rayon::prelude::*;
+use crate::quant::GgmlType;
 use std::cell::RefCell;
 use std::ops::Range;
 
 /// Largest n for which matmul_wt takes this path instead of the tiled GEMM.
-pub(crate) const MAX_ROWS: usize = 2;
+pub(crate) const MAX_ROWS: usize = 4;
 /// W rows per parallel task.
 const ROWS_PER_TASK: usize = 32;
+
+/// A fused dequantize-and-dot kernel: out[i*rows_per_call + r] = W_r · x_i for up to
+/// `rows_per_call` W rows and `xs_per_call` x rows (see `x86::gemv_avx512::dot_rows`).
+type DotRows = unsafe fn(GgmlType, &[&[u8]], usize, &[f32], usize, usize, &mut [f32; 8]);
+
+struct Fused {
+    run: DotRows,
+    rows_per_call: usize,
+    xs_per_call: usize,
+}
+
+fn fused_for(isa: Isa) -> Option<Fused> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(Fused {
+            run: super::x86::gemv_avx2::dot_rows,
+            rows_per_call: super::x86::gemv_avx2::ROWS,
+            xs_per_call: super::x86::gemv_avx2::XS,
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(Fused {
+            run: super::x86::gemv_avx512::dot_rows,
+            rows_per_call: super::x86::gemv_avx512::ROWS,
+            xs_per_call: super::x86::gemv_avx512::XS,
+        }),
+        _ => None,
+    }
+}
 
 thread_local! {
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -46,9 +75,42 @@ pub(crate) fn gemv_wt(
     let nout = rows.len();
     assert!(x.len() == n * k && y.len() == n * nout, "gemv_wt: shapes");
     let yp = YPtr(y.as_mut_ptr());
+    let fused = fused_for(isa).filter(|_| k % 32 == 0);
     let task = |t: usize| {
         let j0 = t * ROWS_PER_TASK;
         let j1 = (j0 + ROWS_PER_TASK).min(nout);
+        if let Some(f) = fused.as_ref() {
+            let mut out = [0.0f32; 8];
+            let mut j = j0;
+            while j < j1 {
+                let g = if j1 - j >= f.rows_per_call {
+                    f.rows_per_call
+                } else {
+                    1
+                };
+                let wrows: [&[u8]; 8] =
+                    std::array::from_fn(|r| w.row(rows.start + j + r.min(g - 1)));
+                for i0 in (0..n).step_by(f.xs_per_call) {
+                    let nx = f.xs_per_call.min(n - i0);
+                    // SAFETY: the caller ran check(isa); every row holds k values of w.dtype
+                    // (k a multiple of 32, checked when choosing this path) and x holds nx
+                    // rows of k values from i0 on.
+                    unsafe { (f.run)(w.dtype, &wrows[..g], k, &x[i0 * k..], k, nx, &mut out) };
+                    for i in 0..nx {
+                        for r in 0..g {
+                            // SAFETY: (i0+i) < n and j+r < nout: inside y; these columns
+                            // belong to this task only.
+                            unsafe {
+                                *yp.get().add((i0 + i) * nout + j + r) =
+                                    out[i * f.rows_per_call + r]
+                            };
+                        }
+                    }
+                }
+                j += g;
+            }
+            return;
+        }
         ROW.with(|buf| {
             let mut buf = buf.borrow_mut();
             if buf.len() < k {
@@ -66,10 +128,5 @@ pub(crate) fn gemv_wt(
             }
         });
     };
-    let ntasks = nout.div_ceil(ROWS_PER_TASK);
-    if nout * k < (1 << 15) {
-        (0..ntasks).for_each(task);
-    } else {
-        (0..ntasks).into_par_iter().for_each(task);
-    }
+    par::for_each_task(nout.div_ceil(ROWS_PER_TASK), n * nout * k, task);
 }

@@ -8,10 +8,16 @@
 //! exactly one task, whatever rayon's scheduling).
 //!
 //! All activations are f32, row-major.
+//!
+//! Threads: products fan out over rayon's global pool. Run the model from inside the pool
+//! (`rayon::ThreadPool::install`, or any rayon task) so that each product forks and joins
+//! cheaply; called from outside, only big products go parallel (a cold hand-off to the
+//! pool costs tens of microseconds, more than a small GEMV takes).
 
 mod dispatch;
 mod gemm;
 mod gemv;
+mod par;
 pub mod reference;
 mod scalar;
 mod vecops;

@@ -2,7 +2,10 @@
 //! dispatchers call them only after `dispatch::check` confirmed the CPU has the features.
 
 pub(crate) mod avx2;
+pub(crate) mod gemv_avx2;
 pub(crate) mod pack;
 // AVX-512 intrinsics are stable since Rust 1.89 (the crate's declared MSRV is older).
 #[clippy::msrv = "1.89"]
 pub(crate) mod avx512;
+#[clippy::msrv = "1.89"]
+pub(crate) mod gemv_avx512;

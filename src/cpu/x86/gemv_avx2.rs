@@ -1,0 +1,157 @@
+//! Fused dequantize-and-dot for y = x·Wᵀ with one row of x at a time (generation), AVX2.
+//! Each 32-value block of up to 4 W rows is decoded straight into registers and multiplied
+//! into 2 accumulators per W row; nothing is written back to memory but the sums.
+
+use crate::quant::GgmlType;
+use std::arch::x86_64::*;
+
+/// W rows and x rows per call.
+pub(crate) const ROWS: usize = 4;
+pub(crate) const XS: usize = 1;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// 16 packed nibbles → the 32 codes as f32, in element order (low nibbles first).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(p: *const u8) -> [__m256; 4] {
+    let v = _mm_loadu_si128(p as *const __m128i);
+    let mask = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(v, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+    let cvt = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    [
+        cvt(lo),
+        cvt(_mm_srli_si128::<8>(lo)),
+        cvt(hi),
+        cvt(_mm_srli_si128::<8>(hi)),
+    ]
+}
+
+/// Values 32b..32b+32 of a row of type T (a `GgmlType` discriminant).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> [__m256; 4] {
+    const F32: u8 = GgmlType::F32 as u8;
+    const F16: u8 = GgmlType::F16 as u8;
+    const BF16: u8 = GgmlType::BF16 as u8;
+    const Q8_0: u8 = GgmlType::Q8_0 as u8;
+    const Q4_0: u8 = GgmlType::Q4_0 as u8;
+    match T {
+        F32 => {
+            let p = row.add(128 * b) as *const f32;
+            std::array::from_fn(|q| _mm256_loadu_ps(p.add(8 * q)))
+        }
+        F16 => {
+            let p = row.add(64 * b);
+            std::array::from_fn(|q| {
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * q) as *const __m128i))
+            })
+        }
+        BF16 => {
+            let p = row.add(64 * b);
+            std::array::from_fn(|q| {
+                let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(16 * q) as *const __m128i));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
+            })
+        }
+        Q8_0 => {
+            let blk = row.add(34 * b);
+            let d = _mm256_set1_ps(f16_at(blk));
+            std::array::from_fn(|q| {
+                let v = _mm_loadl_epi64(blk.add(2 + 8 * q) as *const __m128i);
+                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), d)
+            })
+        }
+        Q4_0 => {
+            let blk = row.add(18 * b);
+            let d = _mm256_set1_ps(f16_at(blk));
+            let eight = _mm256_set1_ps(8.0);
+            nibbles(blk.add(2)).map(|v| _mm256_mul_ps(_mm256_sub_ps(v, eight), d))
+        }
+        _ => {
+            // Q4_1
+            let blk = row.add(20 * b);
+            let d = _mm256_set1_ps(f16_at(blk));
+            let m = _mm256_set1_ps(f16_at(blk.add(2)));
+            nibbles(blk.add(4)).map(|v| _mm256_fmadd_ps(v, d, m))
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run<const T: u8, const R: usize>(
+    rows: &[&[u8]],
+    nblocks: usize,
+    x: &[f32],
+    out: &mut [f32; 8],
+) {
+    let rp: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let xp = x.as_ptr();
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for b in 0..nblocks {
+        let xv: [__m256; 4] = std::array::from_fn(|q| _mm256_loadu_ps(xp.add(32 * b + 8 * q)));
+        for r in 0..R {
+            let w = decode::<T>(rp[r], b);
+            acc[r][0] = _mm256_fmadd_ps(w[0], xv[0], acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(w[1], xv[1], acc[r][1]);
+            acc[r][0] = _mm256_fmadd_ps(w[2], xv[2], acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(w[3], xv[3], acc[r][1]);
+        }
+    }
+    for r in 0..R {
+        out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+    }
+}
+
+/// out[r] = Σ_p W_r(p)·x[p] for r < rows.len() (1 or ROWS); n must be 1 (= XS).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available. Each row must hold exactly `k` values of `ty` with
+/// k a multiple of 32, and x at least k values.
+pub(crate) unsafe fn dot_rows(
+    ty: GgmlType,
+    rows: &[&[u8]],
+    k: usize,
+    x: &[f32],
+    _ldx: usize,
+    n: usize,
+    out: &mut [f32; 8],
+) {
+    assert!(k % 32 == 0 && (rows.len() == 1 || rows.len() == ROWS) && n == 1);
+    assert!(rows.iter().all(|r| ty.row_bytes(k) == Some(r.len())));
+    assert!(x.len() >= k);
+    let nb = k / 32;
+    macro_rules! go {
+        ($t:expr) => {
+            if rows.len() == 1 {
+                run::<{ $t as u8 }, 1>(rows, nb, x, out)
+            } else {
+                run::<{ $t as u8 }, ROWS>(rows, nb, x, out)
+            }
+        };
+    }
+    match ty {
+        GgmlType::F32 => go!(GgmlType::F32),
+        GgmlType::F16 => go!(GgmlType::F16),
+        GgmlType::BF16 => go!(GgmlType::BF16),
+        GgmlType::Q8_0 => go!(GgmlType::Q8_0),
+        GgmlType::Q4_0 => go!(GgmlType::Q4_0),
+        GgmlType::Q4_1 => go!(GgmlType::Q4_1),
+    }
+}

@@ -1,0 +1,164 @@
+//! Fused dequantize-and-dot for y = x·Wᵀ with one or two rows of x (generation), AVX-512.
+//! Each 32-value block of up to 4 W rows is decoded straight into registers and multiplied
+//! into 2 accumulators per (W row, x row); nothing is written back to memory but the sums.
+
+use crate::quant::GgmlType;
+use std::arch::x86_64::*;
+
+/// W rows and x rows per call.
+pub(crate) const ROWS: usize = 4;
+pub(crate) const XS: usize = 2;
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn nibbles(p: *const u8) -> (__m512, __m512) {
+    let v = _mm_loadu_si128(p as *const __m128i);
+    let mask = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(v, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+    (
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
+    )
+}
+
+/// Values 32b..32b+32 of a row of type T (a `GgmlType` discriminant).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> (__m512, __m512) {
+    const F32: u8 = GgmlType::F32 as u8;
+    const F16: u8 = GgmlType::F16 as u8;
+    const BF16: u8 = GgmlType::BF16 as u8;
+    const Q8_0: u8 = GgmlType::Q8_0 as u8;
+    const Q4_0: u8 = GgmlType::Q4_0 as u8;
+    match T {
+        F32 => {
+            let p = row.add(128 * b) as *const f32;
+            (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+        }
+        F16 => {
+            let p = row.add(64 * b);
+            (
+                _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
+            )
+        }
+        BF16 => {
+            let p = row.add(64 * b);
+            let a = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+            let c = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.add(32) as *const __m256i));
+            (
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(a)),
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(c)),
+            )
+        }
+        Q8_0 => {
+            let blk = row.add(34 * b);
+            let d = _mm512_set1_ps(f16_at(blk));
+            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                blk.add(2) as *const __m128i
+            )));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                blk.add(18) as *const __m128i
+            )));
+            (_mm512_mul_ps(lo, d), _mm512_mul_ps(hi, d))
+        }
+        Q4_0 => {
+            let blk = row.add(18 * b);
+            let d = _mm512_set1_ps(f16_at(blk));
+            let (lo, hi) = nibbles(blk.add(2));
+            let eight = _mm512_set1_ps(8.0);
+            (
+                _mm512_mul_ps(_mm512_sub_ps(lo, eight), d),
+                _mm512_mul_ps(_mm512_sub_ps(hi, eight), d),
+            )
+        }
+        _ => {
+            // Q4_1
+            let blk = row.add(20 * b);
+            let d = _mm512_set1_ps(f16_at(blk));
+            let m = _mm512_set1_ps(f16_at(blk.add(2)));
+            let (lo, hi) = nibbles(blk.add(4));
+            (_mm512_fmadd_ps(lo, d, m), _mm512_fmadd_ps(hi, d, m))
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn run<const T: u8, const R: usize, const N: usize>(
+    rows: &[&[u8]],
+    nblocks: usize,
+    x: &[f32],
+    ldx: usize,
+    out: &mut [f32; 8],
+) {
+    let rp: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let xp: [*const f32; N] = std::array::from_fn(|i| x.as_ptr().add(i * ldx));
+    let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
+    for b in 0..nblocks {
+        let xv: [(__m512, __m512); N] = std::array::from_fn(|i| {
+            (
+                _mm512_loadu_ps(xp[i].add(32 * b)),
+                _mm512_loadu_ps(xp[i].add(32 * b + 16)),
+            )
+        });
+        for r in 0..R {
+            let (wl, wh) = decode::<T>(rp[r], b);
+            for i in 0..N {
+                acc[r][i][0] = _mm512_fmadd_ps(wl, xv[i].0, acc[r][i][0]);
+                acc[r][i][1] = _mm512_fmadd_ps(wh, xv[i].1, acc[r][i][1]);
+            }
+        }
+    }
+    for r in 0..R {
+        for i in 0..N {
+            out[i * ROWS + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
+        }
+    }
+}
+
+/// out[i*ROWS + r] = Σ_p W_r(p)·x[i*ldx + p] for r < rows.len() (1 or ROWS), i < n (1..=XS).
+///
+/// # Safety
+/// AVX-512F/BW/VL, AVX2, FMA and F16C must be available. Each row must hold exactly `k`
+/// values of `ty` with k a multiple of 32, and x must hold n rows of k values at stride ldx.
+pub(crate) unsafe fn dot_rows(
+    ty: GgmlType,
+    rows: &[&[u8]],
+    k: usize,
+    x: &[f32],
+    ldx: usize,
+    n: usize,
+    out: &mut [f32; 8],
+) {
+    assert!(k.is_multiple_of(32) && (rows.len() == 1 || rows.len() == ROWS) && (1..=XS).contains(&n));
+    assert!(rows.iter().all(|r| ty.row_bytes(k) == Some(r.len())));
+    assert!(x.len() >= (n - 1) * ldx + k);
+    let nb = k / 32;
+    macro_rules! go {
+        ($t:expr) => {
+            match (rows.len(), n) {
+                (1, 1) => run::<{ $t as u8 }, 1, 1>(rows, nb, x, ldx, out),
+                (1, _) => run::<{ $t as u8 }, 1, 2>(rows, nb, x, ldx, out),
+                (_, 1) => run::<{ $t as u8 }, ROWS, 1>(rows, nb, x, ldx, out),
+                _ => run::<{ $t as u8 }, ROWS, 2>(rows, nb, x, ldx, out),
+            }
+        };
+    }
+    match ty {
+        GgmlType::F32 => go!(GgmlType::F32),
+        GgmlType::F16 => go!(GgmlType::F16),
+        GgmlType::BF16 => go!(GgmlType::BF16),
+        GgmlType::Q8_0 => go!(GgmlType::Q8_0),
+        GgmlType::Q4_0 => go!(GgmlType::Q4_0),
+        GgmlType::Q4_1 => go!(GgmlType::Q4_1),
+    }
+}
