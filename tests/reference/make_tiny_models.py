@@ -40,8 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     CHATML_TEMPLATE,
     GOLDEN_TOKENIZE_TEXTS,
-    encode_record,
-    fmt,
     score_records,
     sequence_golden,
 )
