@@ -65,7 +65,7 @@ fn finite_differences(arch: &str, variant: &str) {
         let fd = (lp - lm_) / (2.0 * eps as f64);
         let an = g[idx] as f64;
         assert!(
-            (fd - an).abs() < 2e-3 + 2e-2 * an.abs(),
+            (fd - an).abs() < 5e-5 + 1e-2 * an.abs(),
             "{arch}/{variant} param {idx}: finite difference {fd:.6} vs backward {an:.6}"
         );
     }
