@@ -166,3 +166,61 @@ fn chatml_scores_content_and_im_end_only() {
         assert!(!tok.decode(&scored).unwrap().contains("<|im_start|>"));
     }
 }
+
+/// SentencePiece (`tokenizer.ggml.model = "llama"`) vocabulary from a tiny metadata-only GGUF
+/// written by tests/reference/golden_tokenizer_spm.py; merges are derived from piece scores.
+/// Runs without the real model.
+#[test]
+fn sentencepiece_gguf_matches_transformers() {
+    use edge_sft::data::{build_example, parse_record, Built};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let g = GgufFile::open(&root.join("tokenizer_spm_tiny.gguf")).unwrap();
+    let tok = TextTokenizer::from_gguf(&g).unwrap();
+    let chat = ChatTemplate::for_tokenizer(&tok).unwrap();
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("tokenizer_spm_tiny.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(tok.kind, "spm-gguf");
+    assert_eq!(tok.bos_id, Some(want["bos_id"].as_u64().unwrap() as u32));
+    assert_eq!(tok.eos_id, Some(want["eos_id"].as_u64().unwrap() as u32));
+    assert_eq!(
+        tok.eot_id, tok.eos_id,
+        "no chat end-of-turn token: EOS ends turns"
+    );
+    assert_eq!(tok.add_bos, want["add_bos"].as_bool().unwrap());
+    assert_eq!(
+        tok.vocab_size(),
+        want["vocab_size"].as_u64().unwrap() as usize
+    );
+    for c in want["corpus"].as_array().unwrap() {
+        let text = c["text"].as_str().unwrap();
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids, ids_of(&c["ids"]), "ids for {text:?}");
+        assert_eq!(
+            tok.decode(&ids).unwrap(),
+            c["decoded"].as_str().unwrap(),
+            "decode of {text:?}"
+        );
+    }
+    let lines: Vec<String> = std::fs::read_to_string(records_path())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let opts = DataOptions::default();
+    for w in want["records"].as_array().unwrap() {
+        let line = w["line"].as_u64().unwrap() as usize;
+        let msgs = parse_record(&lines[line - 1]).unwrap();
+        let Built::Example(ex) = build_example(&msgs, &tok, &chat, &opts, line).unwrap() else {
+            panic!("line {line} fits")
+        };
+        let ids = ids_of(&w["ids"]);
+        assert_eq!(ex.ids, ids, "ids, line {line}");
+        assert_eq!(
+            ex.mask,
+            mask_of(&w["spans"], ids.len()),
+            "mask, line {line}"
+        );
+    }
+}

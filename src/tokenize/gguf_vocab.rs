@@ -183,21 +183,7 @@ pub fn byte_level_bpe_json(md: &BTreeMap<String, Value>) -> Result<String> {
         }
     }
 
-    // Control tokens become special added tokens (so `<|im_start|>` in text stays whole); ones
-    // spelled outside the byte alphabet are llama.cpp mislabels and are skipped, as transformers
-    // does. User-defined tokens become plain (non-special) added tokens when they are in vocab.
-    let mut added = Vec::new();
-    for (id, (tok, &ty)) in tokens.iter().zip(types.iter()).enumerate() {
-        let special = match ty {
-            TOKEN_TYPE_CONTROL if in_alphabet(tok) => true,
-            TOKEN_TYPE_USER_DEFINED if vocab.contains_key(*tok) => false,
-            _ => continue,
-        };
-        added.push(json!({
-            "id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
-            "normalized": false, "special": special,
-        }));
-    }
+    let added = added_tokens(md, &tokens, &types, &vocab, in_alphabet);
 
     let pre = md_str(md, "tokenizer.ggml.pre").unwrap_or("default");
     let pre_tokenizer = match split_regex(pre) {
@@ -226,6 +212,176 @@ pub fn byte_level_bpe_json(md: &BTreeMap<String, Value>) -> Result<String> {
         },
     });
     Ok(doc.to_string())
+}
+
+/// Added tokens, as transformers' `add_gguf_special_tokens` makes them: control tokens and the
+/// BOS/EOS/UNK/PAD tokens become special (so `<|im_start|>` in text stays whole); control
+/// tokens `spelled_ok` rejects are llama.cpp mislabels and are skipped. User-defined tokens
+/// become plain (non-special) added tokens when they are in the vocabulary.
+fn added_tokens(
+    md: &BTreeMap<String, Value>,
+    tokens: &[&str],
+    types: &[i64],
+    vocab: &serde_json::Map<String, Json>,
+    spelled_ok: impl Fn(&str) -> bool,
+) -> Vec<Json> {
+    let named: Vec<usize> = [
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.unknown_token_id",
+        "tokenizer.ggml.padding_token_id",
+    ]
+    .iter()
+    .filter_map(|k| md_int(md, k).and_then(|i| usize::try_from(i).ok()))
+    .collect();
+    let mut added = Vec::new();
+    for (id, tok) in tokens.iter().enumerate() {
+        let ty = types.get(id).copied().unwrap_or(1);
+        let special = match ty {
+            TOKEN_TYPE_CONTROL if spelled_ok(tok) => true,
+            TOKEN_TYPE_USER_DEFINED if vocab.contains_key(*tok) => false,
+            _ if named.contains(&id) && spelled_ok(tok) => true,
+            _ => continue,
+        };
+        added.push(json!({
+            "id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
+            "normalized": false, "special": special,
+        }));
+    }
+    added
+}
+
+/// tokenizer.json text for a GGUF SentencePiece vocabulary (`tokenizer.ggml.model == "llama"`),
+/// as transformers' `LlamaTokenizer` builds it: BPE with byte fallback over the pieces as
+/// spelled (`▁` for spaces), merges from the file or derived from the piece scores, a Metaspace
+/// pre-tokenizer that prepends `▁` to the first section, and no normalizer.
+pub fn sentencepiece_bpe_json(md: &BTreeMap<String, Value>) -> Result<String> {
+    let arch = md_str(md, "general.architecture").unwrap_or("llama");
+    if matches!(arch, "gemma" | "gemma2" | "gemma3" | "phi3") {
+        return Err(Error::Tokenizer(format!(
+            "SentencePiece GGUF vocabularies of architecture '{arch}' are not supported yet"
+        )));
+    }
+    let tokens = md_str_array(md, "tokenizer.ggml.tokens")?
+        .ok_or_else(|| Error::Tokenizer("GGUF has no tokenizer.ggml.tokens".into()))?;
+    let types = md_int_array(md, "tokenizer.ggml.token_type")?.unwrap_or_default();
+    let mut vocab = serde_json::Map::with_capacity(tokens.len());
+    for (id, tok) in tokens.iter().enumerate() {
+        vocab.insert(tok.to_string(), json!(id));
+    }
+    let merges: Vec<Json> = match md_str_array(md, "tokenizer.ggml.merges")? {
+        Some(list) => list
+            .iter()
+            .map(|m| {
+                let (a, b) = m.split_once(' ').unwrap_or((m, ""));
+                json!([a, b])
+            })
+            .collect(),
+        None => {
+            let scores = md_f32_array(md, "tokenizer.ggml.scores")?.ok_or_else(|| {
+                Error::Tokenizer(
+                    "GGUF SentencePiece vocabulary has neither merges nor scores".into(),
+                )
+            })?;
+            if scores.len() != tokens.len() {
+                return Err(Error::Tokenizer(format!(
+                    "tokenizer.ggml.scores has {} entries for {} tokens",
+                    scores.len(),
+                    tokens.len()
+                )));
+            }
+            merges_from_scores(&tokens, &scores, &vocab)
+                .into_iter()
+                .map(|(a, b)| json!([a, b]))
+                .collect()
+        }
+    };
+    let added = added_tokens(md, &tokens, &types, &vocab, |_| true);
+    let doc: Json = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false},
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+        ]},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+            "ignore_merges": false, "vocab": vocab, "merges": merges,
+        },
+    });
+    Ok(doc.to_string())
+}
+
+/// transformers' `generate_merges(vocab, vocab_scores)`: every split of every piece into two
+/// pieces of the vocabulary is a merge; merges rank by the piece's score, then by the lengths
+/// of the two halves, best first (stable, like Python's `sorted(..., reverse=True)`).
+fn merges_from_scores<'a>(
+    tokens: &[&'a str],
+    scores: &[f32],
+    vocab: &serde_json::Map<String, Json>,
+) -> Vec<(&'a str, &'a str)> {
+    let id = |s: &str| vocab.get(s).and_then(Json::as_u64);
+    // dict(zip(tokens, scores)): first position of each piece, last score.
+    let mut order: Vec<(&str, f32)> = Vec::with_capacity(tokens.len());
+    let mut pos = std::collections::HashMap::with_capacity(tokens.len());
+    for (t, &s) in tokens.iter().zip(scores) {
+        match pos.get(t) {
+            Some(&i) => order[i] = (*t, s),
+            None => {
+                pos.insert(*t, order.len());
+                order.push((*t, s));
+            }
+        }
+    }
+    // (left, right, score, chars(left), chars(right))
+    let mut merges: Vec<(&str, &str, f32, usize, usize)> = Vec::new();
+    for (piece, score) in order {
+        let mut local: Vec<(&str, &str, f32, usize, usize)> = Vec::new();
+        let n_chars = piece.chars().count();
+        for (k, (b, _)) in piece.char_indices().skip(1).enumerate() {
+            let (l, r) = piece.split_at(b);
+            if id(l).is_some() && id(r).is_some() {
+                local.push((l, r, score, k + 1, n_chars - k - 1));
+            }
+        }
+        local.sort_by_key(|m| (id(m.0), id(m.1)));
+        merges.extend(local);
+    }
+    merges.sort_by(|a, b| {
+        (b.2, b.3, b.4)
+            .partial_cmp(&(a.2, a.3, a.4))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    merges.into_iter().map(|m| (m.0, m.1)).collect()
+}
+
+fn md_f32_array(md: &BTreeMap<String, Value>, key: &str) -> Result<Option<Vec<f32>>> {
+    match md.get(key) {
+        None => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match *v {
+                Value::F32(x) => Ok(x),
+                Value::F64(x) => Ok(x as f32),
+                ref other => value_int(other)
+                    .map(|x| x as f32)
+                    .ok_or_else(|| Error::Tokenizer(format!("{key}: expected numbers"))),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        Some(other) => Err(Error::Tokenizer(format!(
+            "{key}: expected an array, found {}",
+            short(other)
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -47,10 +47,12 @@ impl TextTokenizer {
             .ok_or_else(|| Error::Tokenizer("GGUF has no tokenizer.ggml.model".into()))?;
         let (json, kind) = match model {
             "gpt2" => (gguf_vocab::byte_level_bpe_json(md)?, "bpe-gguf"),
+            "llama" => (gguf_vocab::sentencepiece_bpe_json(md)?, "spm-gguf"),
             other => {
                 return Err(Error::Tokenizer(format!(
-                "GGUF tokenizer model '{other}' is not supported (supported: gpt2 byte-level BPE)"
-            )))
+                    "GGUF tokenizer model '{other}' is not supported \
+                     (supported: gpt2 byte-level BPE, llama SentencePiece)"
+                )))
             }
         };
         let inner: tokenizers::Tokenizer = json
@@ -76,8 +78,10 @@ impl TextTokenizer {
         };
         let bos = lookup("tokenizer.ggml.bos_token_id")?;
         let eos = lookup("tokenizer.ggml.eos_token_id")?;
-        // transformers defaults add_bos_token to False for byte-level files without the key.
-        let add_bos = md_bool(md, "tokenizer.ggml.add_bos_token").unwrap_or(false) && bos.is_some();
+        // Without the key, SentencePiece vocabularies get a BOS (llama.cpp and transformers
+        // agree) and byte-level ones do not.
+        let add_bos = md_bool(md, "tokenizer.ggml.add_bos_token").unwrap_or(model == "llama")
+            && bos.is_some();
         let chat_template = md_str(md, "tokenizer.chat_template").map(str::to_string);
         Ok(Self::assemble(
             inner,
@@ -168,8 +172,15 @@ impl TextTokenizer {
         chat_template: Option<String>,
     ) -> Self {
         let eos_id = eos.as_ref().map(|e| e.0);
+        // A vocabulary may hold several chat formats' markers (a Llama-2 template over a vocab
+        // that also has <|im_end|>): the end of turn is the one the template writes.
+        let written = |t: &str| match chat_template.as_deref() {
+            Some(src) => src.contains(t),
+            None => true,
+        };
         let eot_id = EOT_CANDIDATES
             .iter()
+            .filter(|t| written(t))
             .find_map(|t| inner.token_to_id(t))
             .or(eos_id);
         TextTokenizer {
