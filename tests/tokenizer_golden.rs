@@ -224,3 +224,38 @@ fn sentencepiece_gguf_matches_transformers() {
         );
     }
 }
+
+/// Chat templates in the style of common families render exactly as transformers' Jinja
+/// environment renders them (tests/reference/golden_chat_templates.py). Runs without a model.
+#[test]
+fn chat_templates_render_like_transformers() {
+    use edge_sft::tokenize::Message;
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tokenizer_chat_renders.json");
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let (bos, eos) = (g["bos_token"].as_str(), g["eos_token"].as_str());
+    let convs: Vec<Vec<Message>> = serde_json::from_value(g["conversations"].clone()).unwrap();
+    let cases = g["cases"].as_array().unwrap();
+    assert!(cases.len() >= 50);
+    for c in cases {
+        let name = c["template"].as_str().unwrap();
+        let t = ChatTemplate::new(g["templates"][name].as_str().unwrap(), bos, eos).unwrap();
+        let conv = &convs[c["conversation"].as_u64().unwrap() as usize];
+        let gen = c["add_generation_prompt"].as_bool().unwrap();
+        let got = t.render(conv, gen);
+        let what = format!(
+            "template {name}, conversation {}, gen {gen}",
+            c["conversation"]
+        );
+        match (c.get("text"), got) {
+            (Some(want), Ok(text)) => assert_eq!(text, want.as_str().unwrap(), "{what}"),
+            (None, Err(e)) => {
+                let want = c["error"].as_str().unwrap();
+                assert!(
+                    e.to_string().contains(want),
+                    "{what}: {e} should contain {want:?}"
+                );
+            }
+            (want, got) => panic!("{what}: transformers gave {want:?}, we gave {got:?}"),
+        }
+    }
+}

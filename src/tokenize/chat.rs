@@ -86,6 +86,9 @@ impl ChatTemplate {
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
+            // transformers passes these as None; `tools is none` must hold.
+            tools => (),
+            documents => (),
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         })
