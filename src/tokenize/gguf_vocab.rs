@@ -402,6 +402,47 @@ mod tests {
         assert_eq!(all.len(), 256, "table must be a bijection");
     }
 
+    /// Every pre-tokenizer regex compiles in the tokenizers crate (onig) and byte-level
+    /// round-trips text, on a vocabulary of the 256 byte tokens plus one merge.
+    #[test]
+    fn every_pre_tokenizer_builds_and_round_trips() {
+        let table = bytes_to_unicode();
+        let mut tokens: Vec<Value> = vec![Value::String("<|im_end|>".into())];
+        tokens.extend(table.iter().map(|c| Value::String(c.to_string())));
+        tokens.push(Value::String("he".into()));
+        let n = tokens.len();
+        for pre in [
+            "default",
+            "smollm",
+            "llama-bpe",
+            "qwen2",
+            "qwen35",
+            "tekken",
+            "gpt-4o",
+        ] {
+            let mut md = BTreeMap::new();
+            md.insert("tokenizer.ggml.pre".to_string(), Value::String(pre.into()));
+            md.insert(
+                "tokenizer.ggml.tokens".to_string(),
+                Value::Array(tokens.clone()),
+            );
+            let mut types = vec![Value::I32(1); n];
+            types[0] = Value::I32(TOKEN_TYPE_CONTROL as i32);
+            md.insert("tokenizer.ggml.token_type".to_string(), Value::Array(types));
+            md.insert(
+                "tokenizer.ggml.merges".to_string(),
+                Value::Array(vec![Value::String("h e".into())]),
+            );
+            let json = byte_level_bpe_json(&md).unwrap();
+            let tok: tokenizers::Tokenizer = json.parse().unwrap();
+            let text = "Hello, the world!  It's 12345 — ünï 日本 🎉\n\tend<|im_end|>";
+            let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+            assert_eq!(*ids.last().unwrap(), 0, "{pre}: control token kept whole");
+            assert!(ids.contains(&(n as u32 - 1)), "{pre}: merge 'h e' applied");
+            assert_eq!(tok.decode(&ids, false).unwrap(), text, "{pre}");
+        }
+    }
+
     #[test]
     fn pre_names() {
         assert!(split_regex("smollm").is_none());
