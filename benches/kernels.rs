@@ -117,6 +117,37 @@ fn main() {
         .install(bench_all);
 }
 
+/// LoRA-shaped f32 products (rank 16): x·Aᵀ, u·Bᵀ, and the gradient GEMMs.
+fn bench_lora(want: &dyn Fn(&str) -> bool) {
+    let (t, d, r) = (256, 576, 16);
+    let mut s = 3u64;
+    let x: Vec<f32> = (0..t * d).map(|_| rand_f32(&mut s)).collect();
+    let a: Vec<f32> = (0..r * d).map(|_| rand_f32(&mut s)).collect();
+    let u: Vec<f32> = (0..t * r).map(|_| rand_f32(&mut s)).collect();
+    let mut tr = vec![0.0f32; t * r];
+    let mut td = vec![0.0f32; t * d];
+    let mut rd = vec![0.0f32; r * d];
+    let flops = 2.0 * (t * d * r) as f64;
+    for isa in cpu::available_isas() {
+        let name = cpu::isa_name(isa);
+        let label = format!("lora nt x·Aᵀ {t}x{d}x{r} {name}");
+        if want(&label) {
+            let tm = time(|| cpu::matmul_f32_nt_with(isa, &x, &a, &mut tr, t, d, r, false));
+            report(&label, flops, tm);
+        }
+        let label = format!("lora nt u·Bᵀ {t}x{r}x{d} {name}");
+        if want(&label) {
+            let tm = time(|| cpu::matmul_f32_nt_with(isa, &u, &a, &mut td, t, r, d, false));
+            report(&label, flops, tm);
+        }
+        let label = format!("lora tn uᵀ·x {r}x{t}x{d} {name}");
+        if want(&label) {
+            let tm = time(|| cpu::matmul_f32_tn_with(isa, &u, &x, &mut rd, r, t, d, true));
+            report(&label, flops, tm);
+        }
+    }
+}
+
 fn bench_all() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -141,6 +172,7 @@ fn bench_all() {
         (16, 576, 576),
         (64, 576, 576),
     ];
+    bench_lora(&want);
     let isas: Vec<Isa> = cpu::available_isas();
     for &(n, rows, cols) in &shapes {
         let flops = 2.0 * (n * rows * cols) as f64;

@@ -43,7 +43,17 @@ const NB_MAX: usize = 128;
 /// Depth of one B panel: a multiple of 32 so quant blocks never straddle chunks.
 const KC: usize = 256;
 
-fn kern_for(isa: Isa) -> Kern {
+/// The microkernel for `isa` and an output `n` columns wide. Narrow outputs (LoRA ranks 8–16)
+/// on AVX-512 use the 16-wide AVX2 tile, which wastes less of each register on padding.
+fn kern_for(isa: Isa, n: usize) -> Kern {
+    #[cfg(target_arch = "x86_64")]
+    let isa = if isa == Isa::Avx512 && n <= avx2::NR {
+        Isa::Avx2
+    } else {
+        isa
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = n;
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Kern {
@@ -222,7 +232,7 @@ fn gemm(
         return;
     }
     assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: A too short");
-    let kern = kern_for(isa);
+    let kern = kern_for(isa, n);
     let n_ib = m.div_ceil(MC_MAX);
     let mc = m.div_ceil(n_ib).div_ceil(kern.mr) * kern.mr;
     let n_ib = m.div_ceil(mc);
