@@ -92,15 +92,26 @@ pub fn load_jsonl(
     chat: &ChatTemplate,
     opts: &DataOptions,
 ) -> Result<Dataset> {
+    use rayon::prelude::*;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    // Records are independent: build them in parallel, then take the results in file order so
+    // the error reported is the first bad line's.
+    let results: Vec<(usize, std::result::Result<Built, String>)> = lines
+        .par_iter()
+        .map(|&(lineno, line)| {
+            let built =
+                parse_record(line).and_then(|msgs| build_example(&msgs, tok, chat, opts, lineno));
+            (lineno, built)
+        })
+        .collect();
     let mut ds = Dataset::default();
-    for (i, line) in text.lines().enumerate() {
-        let lineno = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let built =
-            parse_record(line).and_then(|msgs| build_example(&msgs, tok, chat, opts, lineno));
+    for (lineno, built) in results {
         match built {
             Ok(Built::Example(ex)) => ds.examples.push(ex),
             Ok(Built::TooLong { .. }) => ds.skipped_too_long += 1,
