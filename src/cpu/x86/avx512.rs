@@ -247,18 +247,15 @@ pub(crate) unsafe fn exp_sub_inplace(x: &mut [f32], m: f32) -> f32 {
     _mm512_reduce_add_ps(acc)
 }
 
-/// 16 packed nibbles → 16 f32 of the low nibbles, 16 f32 of the high nibbles.
+/// 16 packed nibbles → 16 f32 of the low nibbles, 16 f32 of the high nibbles (each byte is
+/// widened to a 32-bit lane once, then masked or shifted).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn nibbles_f32(p: *const u8) -> (__m512, __m512) {
-    let v = _mm_loadu_si128(p as *const __m128i);
-    let mask = _mm_set1_epi8(0x0F);
-    let lo = _mm_and_si128(v, mask);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
-    (
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
-    )
+    let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+    let lo = _mm512_and_si512(v, _mm512_set1_epi32(0x0F));
+    let hi = _mm512_srli_epi32::<4>(v);
+    (_mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi))
 }
 
 /// Dequantize whole blocks: `dst.len()` values of `ty` from `src`. Bit-identical to

@@ -16,20 +16,19 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
-/// 16 packed nibbles → the 32 codes as f32, in element order (low nibbles first).
+/// 16 packed nibbles → the 32 codes as f32, in element order (low nibbles first): each
+/// byte is widened to a 32-bit lane once, then masked (low nibble) or shifted (high nibble).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibbles(p: *const u8) -> [__m256; 4] {
-    let v = _mm_loadu_si128(p as *const __m128i);
-    let mask = _mm_set1_epi8(0x0F);
-    let lo = _mm_and_si128(v, mask);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
-    let cvt = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    let v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i));
+    let v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8) as *const __m128i));
+    let mask = _mm256_set1_epi32(0x0F);
     [
-        cvt(lo),
-        cvt(_mm_srli_si128::<8>(lo)),
-        cvt(hi),
-        cvt(_mm_srli_si128::<8>(hi)),
+        _mm256_cvtepi32_ps(_mm256_and_si256(v0, mask)),
+        _mm256_cvtepi32_ps(_mm256_and_si256(v1, mask)),
+        _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v0)),
+        _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v1)),
     ]
 }
 

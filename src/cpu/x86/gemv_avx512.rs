@@ -16,16 +16,26 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
+/// 16 packed nibbles → (codes of elements 0..16, codes of elements 16..32) as f32: each byte
+/// is widened to a 32-bit lane once, then masked (low nibble) or shifted (high nibble).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn nibbles(p: *const u8) -> (__m512, __m512) {
-    let v = _mm_loadu_si128(p as *const __m128i);
-    let mask = _mm_set1_epi8(0x0F);
-    let lo = _mm_and_si128(v, mask);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+    let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+    let lo = _mm512_and_si512(v, _mm512_set1_epi32(0x0F));
+    let hi = _mm512_srli_epi32::<4>(v);
+    (_mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi))
+}
+
+/// The two halves at p (Q4_1's d and m) as two broadcast vectors, with one conversion.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn f16_pair(p: *const u8) -> (__m512, __m512) {
+    let bits = i32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]);
+    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
     (
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
+        _mm512_broadcastss_ps(dm),
+        _mm512_broadcastss_ps(_mm_movehdup_ps(dm)),
     )
 }
 
@@ -83,8 +93,7 @@ unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> (__m512, __m512) {
         _ => {
             // Q4_1
             let blk = row.add(20 * b);
-            let d = _mm512_set1_ps(f16_at(blk));
-            let m = _mm512_set1_ps(f16_at(blk.add(2)));
+            let (d, m) = f16_pair(blk);
             let (lo, hi) = nibbles(blk.add(4));
             (_mm512_fmadd_ps(lo, d, m), _mm512_fmadd_ps(hi, d, m))
         }
@@ -139,7 +148,9 @@ pub(crate) unsafe fn dot_rows(
     n: usize,
     out: &mut [f32; 8],
 ) {
-    assert!(k.is_multiple_of(32) && (rows.len() == 1 || rows.len() == ROWS) && (1..=XS).contains(&n));
+    assert!(
+        k.is_multiple_of(32) && (rows.len() == 1 || rows.len() == ROWS) && (1..=XS).contains(&n)
+    );
     assert!(rows.iter().all(|r| ty.row_bytes(k) == Some(r.len())));
     assert!(x.len() >= (n - 1) * ldx + k);
     let nb = k / 32;
