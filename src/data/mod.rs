@@ -126,8 +126,12 @@ pub fn load_jsonl(
         }
     }
     if ds.examples.is_empty() {
+        let first = match ds.bad_reasons.first() {
+            Some(r) => format!("; first: {r}"),
+            None => String::new(),
+        };
         return Err(Error::Usage(format!(
-            "{}: no usable records ({} malformed, {} too long for max_seq {})",
+            "{}: no usable records ({} malformed, {} too long for max_seq {}){first}",
             path.display(),
             ds.skipped_bad,
             ds.skipped_too_long,
