@@ -332,6 +332,10 @@ fn skip_bad_counts_and_keeps_reasons() {
         err.contains("allbad.jsonl") && err.contains("no usable records"),
         "{err}"
     );
+    assert!(
+        err.contains("; first: ") && err.contains("allbad.jsonl:1: invalid JSON"),
+        "{err}"
+    );
 }
 
 #[test]
