@@ -224,7 +224,7 @@ impl TextTokenizer {
         self.inner.id_to_token(id)
     }
 
-    /// True for BOS, EOS and end-of-turn: the ids that stop generation.
+    /// True for EOS and the end-of-turn token: the ids that stop generation.
     pub fn is_stop(&self, id: u32) -> bool {
         Some(id) == self.eos_id || Some(id) == self.eot_id
     }
