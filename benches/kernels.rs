@@ -171,6 +171,8 @@ fn bench_all() {
         (8, 576, 576),
         (16, 576, 576),
         (64, 576, 576),
+        (1, 49152, 576),
+        (32, 49152, 576),
     ];
     bench_lora(&want);
     let isas: Vec<Isa> = cpu::available_isas();

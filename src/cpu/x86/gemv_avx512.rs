@@ -39,15 +39,28 @@ unsafe fn f16_pair(p: *const u8) -> (__m512, __m512) {
     )
 }
 
+// Weight types as const-generic parameters (their GGUF ids).
+const F32: u8 = GgmlType::F32 as u8;
+const F16: u8 = GgmlType::F16 as u8;
+const BF16: u8 = GgmlType::BF16 as u8;
+const Q8_0: u8 = GgmlType::Q8_0 as u8;
+const Q4_0: u8 = GgmlType::Q4_0 as u8;
+
+/// Bytes of one 32-value block of type T.
+const fn block_bytes(t: u8) -> usize {
+    match t {
+        F32 => 128,
+        F16 | BF16 => 64,
+        Q8_0 => 34,
+        Q4_0 => 18,
+        _ => 20, // Q4_1
+    }
+}
+
 /// Values 32b..32b+32 of a row of type T (a `GgmlType` discriminant).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> (__m512, __m512) {
-    const F32: u8 = GgmlType::F32 as u8;
-    const F16: u8 = GgmlType::F16 as u8;
-    const BF16: u8 = GgmlType::BF16 as u8;
-    const Q8_0: u8 = GgmlType::Q8_0 as u8;
-    const Q4_0: u8 = GgmlType::Q4_0 as u8;
     match T {
         F32 => {
             let p = row.add(128 * b) as *const f32;
@@ -112,7 +125,13 @@ unsafe fn run<const T: u8, const R: usize, const N: usize>(
     let rp: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
     let xp: [*const f32; N] = std::array::from_fn(|i| x.as_ptr().add(i * ldx));
     let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
+    // The next group of ROWS rows follows these in memory: prefetch it block by block, so the
+    // stream is in cache when we get there (the hardware prefetcher alone falls behind).
+    let ahead = ROWS * nblocks * block_bytes(T);
     for b in 0..nblocks {
+        for &p in &rp {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead + b * block_bytes(T)) as *const i8);
+        }
         let xv: [(__m512, __m512); N] = std::array::from_fn(|i| {
             (
                 _mm512_loadu_ps(xp[i].add(32 * b)),
