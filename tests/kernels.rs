@@ -178,6 +178,38 @@ fn matmul_wt_matches_reference() {
 }
 
 #[test]
+fn float_weights_with_odd_widths_match_reference() {
+    // Plain float types have no 32-value blocks: widths like 33 take the unfused GEMV and the
+    // scalar tails of the SIMD transposes.
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+        for (si, &(n, rows, cols)) in [(1, 10, 33), (3, 9, 7), (9, 21, 45)].iter().enumerate() {
+            let w = random_matrix(ty, rows, cols, 40 + si as u64);
+            let x = Rng(41 + si as u64).vec(n * cols, 1.0);
+            let dy = Rng(42 + si as u64).vec(n * rows, 1.0);
+            let wabs = QMatrix::from_f32("abs", rows, cols, &abs(&reference::dequantize(&w)));
+            let mut want = vec![0.0f32; n * rows];
+            let mut mag = vec![0.0f32; n * rows];
+            reference::matmul_wt(&x, n, &w, &mut want);
+            reference::matmul_wt(&abs(&x), n, &wabs, &mut mag);
+            let mut want_dx = vec![0.0f32; n * cols];
+            let mut mag_dx = vec![0.0f32; n * cols];
+            reference::matmul_w(&dy, n, &w, &mut want_dx);
+            reference::matmul_w(&abs(&dy), n, &wabs, &mut mag_dx);
+            for isa in cpu::available_isas() {
+                let mut got = vec![f32::NAN; n * rows];
+                cpu::matmul_wt_with(isa, &x, n, &w, &mut got);
+                let what = format!("matmul_wt {} {isa:?} n={n} {rows}x{cols}", ty.name());
+                assert_close(&what, &got, &want, &mag);
+                let mut got = vec![f32::NAN; n * cols];
+                cpu::matmul_w_with(isa, &dy, n, &w, &mut got);
+                let what = format!("matmul_w {} {isa:?} n={n} {rows}x{cols}", ty.name());
+                assert_close(&what, &got, &want_dx, &mag_dx);
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_wt_range_is_a_slice_of_the_full_product() {
     let (n, rows, cols) = (9, 150, 128);
     let w = random_matrix(GgmlType::Q8_0, rows, cols, 5);

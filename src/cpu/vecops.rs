@@ -20,6 +20,7 @@ pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: check(isa) verified the CPU has the features these functions enable.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::dot(a, b) },
+        // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::dot(a, b) },
         #[allow(unreachable_patterns)]
@@ -39,6 +40,7 @@ pub fn axpy_with(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
         // SAFETY: check(isa) verified the CPU features.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::axpy(alpha, x, y) },
+        // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::axpy(alpha, x, y) },
         _ => scalar::axpy(alpha, x, y),
@@ -56,6 +58,7 @@ pub fn scale_with(isa: Isa, alpha: f32, x: &mut [f32]) {
         // SAFETY: check(isa) verified the CPU features.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::scale(alpha, x) },
+        // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::scale(alpha, x) },
         _ => scalar::scale(alpha, x),
@@ -83,6 +86,7 @@ pub fn rmsnorm_with(isa: Isa, x: &[f32], w: &[f32], eps: f32, d: usize, out: &mu
             // SAFETY: check(isa) verified the CPU features.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { avx2::mul3(xr, inv, w, or) },
+            // SAFETY: as for Avx2 just above.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { avx512::mul3(xr, inv, w, or) },
             _ => {
@@ -109,6 +113,7 @@ pub fn silu_mul_with(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
         // SAFETY: check(isa) verified the CPU features.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::silu_mul(gate, up, out) },
+        // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::silu_mul(gate, up, out) },
         _ => scalar::silu_mul(gate, up, out),
@@ -120,6 +125,7 @@ fn max_with(isa: Isa, x: &[f32]) -> f32 {
         // SAFETY: callers ran check(isa).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::max(x) },
+        // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::max(x) },
         _ => scalar::max(x),
@@ -141,6 +147,7 @@ pub fn logsumexp_with(isa: Isa, x: &[f32]) -> f32 {
         // SAFETY: check(isa) verified the CPU features.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::sum_exp(x, m) },
+        // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::sum_exp(x, m) },
         _ => scalar::sum_exp(x, m),
@@ -163,6 +170,7 @@ pub fn softmax_inplace_with(isa: Isa, x: &mut [f32]) {
         // SAFETY: check(isa) verified the CPU features.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::exp_sub_inplace(x, m) },
+        // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::exp_sub_inplace(x, m) },
         _ => scalar::exp_sub_inplace(x, m),
@@ -187,6 +195,7 @@ pub fn dequantize_row_with(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f32]) 
         // SAFETY: check(isa) verified the CPU features; lengths were checked above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::dequantize(ty, src, dst) },
+        // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::dequantize(ty, src, dst) },
         _ => crate::quant::dequantize_row(ty, src, dst),
@@ -201,6 +210,7 @@ pub(crate) fn dequant_unchecked(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f
         // SIMD code re-derives its loop bounds from both slice lengths.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::dequantize(ty, src, dst) },
+        // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::dequantize(ty, src, dst) },
         _ => crate::quant::dequantize_row(ty, src, dst),
@@ -213,6 +223,7 @@ pub(crate) fn dot_unchecked(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: the caller ran check(isa).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::dot(a, b) },
+        // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::dot(a, b) },
         _ => scalar::dot(a, b),
