@@ -441,6 +441,28 @@ fn softmax_and_logsumexp_match_reference() {
                 (lse - want_lse).abs() <= 1e-5 * (1.0 + want_lse.abs()),
                 "logsumexp {isa:?} len={len}: {lse} vs {want_lse}"
             );
+            let want_max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(cpu::max_with(isa, &x), want_max, "max {isa:?} len={len}");
+            // Online-softmax step: x ← exp(x − shift), Σ returned.
+            let shift = want_max - 3.0;
+            let want_e: Vec<f32> = x
+                .iter()
+                .map(|&v| ((v - shift) as f64).exp() as f32)
+                .collect();
+            let want_s: f64 = want_e.iter().map(|&v| v as f64).sum();
+            let mut e = x.clone();
+            let s = cpu::exp_sub_inplace_with(isa, &mut e, shift);
+            let mag: Vec<f32> = want_e.iter().map(|v| v + 1e-30).collect();
+            assert_close(
+                &format!("exp_sub_inplace {isa:?} len={len}"),
+                &e,
+                &want_e,
+                &mag,
+            );
+            assert!(
+                ((s as f64) - want_s).abs() <= 1e-5 * want_s,
+                "exp_sub_inplace sum {isa:?} len={len}: {s} vs {want_s}"
+            );
             let mut got = x.clone();
             cpu::softmax_inplace_with(isa, &mut got);
             let mag: Vec<f32> = want.iter().map(|v| v + 1e-7).collect();
@@ -452,6 +474,7 @@ fn softmax_and_logsumexp_match_reference() {
     }
     for isa in cpu::available_isas() {
         assert_eq!(cpu::logsumexp_with(isa, &[]), f32::NEG_INFINITY);
+        assert_eq!(cpu::max_with(isa, &[]), f32::NEG_INFINITY);
         assert_eq!(
             cpu::logsumexp_with(isa, &[f32::NEG_INFINITY; 3]),
             f32::NEG_INFINITY

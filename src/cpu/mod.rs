@@ -31,7 +31,7 @@ pub use gemm::{
     matmul_wt_with,
 };
 pub use vecops::{
-    axpy, axpy_with, dequantize_row_with, dot, dot_with, logsumexp, logsumexp_with, rmsnorm,
-    rmsnorm_with, scale, scale_with, silu_mul, silu_mul_with, softmax_inplace,
-    softmax_inplace_with,
+    axpy, axpy_with, dequantize_row_with, dot, dot_with, exp_sub_inplace, exp_sub_inplace_with,
+    logsumexp, logsumexp_with, max, max_with, rmsnorm, rmsnorm_with, scale, scale_with, silu_mul,
+    silu_mul_with, softmax_inplace, softmax_inplace_with,
 };

@@ -120,7 +120,42 @@ pub fn silu_mul_with(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-fn max_with(isa: Isa, x: &[f32]) -> f32 {
+/// The largest element (−∞ for an empty slice; NaN elements are skipped by the scalar path
+/// and may or may not be by SIMD paths — check for NaN separately if it matters).
+pub fn max(x: &[f32]) -> f32 {
+    max_with(active_isa(), x)
+}
+
+pub fn max_with(isa: Isa, x: &[f32]) -> f32 {
+    check(isa);
+    max_unchecked(isa, x)
+}
+
+/// x ← exp(x − shift) elementwise; returns Σ of the new x (f32, fixed order). With `shift` the
+/// running maximum this is the inner step of an online softmax / logsumexp over chunks.
+/// Entries of −∞ become exactly 0.
+pub fn exp_sub_inplace(x: &mut [f32], shift: f32) -> f32 {
+    exp_sub_inplace_with(active_isa(), x, shift)
+}
+
+pub fn exp_sub_inplace_with(isa: Isa, x: &mut [f32], shift: f32) -> f32 {
+    check(isa);
+    exp_sub_unchecked(isa, x, shift)
+}
+
+fn exp_sub_unchecked(isa: Isa, x: &mut [f32], m: f32) -> f32 {
+    match isa {
+        // SAFETY: callers ran check(isa).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::exp_sub_inplace(x, m) },
+        // SAFETY: as for Avx2 just above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::exp_sub_inplace(x, m) },
+        _ => scalar::exp_sub_inplace(x, m),
+    }
+}
+
+fn max_unchecked(isa: Isa, x: &[f32]) -> f32 {
     match isa {
         // SAFETY: callers ran check(isa).
         #[cfg(target_arch = "x86_64")]
@@ -139,7 +174,7 @@ pub fn logsumexp(x: &[f32]) -> f32 {
 
 pub fn logsumexp_with(isa: Isa, x: &[f32]) -> f32 {
     check(isa);
-    let m = max_with(isa, x);
+    let m = max_unchecked(isa, x);
     if m == f32::NEG_INFINITY || m.is_nan() {
         return m;
     }
@@ -165,16 +200,8 @@ pub fn softmax_inplace_with(isa: Isa, x: &mut [f32]) {
     if x.is_empty() {
         return;
     }
-    let m = max_with(isa, x);
-    let s = match isa {
-        // SAFETY: check(isa) verified the CPU features.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::exp_sub_inplace(x, m) },
-        // SAFETY: as for Avx2 just above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512::exp_sub_inplace(x, m) },
-        _ => scalar::exp_sub_inplace(x, m),
-    };
+    let m = max_unchecked(isa, x);
+    let s = exp_sub_unchecked(isa, x, m);
     scale_with(isa, 1.0 / s, x);
 }
 
