@@ -61,7 +61,7 @@ pub fn score_example(model: &Model, ex: &Example, lora: Option<&LoraSet>) -> Res
     let d = model.config.d_model;
     let mut cache = KvCache::new(model.layers.len());
     let hidden = model.forward(&ex.ids, &mut cache, lora)?; // [n, d]
-    // Only rows that predict a scored token go through the output projection.
+                                                            // Only rows that predict a scored token go through the output projection.
     let rows: Vec<usize> = (1..ex.ids.len()).filter(|&t| ex.mask[t]).collect();
     let mut gathered = Vec::with_capacity(rows.len() * d); // [scored, d]
     for &t in &rows {

@@ -32,11 +32,19 @@ fn check_variant(arch: &str, variant: &str, g: &Value, subset: &[usize]) {
         root().join(arch).join(format!("{base}.gguf"))
     };
     let lm = LoadedModel::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let lora = adapter.then(|| lm.read_adapter(&root().join(arch).join("peft_adapter")).unwrap());
+    let lora = adapter.then(|| {
+        lm.read_adapter(&root().join(arch).join("peft_adapter"))
+            .unwrap()
+    });
     let m = &lm.model;
     let vocab = m.config.vocab_size;
     for (si, seq) in g["sequences"].as_array().unwrap().iter().enumerate() {
-        let ids: Vec<u32> = seq["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = seq["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let mut cache = KvCache::new(m.layers.len());
         let hidden = m.forward(&ids, &mut cache, lora.as_ref()).unwrap();
         let logits = m.logits(&hidden, ids.len());
@@ -44,20 +52,33 @@ fn check_variant(arch: &str, variant: &str, g: &Value, subset: &[usize]) {
             let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
             let lse = mx + row.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln();
             let want = f(&seq["logsumexp"][t]);
-            assert!((lse - want).abs() < TOL * want.abs().max(1.0), "{arch}/{variant} seq {si} pos {t}: logsumexp {lse} vs {want}");
+            assert!(
+                (lse - want).abs() < TOL * want.abs().max(1.0),
+                "{arch}/{variant} seq {si} pos {t}: logsumexp {lse} vs {want}"
+            );
             for (k, &col) in subset.iter().enumerate() {
                 let want = f(&seq["logits_subset"][t][k]);
                 let got = row[col] as f64;
-                assert!((got - want).abs() < TOL * want.abs().max(1.0), "{arch}/{variant} seq {si} pos {t} logit {col}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < TOL * want.abs().max(1.0),
+                    "{arch}/{variant} seq {si} pos {t} logit {col}: {got} vs {want}"
+                );
             }
             let am = edge_sft::infer::sampling::argmax(row);
             let want_am = seq["argmax"][t].as_u64().unwrap() as usize;
-            assert!(am == want_am || (row[am] - row[want_am]).abs() < 1e-5, "{arch}/{variant}: argmax {am} vs {want_am}");
+            assert!(
+                am == want_am || (row[am] - row[want_am]).abs() < 1e-5,
+                "{arch}/{variant}: argmax {am} vs {want_am}"
+            );
         }
     }
     // Records through the data pipeline: ids, masks and Σ log Pr(y|x), both objectives.
     let text = std::fs::read_to_string(root().join("records.jsonl")).unwrap();
-    for (ri, (line, rec)) in text.lines().zip(g["records"].as_array().unwrap()).enumerate() {
+    for (ri, (line, rec)) in text
+        .lines()
+        .zip(g["records"].as_array().unwrap())
+        .enumerate()
+    {
         let msgs = parse_record(line).unwrap();
         for (loss_on, key_lp, key_n) in [
             (LossOn::Response, "sum_logprob", "scored_tokens"),
@@ -73,25 +94,50 @@ fn check_variant(arch: &str, variant: &str, g: &Value, subset: &[usize]) {
                 Built::Example(e) => e,
                 other => panic!("record {ri}: {other:?}"),
             };
-            let want_ids: Vec<u32> = rec["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let want_ids: Vec<u32> = rec["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
             assert_eq!(ex.ids, want_ids, "{arch}/{variant} record {ri}: ids");
             if loss_on == LossOn::Response {
-                let want_mask: Vec<bool> = rec["mask"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() == 1).collect();
+                let want_mask: Vec<bool> = rec["mask"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() == 1)
+                    .collect();
                 assert_eq!(ex.mask, want_mask, "{arch}/{variant} record {ri}: mask");
             }
             let s = score_example(&lm.model, &ex, lora.as_ref()).unwrap();
             let want = f(&rec[key_lp]);
             assert_eq!(s.scored_tokens as u64, rec[key_n].as_u64().unwrap());
-            assert!((s.sum_logprob - want).abs() < 1e-4 * want.abs().max(1.0), "{arch}/{variant} record {ri} {key_lp}: {} vs {want}", s.sum_logprob);
+            assert!(
+                (s.sum_logprob - want).abs() < 1e-4 * want.abs().max(1.0),
+                "{arch}/{variant} record {ri} {key_lp}: {} vs {want}",
+                s.sum_logprob
+            );
         }
     }
 }
 
 fn run_arch(arch: &str) {
-    let g: Value = serde_json::from_str(&std::fs::read_to_string(root().join(arch).join("golden.json")).unwrap()).unwrap();
-    let subset: Vec<usize> = g["vocab_subset"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let g: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join(arch).join("golden.json")).unwrap(),
+    )
+    .unwrap();
+    let subset: Vec<usize> = g["vocab_subset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
     let variants = g["variants"].as_object().unwrap();
-    assert!(variants.len() >= 6, "expected F32/BF16/F16 folders and Q8_0/Q4_0/Q4_1 GGUF variants");
+    assert!(
+        variants.len() >= 6,
+        "expected F32/BF16/F16 folders and Q8_0/Q4_0/Q4_1 GGUF variants"
+    );
     for (name, v) in variants {
         check_variant(arch, name, v, &subset);
     }

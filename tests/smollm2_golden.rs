@@ -33,12 +33,18 @@ fn model() -> Option<&'static LoadedModel> {
 }
 
 fn golden(name: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -63,14 +69,29 @@ fn eval_matches_transformers_per_record() {
         for (ex, rec) in ds.examples.iter().zip(recs) {
             assert_eq!(ex.ids, ids_of(&rec["ids"]), "line {}: ids", ex.line);
             if loss_on == LossOn::Response {
-                let mask: Vec<bool> = rec["mask"].as_array().unwrap().iter().map(|v| v.as_u64() == Some(1)).collect();
+                let mask: Vec<bool> = rec["mask"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64() == Some(1))
+                    .collect();
                 assert_eq!(ex.mask, mask, "line {}: mask", ex.line);
             }
             let s = score_example(&lm.model, ex, None).unwrap();
             let want = rec[key_lp].as_f64().unwrap();
-            assert_eq!(s.scored_tokens as u64, rec[key_n].as_u64().unwrap(), "line {}", ex.line);
+            assert_eq!(
+                s.scored_tokens as u64,
+                rec[key_n].as_u64().unwrap(),
+                "line {}",
+                ex.line
+            );
             let rel = (s.sum_logprob - want).abs() / want.abs().max(1e-9);
-            assert!(rel < 1e-3, "line {} {key_lp}: {} vs transformers {want} (rel {rel:.2e})", ex.line, s.sum_logprob);
+            assert!(
+                rel < 1e-3,
+                "line {} {key_lp}: {} vs transformers {want} (rel {rel:.2e})",
+                ex.line,
+                s.sum_logprob
+            );
         }
     }
 }
@@ -82,7 +103,8 @@ fn greedy_generation_matches_transformers() {
     for p in g["prompts"].as_array().unwrap() {
         let prompt_ids = ids_of(&p["prompt_ids"]);
         // The prompt goes through our template and tokenizer, too.
-        let msgs: Vec<edge_sft::tokenize::chat::Message> = serde_json::from_value(p["messages"].clone()).unwrap();
+        let msgs: Vec<edge_sft::tokenize::chat::Message> =
+            serde_json::from_value(p["messages"].clone()).unwrap();
         let text = lm.chat.render(&msgs, true).unwrap();
         assert_eq!(text, p["prompt_text"].as_str().unwrap());
         assert_eq!(lm.tokenizer.encode(&text).unwrap(), prompt_ids);
@@ -103,7 +125,11 @@ fn greedy_generation_matches_transformers() {
         };
         assert_eq!(got, want_body, "prompt {:?}", p["messages"]);
         let text = lm.tokenizer.decode(&got).unwrap();
-        if p["prompt_text"].as_str().unwrap().contains("capital of France") {
+        if p["prompt_text"]
+            .as_str()
+            .unwrap()
+            .contains("capital of France")
+        {
             assert!(text.contains("Paris"), "{text}");
         }
     }

@@ -98,13 +98,25 @@ fn packing_and_checkpointing_do_not_change_losses_or_gradients() {
         let b = Batch::from_examples([ex]);
         let oi = forward_backward(&lm.model, &lora, &b, &mut g_single, 1.0, false, None).unwrap();
         let rel = (oi.nll_sum - o.segment_nll[i]).abs() / oi.nll_sum.abs();
-        assert!(rel < 1e-5, "record {i}: packed {} vs alone {}", o.segment_nll[i], oi.nll_sum);
+        assert!(
+            rel < 1e-5,
+            "record {i}: packed {} vs alone {}",
+            o.segment_nll[i],
+            oi.nll_sum
+        );
     }
     for (a, b) in flatten(&g_packed).iter().zip(flatten(&g_single)) {
-        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "packed {a} vs single {b}");
+        assert!(
+            (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+            "packed {a} vs single {b}"
+        );
     }
     let mut g_ckpt = zeros_like(&lora);
     let oc = forward_backward(&lm.model, &lora, &packed, &mut g_ckpt, 1.0, true, None).unwrap();
     assert_eq!(oc.nll_sum, o.nll_sum);
-    assert_eq!(flatten(&g_ckpt), flatten(&g_packed), "checkpointing must recompute exactly");
+    assert_eq!(
+        flatten(&g_ckpt),
+        flatten(&g_packed),
+        "checkpointing must recompute exactly"
+    );
 }

@@ -64,7 +64,11 @@ fn report_json(r: &EvalReport) -> serde_json::Value {
 pub fn run(a: Args) -> Result<()> {
     super::init_threads(a.threads)?;
     let lm = LoadedModel::open(&a.model)?;
-    let lora = a.adapter.as_deref().map(|d| lm.read_adapter(d)).transpose()?;
+    let lora = a
+        .adapter
+        .as_deref()
+        .map(|d| lm.read_adapter(d))
+        .transpose()?;
     let ds = load_jsonl(&a.data, &lm.tokenizer, &lm.chat, &a.data_args.options())?;
     let skipped = ds.skipped_bad + ds.skipped_too_long;
     if skipped > 0 {
@@ -77,18 +81,25 @@ pub fn run(a: Args) -> Result<()> {
     let run_base = lora.is_none() || !a.adapter_only;
     let base: Option<Vec<RecordScore>> = if run_base {
         let mut p = Progress::new("scoring base");
-        Some(score_all(&lm.model, &ds.examples, None, |d, t| p.update(d, t))?)
+        Some(score_all(&lm.model, &ds.examples, None, |d, t| {
+            p.update(d, t)
+        })?)
     } else {
         None
     };
     let adapted: Option<Vec<RecordScore>> = match &lora {
         Some(l) => {
             let mut p = Progress::new("scoring adapter");
-            Some(score_all(&lm.model, &ds.examples, Some(l), |d, t| p.update(d, t))?)
+            Some(score_all(&lm.model, &ds.examples, Some(l), |d, t| {
+                p.update(d, t)
+            })?)
         }
         None => None,
     };
-    let main_scores = adapted.as_ref().or(base.as_ref()).expect("one of the two ran");
+    let main_scores = adapted
+        .as_ref()
+        .or(base.as_ref())
+        .expect("one of the two ran");
     let main = EvalReport::from_scores(main_scores, skipped);
     let base_report = base.as_ref().map(|b| EvalReport::from_scores(b, skipped));
 
@@ -108,7 +119,8 @@ pub fn run(a: Args) -> Result<()> {
             text.push('\n');
         }
         let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-        f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| Error::io(path, e))?;
     }
 
     if a.json {

@@ -51,7 +51,11 @@ pub fn run(a: Args) -> Result<()> {
     }
     super::init_threads(a.threads)?;
     let lm = LoadedModel::open(&a.model)?;
-    let lora = a.adapter.as_deref().map(|d| lm.read_adapter(d)).transpose()?;
+    let lora = a
+        .adapter
+        .as_deref()
+        .map(|d| lm.read_adapter(d))
+        .transpose()?;
     let tok = &lm.tokenizer;
 
     let prompt_ids = if a.raw {
@@ -93,7 +97,7 @@ pub fn run(a: Args) -> Result<()> {
         ids.push(id);
         let text = tok.decode(&ids)?;
         if !text.ends_with('\u{FFFD}') && text.len() > printed && text.is_char_boundary(printed) {
-            let _ = out.write_all(text[printed..].as_bytes());
+            let _ = out.write_all(&text.as_bytes()[printed..]);
             let _ = out.flush();
             printed = text.len();
         }
@@ -101,7 +105,7 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     let text = tok.decode(&ids)?;
     if text.len() > printed && text.is_char_boundary(printed) {
-        let _ = out.write_all(text[printed..].as_bytes());
+        let _ = out.write_all(&text.as_bytes()[printed..]);
     }
     let _ = writeln!(out);
     Ok(())

@@ -71,7 +71,10 @@ pub fn run(a: Args) -> Result<()> {
         "cpu_kernels": isa,
     });
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&info).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info).unwrap_or_default()
+        );
         return Ok(());
     }
     println!("model         {}", a.model.display());
@@ -84,7 +87,10 @@ pub fn run(a: Args) -> Result<()> {
     println!("vocab         {}", c.vocab_size);
     println!("context       {}", c.max_positions);
     println!("rope theta    {}", c.rope_theta);
-    println!("embeddings    {}", if c.tied_embeddings { "tied" } else { "untied" });
+    println!(
+        "embeddings    {}",
+        if c.tied_embeddings { "tied" } else { "untied" }
+    );
     println!("parameters    {} ({:.1} M)", params, params as f64 / 1e6);
     let t: Vec<String> = types.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     println!("tensor types  {}", t.join(", "));
@@ -95,7 +101,11 @@ pub fn run(a: Args) -> Result<()> {
     );
     println!(
         "chat template {}",
-        if lm.chat.is_fallback { "none (ChatML fallback)" } else { "yes" }
+        if lm.chat.is_fallback {
+            "none (ChatML fallback)"
+        } else {
+            "yes"
+        }
     );
     println!("file size     {:.1} MB", lm.file_size as f64 / 1e6);
     println!("cpu kernels   {isa}");

@@ -12,6 +12,8 @@ use edge_sft::Result;
 pub fn init_threads(threads: Option<usize>) -> Result<usize> {
     let n = threads.unwrap_or_else(num_cpus::get_physical).max(1);
     // A second call (tests, daemon) keeps the first pool; that is fine.
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
     Ok(rayon::current_num_threads())
 }

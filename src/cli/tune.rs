@@ -23,14 +23,16 @@ pub enum ScheduleArg {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "The loss is the mean negative log-likelihood of the response tokens only \
+#[command(
+    after_help = "The loss is the mean negative log-likelihood of the response tokens only \
 (Σ log Pr(y|x) is maximised, starting from the pretrained weights); --loss-on all trains the joint \
 objective instead. Loss is normalised by the number of scored tokens in each optimizer step, \
 across --grad-accum micro-batches, as PEFT/TRL do.\n\n\
 Output folder: adapter_config.json + adapter_model.safetensors (PEFT), metrics.jsonl, checkpoint/.\n\
 Ctrl-C (or SIGTERM) saves a checkpoint; continue with --resume OUT.\n\n\
 Example:\n  edge-sft tune --lora --model models/SmolLM2-135M-Instruct.Q4_1.gguf \\\n    \
---data train.jsonl --eval-data heldout.jsonl --out runs/me")]
+--data train.jsonl --eval-data heldout.jsonl --out runs/me"
+)]
 pub struct Args {
     /// Train LoRA adapters (the only method for now; the base stays frozen).
     #[arg(long, required = true)]
@@ -117,7 +119,10 @@ struct CliHooks {
 
 impl TrainHooks for CliHooks {
     fn on_step(&mut self, r: &StepReport) {
-        let eval = self.last_eval.map(|e| format!(" eval {e:.4}")).unwrap_or_default();
+        let eval = self
+            .last_eval
+            .map(|e| format!(" eval {e:.4}"))
+            .unwrap_or_default();
         let msg = format!(
             "loss {:.4}{eval} lr {:.2e} |g| {:.3} {:.0} tok/s",
             r.loss, r.lr, r.grad_norm, r.tokens_per_s
@@ -156,13 +161,15 @@ fn parse_targets(v: &[String]) -> Result<Vec<Target>> {
     v.iter()
         .map(|s| {
             Target::parse(s.trim()).ok_or_else(|| {
-                Error::Usage(format!("unknown --targets entry '{s}' (use q,k,v,o,gate,up,down)"))
+                Error::Usage(format!(
+                    "unknown --targets entry '{s}' (use q,k,v,o,gate,up,down)"
+                ))
             })
         })
         .collect()
 }
 
-fn load(path: &PathBuf, lm: &LoadedModel, a: &DataArgs) -> Result<Dataset> {
+fn load(path: &std::path::Path, lm: &LoadedModel, a: &DataArgs) -> Result<Dataset> {
     let ds = load_jsonl(path, &lm.tokenizer, &lm.chat, &a.options())?;
     if ds.skipped_bad + ds.skipped_too_long > 0 {
         eprintln!(
@@ -183,12 +190,17 @@ pub fn run(a: Args) -> Result<()> {
         .ok_or_else(|| Error::Usage("give --out DIR (or --resume DIR)".into()))?;
     if let (Some(r), Some(o)) = (&a.resume, &a.out) {
         if r != o {
-            return Err(Error::Usage("--resume and --out name different folders".into()));
+            return Err(Error::Usage(
+                "--resume and --out name different folders".into(),
+            ));
         }
     }
     let resume = a.resume.is_some();
     if resume && !checkpoint::exists(&out) {
-        return Err(Error::Usage(format!("{}: no checkpoint to resume from", out.display())));
+        return Err(Error::Usage(format!(
+            "{}: no checkpoint to resume from",
+            out.display()
+        )));
     }
     let has_run = checkpoint::exists(&out) || out.join("adapter_config.json").exists();
     if !resume && has_run {
@@ -204,7 +216,11 @@ pub fn run(a: Args) -> Result<()> {
     let threads = super::init_threads(a.threads)?;
     let lm = LoadedModel::open(&a.model)?;
     let train = load(&a.data, &lm, &a.data_args)?;
-    let eval = a.eval_data.as_ref().map(|p| load(p, &lm, &a.data_args)).transpose()?;
+    let eval = a
+        .eval_data
+        .as_ref()
+        .map(|p| load(p, &lm, &a.data_args))
+        .transpose()?;
 
     let opts = TuneOptions {
         rank: a.rank,
@@ -242,13 +258,16 @@ pub fn run(a: Args) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| Error::Usage(format!("signal handler: {e}")))?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Error::Usage(format!("signal handler: {e}")))?;
     }
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(1);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} ETA {eta}] {msg}")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise} ETA {eta}] {msg}",
+            )
+            .expect("valid template"),
         );
         b
     });

@@ -70,7 +70,8 @@ pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
     let rank = json["r"]
         .as_u64()
         .filter(|&r| r > 0)
-        .ok_or_else(|| Error::format(&cfg_path, "missing or invalid \"r\""))? as usize;
+        .ok_or_else(|| Error::format(&cfg_path, "missing or invalid \"r\""))?
+        as usize;
     let alpha = json["lora_alpha"].as_f64().unwrap_or(rank as f64) as f32;
     let rslora = json["use_rslora"].as_bool().unwrap_or(false);
     let scale = if rslora {
@@ -87,7 +88,8 @@ pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::format(&w_path, format!("invalid safetensors: {e}")))?;
 
-    let mut layers: Vec<[Option<LoraPair>; 7]> = (0..cfg.n_layers).map(|_| Default::default()).collect();
+    let mut layers: Vec<[Option<LoraPair>; 7]> =
+        (0..cfg.n_layers).map(|_| Default::default()).collect();
     let mut targets = Vec::new();
     let mut found = 0usize;
     for (layer, slots) in layers.iter_mut().enumerate() {
@@ -97,28 +99,42 @@ pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
             let (va, vb) = match (st.tensor(&ka), st.tensor(&kb)) {
                 (Ok(a), Ok(b)) => (a, b),
                 (Err(_), Err(_)) => continue,
-                (Ok(_), Err(_)) => return Err(Error::tensor(&w_path, &kb, "missing (lora_A present)")),
-                (Err(_), Ok(_)) => return Err(Error::tensor(&w_path, &ka, "missing (lora_B present)")),
+                (Ok(_), Err(_)) => {
+                    return Err(Error::tensor(&w_path, &kb, "missing (lora_A present)"))
+                }
+                (Err(_), Ok(_)) => {
+                    return Err(Error::tensor(&w_path, &ka, "missing (lora_B present)"))
+                }
             };
             let (in_dim, out_dim) = target_dims(cfg, t);
             if va.shape() != [rank, in_dim] {
                 return Err(Error::tensor(
                     &w_path,
                     &ka,
-                    format!("shape {:?}, expected [{rank}, {in_dim}] for this model", va.shape()),
+                    format!(
+                        "shape {:?}, expected [{rank}, {in_dim}] for this model",
+                        va.shape()
+                    ),
                 ));
             }
             if vb.shape() != [out_dim, rank] {
                 return Err(Error::tensor(
                     &w_path,
                     &kb,
-                    format!("shape {:?}, expected [{out_dim}, {rank}] for this model", vb.shape()),
+                    format!(
+                        "shape {:?}, expected [{out_dim}, {rank}] for this model",
+                        vb.shape()
+                    ),
                 ));
             }
             let a = to_f32(&va, &w_path, &ka)?;
             let mut b = to_f32(&vb, &w_path, &kb)?;
             if let Some(bad) = a.iter().chain(b.iter()).find(|v| !v.is_finite()) {
-                return Err(Error::tensor(&w_path, &ka, format!("non-finite value {bad}")));
+                return Err(Error::tensor(
+                    &w_path,
+                    &ka,
+                    format!("non-finite value {bad}"),
+                ));
             }
             if needs_permute(cfg, t) {
                 b = permute_rows(&b, out_dim, rank, cfg.head_dim, true);
@@ -192,7 +208,13 @@ pub fn safetensors_bytes(tensors: &[(String, Vec<usize>, &[f32])]) -> Result<Vec
 
 /// Write a PEFT adapter folder (config + weights, each atomically), with B rows of q/k turned
 /// back into Hugging Face order so PEFT applies it to the original model.
-pub fn write_adapter(dir: &Path, lora: &LoraSet, cfg: &ModelConfig, base_model: &str, dropout: f32) -> Result<()> {
+pub fn write_adapter(
+    dir: &Path,
+    lora: &LoraSet,
+    cfg: &ModelConfig,
+    base_model: &str,
+    dropout: f32,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for (layer, slots) in lora.layers.iter().enumerate() {
@@ -203,12 +225,18 @@ pub fn write_adapter(dir: &Path, lora: &LoraSet, cfg: &ModelConfig, base_model: 
             } else {
                 p.b.clone()
             };
-            owned.push((peft_key(layer, t, "lora_A"), vec![p.rank, p.in_dim], p.a.clone()));
+            owned.push((
+                peft_key(layer, t, "lora_A"),
+                vec![p.rank, p.in_dim],
+                p.a.clone(),
+            ));
             owned.push((peft_key(layer, t, "lora_B"), vec![p.out_dim, p.rank], b));
         }
     }
-    let refs: Vec<(String, Vec<usize>, &[f32])> =
-        owned.iter().map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice())).collect();
+    let refs: Vec<(String, Vec<usize>, &[f32])> = owned
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
+        .collect();
     let bytes = safetensors_bytes(&refs)?;
     crate::format::gguf_write::write_atomic(&dir.join(WEIGHTS_FILE), |f| {
         std::io::Write::write_all(f, &bytes)

@@ -86,14 +86,20 @@ impl Model {
                     self.config.vocab_size
                 )));
             }
-            self.tok_embd.dequantize_row(t as usize, &mut x[i * d..(i + 1) * d]);
+            self.tok_embd
+                .dequantize_row(t as usize, &mut x[i * d..(i + 1) * d]);
         }
         Ok(x)
     }
 
     /// Run `tokens` at positions `cache.len..`; returns the final-normed hidden states
     /// [n, d_model] and appends the new keys/values to `cache`.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, lora: Option<&LoraSet>) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        lora: Option<&LoraSet>,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let (n, d) = (tokens.len(), c.d_model);
         let (qd, kvd, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
@@ -107,7 +113,11 @@ impl Model {
         let mut cos = vec![0.0f32; n * half];
         let mut sin = vec![0.0f32; n * half];
         for i in 0..n {
-            rope.angles(start + i, &mut cos[i * half..(i + 1) * half], &mut sin[i * half..(i + 1) * half]);
+            rope.angles(
+                start + i,
+                &mut cos[i * half..(i + 1) * half],
+                &mut sin[i * half..(i + 1) * half],
+            );
         }
 
         for (li, l) in self.layers.iter().enumerate() {
@@ -117,7 +127,10 @@ impl Model {
             let mut k = project(&h, n, &l.wk, l.bk.as_deref(), lo(Target::K)); // [n, kvd]
             let v = project(&h, n, &l.wv, l.bv.as_deref(), lo(Target::V)); // [n, kvd]
             for i in 0..n {
-                let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+                let (cs, sn) = (
+                    &cos[i * half..(i + 1) * half],
+                    &sin[i * half..(i + 1) * half],
+                );
                 rope.apply(&mut q[i * qd..(i + 1) * qd], cs, sn, false);
                 rope.apply(&mut k[i * kvd..(i + 1) * kvd], cs, sn, false);
             }
@@ -202,7 +215,10 @@ impl Model {
                     sum[i] *= ((max[i] - cmax) as f64).exp();
                     max[i] = cmax;
                 }
-                sum[i] += row.iter().map(|&v| ((v - max[i]) as f64).exp()).sum::<f64>();
+                sum[i] += row
+                    .iter()
+                    .map(|&v| ((v - max[i]) as f64).exp())
+                    .sum::<f64>();
                 let t = targets[i] as usize;
                 if (c0..c1).contains(&t) {
                     tgt[i] = row[t - c0];

@@ -28,11 +28,18 @@ fn check_vector(path: &Path, name: &str, v: &[f32], len: usize) -> Result<()> {
         return Err(Error::tensor(
             path,
             name,
-            format!("length {} does not match the config, which implies {len}", v.len()),
+            format!(
+                "length {} does not match the config, which implies {len}",
+                v.len()
+            ),
         ));
     }
     if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
-        return Err(Error::tensor(path, name, format!("holds a non-finite value ({bad})")));
+        return Err(Error::tensor(
+            path,
+            name,
+            format!("holds a non-finite value ({bad})"),
+        ));
     }
     Ok(())
 }
@@ -146,7 +153,11 @@ fn load_layer(src: &dyn TensorSource, cfg: &ModelConfig, n: &LayerNames) -> Resu
         if cfg.qkv_bias {
             Ok(Some(v(name, len)?))
         } else if src.has(name) {
-            Err(Error::tensor(p, name, "unexpected bias for this architecture"))
+            Err(Error::tensor(
+                p,
+                name,
+                "unexpected bias for this architecture",
+            ))
         } else {
             Ok(None)
         }
@@ -225,7 +236,9 @@ pub fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
     };
     let d_model = req("embedding_length")?;
     let n_heads = req("attention.head_count")?;
-    let n_kv_heads = g.get_usize(&key("attention.head_count_kv")).unwrap_or(n_heads);
+    let n_kv_heads = g
+        .get_usize(&key("attention.head_count_kv"))
+        .unwrap_or(n_heads);
     if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
         return Err(Error::format(
             p,
@@ -268,7 +281,10 @@ pub fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
 fn validate(p: &Path, c: &ModelConfig) -> Result<()> {
     let dims = [c.n_layers, c.d_model, c.head_dim, c.ffn_dim, c.vocab_size];
     if dims.contains(&0) || c.head_dim % 2 != 0 {
-        return Err(Error::format(p, format!("implausible model dimensions: {c:?}")));
+        return Err(Error::format(
+            p,
+            format!("implausible model dimensions: {c:?}"),
+        ));
     }
     Ok(())
 }
@@ -310,11 +326,20 @@ pub fn hf_config(h: &HfDir) -> Result<ModelConfig> {
     };
     let d_model = get("hidden_size")?;
     let n_heads = get("num_attention_heads")?;
-    let n_kv_heads = c["num_key_value_heads"].as_u64().map(|v| v as usize).unwrap_or(n_heads);
+    let n_kv_heads = c["num_key_value_heads"]
+        .as_u64()
+        .map(|v| v as usize)
+        .unwrap_or(n_heads);
     if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-        return Err(Error::format(&p, format!("bad head counts: {n_heads}, {n_kv_heads}")));
+        return Err(Error::format(
+            &p,
+            format!("bad head counts: {n_heads}, {n_kv_heads}"),
+        ));
     }
-    let head_dim = c["head_dim"].as_u64().map(|v| v as usize).unwrap_or(d_model / n_heads);
+    let head_dim = c["head_dim"]
+        .as_u64()
+        .map(|v| v as usize)
+        .unwrap_or(d_model / n_heads);
     let tied = c["tie_word_embeddings"].as_bool().unwrap_or(false) || !h.has("lm_head.weight");
     let cfg = ModelConfig {
         arch,

@@ -2,7 +2,9 @@
 //! computing `W·x + scale·B·(A·x)`, with `scale = α/r` (or `α/√r` for rsLoRA).
 
 /// The seven projections LoRA can target, in PEFT module naming.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     Q,
@@ -119,7 +121,13 @@ pub fn gguf_row_from_hf_row(hf_row: usize, head_dim: usize) -> usize {
 }
 
 /// Reorder the rows of a [rows, cols] matrix from HF order to GGUF order (`to_gguf`) or back.
-pub fn permute_rows(m: &[f32], rows: usize, cols: usize, head_dim: usize, to_gguf: bool) -> Vec<f32> {
+pub fn permute_rows(
+    m: &[f32],
+    rows: usize,
+    cols: usize,
+    head_dim: usize,
+    to_gguf: bool,
+) -> Vec<f32> {
     let mut out = vec![0.0; m.len()];
     for hf in 0..rows {
         let g = gguf_row_from_hf_row(hf, head_dim);

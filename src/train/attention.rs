@@ -40,7 +40,9 @@ pub fn attention_forward(
     let (qd, kvd, hd, nh) = (s.qd(), s.kvd(), s.head_dim, s.n_heads);
     let scale = 1.0 / (hd as f32).sqrt();
     // One task per (segment, head); each writes its own columns, gathered afterwards.
-    let tasks: Vec<(usize, usize)> = (0..segs.len()).flat_map(|g| (0..nh).map(move |h| (g, h))).collect();
+    let tasks: Vec<(usize, usize)> = (0..segs.len())
+        .flat_map(|g| (0..nh).map(move |h| (g, h)))
+        .collect();
     let results: Vec<(Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
         .map(|&(si, head)| {
@@ -156,7 +158,9 @@ mod tests {
     fn rnd(seed: &mut u64, n: usize) -> Vec<f32> {
         (0..n)
             .map(|_| {
-                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()
@@ -188,7 +192,9 @@ mod tests {
         let mut lse = vec![0.0; t * s.n_heads];
         attention_forward(s, &segs, &q, &k, &v, &mut out, &mut lse);
         let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-        attention_backward(s, &segs, &q, &k, &v, &out, &lse, &w, &mut dq, &mut dk, &mut dv);
+        attention_backward(
+            s, &segs, &q, &k, &v, &out, &lse, &w, &mut dq, &mut dk, &mut dv,
+        );
         let eps = 1e-2f32;
         for (name, base, grad) in [("q", &q, &dq), ("k", &k, &dk), ("v", &v, &dv)] {
             for idx in 0..base.len() {
@@ -202,7 +208,11 @@ mod tests {
                     _ => loss(s, &segs, &q, &k, x, &w),
                 };
                 let fd = (pick(&plus) - pick(&minus)) / (2.0 * eps as f64);
-                assert!((fd - grad[idx] as f64).abs() < 1e-3, "{name}[{idx}]: fd {fd} vs {}", grad[idx]);
+                assert!(
+                    (fd - grad[idx] as f64).abs() < 1e-3,
+                    "{name}[{idx}]: fd {fd} vs {}",
+                    grad[idx]
+                );
             }
         }
         // The second segment alone gives the same output rows: nothing leaks across records.

@@ -58,7 +58,9 @@ pub fn save(out: &Path, state: &State, params: &LoraSet, opt: &AdamW) -> Result<
     st.tensors_file = file.clone();
     st.adam_t = opt.t;
     let text = serde_json::to_string_pretty(&st).expect("state serializes");
-    write_atomic(&dir.join(STATE), |f| std::io::Write::write_all(f, text.as_bytes()))?;
+    write_atomic(&dir.join(STATE), |f| {
+        std::io::Write::write_all(f, text.as_bytes())
+    })?;
     // Only now is the older generation unreferenced.
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd.flatten() {
@@ -79,14 +81,21 @@ pub fn exists(out: &Path) -> bool {
 pub fn load_state(out: &Path) -> Result<State> {
     let path = checkpoint_dir(out).join(STATE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("invalid checkpoint state: {e}")))
+    serde_json::from_str(&text)
+        .map_err(|e| Error::format(&path, format!("invalid checkpoint state: {e}")))
 }
 
 /// Restore parameters (into a set of the right layout) and optimizer moments.
-pub fn load_tensors(out: &Path, state: &State, params: &mut LoraSet, opt: &mut AdamW) -> Result<()> {
+pub fn load_tensors(
+    out: &Path,
+    state: &State,
+    params: &mut LoraSet,
+    opt: &mut AdamW,
+) -> Result<()> {
     let path = checkpoint_dir(out).join(&state.tensors_file);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(&path, format!("invalid safetensors: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::format(&path, format!("invalid safetensors: {e}")))?;
     let get = |name: &str| -> Result<Vec<f32>> {
         let v = st
             .tensor(name)
@@ -101,12 +110,20 @@ pub fn load_tensors(out: &Path, state: &State, params: &mut LoraSet, opt: &mut A
         return Err(Error::tensor(
             &path,
             "params",
-            format!("{} values, but this LoRA layout has {}", p.len(), params.num_params()),
+            format!(
+                "{} values, but this LoRA layout has {}",
+                p.len(),
+                params.num_params()
+            ),
         ));
     }
     let (m, v) = (get("adam_m")?, get("adam_v")?);
     if m.len() != p.len() || v.len() != p.len() {
-        return Err(Error::tensor(&path, "adam_m", "moment length differs from params"));
+        return Err(Error::tensor(
+            &path,
+            "adam_m",
+            "moment length differs from params",
+        ));
     }
     opt.m = m;
     opt.v = v;

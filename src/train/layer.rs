@@ -28,7 +28,11 @@ impl<'a> BatchCtx<'a> {
         let mut cos = vec![0.0; t * half];
         let mut sin = vec![0.0; t * half];
         for (i, &p) in positions.iter().enumerate() {
-            rope.angles(p as usize, &mut cos[i * half..(i + 1) * half], &mut sin[i * half..(i + 1) * half]);
+            rope.angles(
+                p as usize,
+                &mut cos[i * half..(i + 1) * half],
+                &mut sin[i * half..(i + 1) * half],
+            );
         }
         BatchCtx {
             segs,
@@ -107,7 +111,13 @@ fn proj_forward(
     if let Some(dr) = dropout.as_mut().filter(|d| d.p > 0.0) {
         let f = 1.0 / (1.0 - dr.p);
         let k: Vec<f32> = (0..x.len())
-            .map(|_| if dr.rng.next_f64() < dr.p as f64 { 0.0 } else { f })
+            .map(|_| {
+                if dr.rng.next_f64() < dr.p as f64 {
+                    0.0
+                } else {
+                    f
+                }
+            })
             .collect();
         dropped = Some(x.iter().zip(&k).map(|(a, b)| a * b).collect::<Vec<f32>>());
         keep = Some(k);
@@ -190,11 +200,12 @@ pub fn layer_forward(
     let (t, d) = (ctx.t, c.d_model);
     let s = lora.scale;
     let mut lora_acts: [Option<LoraActs>; 7] = Default::default();
-    let mut pf = |x: &[f32], w: &QMatrix, b: Option<&[f32]>, tg: Target, dropout: &mut Option<Dropout>| {
-        let (y, la) = proj_forward(x, t, w, b, lora.get(li, tg), s, dropout);
-        lora_acts[tg.index()] = la;
-        y
-    };
+    let mut pf =
+        |x: &[f32], w: &QMatrix, b: Option<&[f32]>, tg: Target, dropout: &mut Option<Dropout>| {
+            let (y, la) = proj_forward(x, t, w, b, lora.get(li, tg), s, dropout);
+            lora_acts[tg.index()] = la;
+            y
+        };
 
     let r1 = inv_rms(&x_in, d, c.rms_eps);
     let mut h1 = vec![0.0f32; t * d];
@@ -246,7 +257,15 @@ pub fn into_input(a: Acts) -> Vec<f32> {
 
 /// Backward of block `li`: from dy = ∂L/∂x_out [T, d] return ∂L/∂x_in, adding LoRA gradients
 /// into `grads`.
-pub fn layer_backward(model: &Model, li: usize, lora: &LoraSet, ctx: &BatchCtx, a: &Acts, dy: &[f32], grads: &mut LoraSet) -> Vec<f32> {
+pub fn layer_backward(
+    model: &Model,
+    li: usize,
+    lora: &LoraSet,
+    ctx: &BatchCtx,
+    a: &Acts,
+    dy: &[f32],
+    grads: &mut LoraSet,
+) -> Vec<f32> {
     let c = &model.config;
     let l = &model.layers[li];
     let (t, d) = (ctx.t, c.d_model);
@@ -254,7 +273,17 @@ pub fn layer_backward(model: &Model, li: usize, lora: &LoraSet, ctx: &BatchCtx, 
     let la = |tg: Target| a.lora[tg.index()].as_ref();
     let mut g_slots = grads.layers[li].each_mut().map(|o| o.as_mut());
     let mut pb = |x: &[f32], w: &QMatrix, tg: Target, dyv: &[f32], dx: &mut [f32]| {
-        proj_backward(x, t, w, lora.get(li, tg), la(tg), s, dyv, dx, g_slots[tg.index()].take());
+        proj_backward(
+            x,
+            t,
+            w,
+            lora.get(li, tg),
+            la(tg),
+            s,
+            dyv,
+            dx,
+            g_slots[tg.index()].take(),
+        );
     };
 
     // MLP: x_out = x_mid + down(silu(gate) · up)
@@ -275,7 +304,19 @@ pub fn layer_backward(model: &Model, li: usize, lora: &LoraSet, ctx: &BatchCtx, 
     let mut dq = vec![0.0f32; t * c.q_dim()];
     let mut dk = vec![0.0f32; t * c.kv_dim()];
     let mut dv = vec![0.0f32; t * c.kv_dim()];
-    attention_backward(shape(model), ctx.segs, &a.q, &a.k, &a.v, &a.att, &a.lse, &d_att, &mut dq, &mut dk, &mut dv);
+    attention_backward(
+        shape(model),
+        ctx.segs,
+        &a.q,
+        &a.k,
+        &a.v,
+        &a.att,
+        &a.lse,
+        &d_att,
+        &mut dq,
+        &mut dk,
+        &mut dv,
+    );
     ctx.rotate(&mut dq, c.q_dim(), true);
     ctx.rotate(&mut dk, c.kv_dim(), true);
     let mut dh1 = vec![0.0f32; t * d];

@@ -19,7 +19,13 @@ pub struct NllOutput {
 
 /// For hidden rows `h` [m, d] and their `targets`, compute each row's NLL and write
 /// `dh` [m, d] = `grad_scale` · ∂(Σ_i nll_i)/∂h_i. `w` is the output projection [vocab, d].
-pub fn fused_nll(h: &[f32], targets: &[u32], w: &QMatrix, grad_scale: f32, dh: &mut [f32]) -> NllOutput {
+pub fn fused_nll(
+    h: &[f32],
+    targets: &[u32],
+    w: &QMatrix,
+    grad_scale: f32,
+    dh: &mut [f32],
+) -> NllOutput {
     let m = targets.len();
     let d = w.cols;
     let vocab = w.rows;
@@ -91,7 +97,9 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
@@ -101,7 +109,11 @@ mod tests {
             .enumerate()
             .map(|(i, &y)| {
                 let l: Vec<f64> = (0..v)
-                    .map(|j| (0..d).map(|k| h[i * d + k] as f64 * w[j * d + k] as f64).sum())
+                    .map(|j| {
+                        (0..d)
+                            .map(|k| h[i * d + k] as f64 * w[j * d + k] as f64)
+                            .sum()
+                    })
                     .collect();
                 let mx = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let lse = mx + l.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
@@ -133,10 +145,14 @@ mod tests {
                 hp[i * d + k] += eps;
                 let mut hm = h.clone();
                 hm[i * d + k] -= eps;
-                let fd = (reference(&hp, &targets, &w, v, d)[i] - reference(&hm, &targets, &w, v, d)[i])
+                let fd = (reference(&hp, &targets, &w, v, d)[i]
+                    - reference(&hm, &targets, &w, v, d)[i])
                     / (2.0 * eps as f64);
                 let an = dh[i * d + k] as f64;
-                assert!((fd - an).abs() < 2e-3 * fd.abs().max(1.0), "row {i} dim {k}: fd {fd} vs {an}");
+                assert!(
+                    (fd - an).abs() < 2e-3 * fd.abs().max(1.0),
+                    "row {i} dim {k}: fd {fd} vs {an}"
+                );
             }
         }
         // grad_scale scales the gradient linearly.

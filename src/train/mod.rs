@@ -2,11 +2,11 @@
 
 pub mod attention;
 pub mod batch;
+pub mod checkpoint;
 pub mod layer;
 pub mod loss;
 pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod step;
-pub mod checkpoint;
 pub mod trainer;

@@ -34,7 +34,13 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 /// act = silu(gate) · up  ⇒  d_gate = d_act · up · silu'(gate), d_up = d_act · silu(gate).
-pub fn swiglu_backward(gate: &[f32], up: &[f32], d_act: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) {
+pub fn swiglu_backward(
+    gate: &[f32],
+    up: &[f32],
+    d_act: &[f32],
+    d_gate: &mut [f32],
+    d_up: &mut [f32],
+) {
     for i in 0..gate.len() {
         let g = gate[i];
         let s = sigmoid(g);
@@ -51,13 +57,19 @@ mod tests {
     #[test]
     fn rmsnorm_and_swiglu_gradients_match_finite_differences() {
         let d = 5;
-        let x: Vec<f32> = (0..2 * d).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3).collect();
+        let x: Vec<f32> = (0..2 * d)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3)
+            .collect();
         let w: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 * 0.1).collect();
-        let dy: Vec<f32> = (0..2 * d).map(|i| ((i * 3 % 5) as f32 - 2.0) * 0.7).collect();
+        let dy: Vec<f32> = (0..2 * d)
+            .map(|i| ((i * 3 % 5) as f32 - 2.0) * 0.7)
+            .collect();
         let eps = 1e-5;
         let f = |x: &[f32]| -> f64 {
             let r = inv_rms(x, d, eps);
-            (0..2 * d).map(|i| (x[i] * r[i / d] * w[i % d] * dy[i]) as f64).sum()
+            (0..2 * d)
+                .map(|i| (x[i] * r[i / d] * w[i % d] * dy[i]) as f64)
+                .sum()
         };
         let r = inv_rms(&x, d, eps);
         let mut dx = vec![0.0; 2 * d];
@@ -67,9 +79,17 @@ mod tests {
             p[i] += 1e-3;
             m[i] -= 1e-3;
             let fd = (f(&p) - f(&m)) / 2e-3;
-            assert!((fd - dx[i] as f64).abs() < 1e-3, "dx[{i}] {fd} vs {}", dx[i]);
+            assert!(
+                (fd - dx[i] as f64).abs() < 1e-3,
+                "dx[{i}] {fd} vs {}",
+                dx[i]
+            );
         }
-        let (g, u, da) = ([-2.0f32, 0.3, 1.7], [0.5f32, -1.0, 2.0], [1.0f32, 0.5, -0.25]);
+        let (g, u, da) = (
+            [-2.0f32, 0.3, 1.7],
+            [0.5f32, -1.0, 2.0],
+            [1.0f32, 0.5, -0.25],
+        );
         let (mut dg, mut du) = ([0.0; 3], [0.0; 3]);
         swiglu_backward(&g, &u, &da, &mut dg, &mut du);
         let act = |g: f32, u: f32| (g * sigmoid(g) * u) as f64;

@@ -30,7 +30,9 @@ pub fn lr_at(lr: f32, schedule: Schedule, warmup: usize, total: usize, step: usi
 /// √(Σ g²) over every gradient tensor, in f64.
 pub fn global_norm(g: &LoraSet) -> f64 {
     let mut s = 0.0f64;
-    for_each_tensor(g, |v| s += v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>());
+    for_each_tensor(g, |v| {
+        s += v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>()
+    });
     s.sqrt()
 }
 

@@ -1,13 +1,19 @@
 //! Trainable LoRA parameters: PEFT-compatible initialisation and flat views for the optimizer.
 
+use crate::format::peft::target_dims;
 use crate::infer::sampling::Rng;
 use crate::model::config::ModelConfig;
 use crate::model::lora::{LoraPair, LoraSet, Target};
-use crate::format::peft::target_dims;
 
 /// A as PEFT initialises it (kaiming_uniform with a = √5, i.e. U(−1/√in, 1/√in)), B = 0, so
 /// step 0 reproduces the base model exactly.
-pub fn init_lora(cfg: &ModelConfig, rank: usize, alpha: f32, targets: &[Target], seed: u64) -> LoraSet {
+pub fn init_lora(
+    cfg: &ModelConfig,
+    rank: usize,
+    alpha: f32,
+    targets: &[Target],
+    seed: u64,
+) -> LoraSet {
     let mut rng = Rng::new(seed);
     let mut targets = targets.to_vec();
     targets.sort();

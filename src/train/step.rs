@@ -20,7 +20,7 @@ pub struct StepOutput {
 }
 
 enum Saved {
-    Full(Acts),
+    Full(Box<Acts>),
     /// Gradient checkpointing: the layer input and the dropout state to replay it exactly.
     Input(Vec<f32>, Option<Dropout>),
 }
@@ -50,11 +50,15 @@ pub fn forward_backward(
     let mut x = model.embed(&batch.tokens)?; // [T, d]
     let mut saved: Vec<Saved> = Vec::with_capacity(model.layers.len());
     for li in 0..model.layers.len() {
-        let replay = if checkpoint { Some(clone_dropout(&dropout)) } else { None };
+        let replay = if checkpoint {
+            Some(clone_dropout(&dropout))
+        } else {
+            None
+        };
         let (y, acts) = layer_forward(model, li, lora, &ctx, x, &mut dropout);
         saved.push(match replay {
             Some(dr) => Saved::Input(into_input(acts), dr),
-            None => Saved::Full(acts),
+            None => Saved::Full(Box::new(acts)),
         });
         x = y;
     }
@@ -77,7 +81,9 @@ pub fn forward_backward(
     }
     let nll_sum: f64 = out.nll.iter().sum();
     if !nll_sum.is_finite() {
-        return Err(crate::Error::Numeric(format!("loss is {nll_sum} on a batch of {t} tokens")));
+        return Err(crate::Error::Numeric(format!(
+            "loss is {nll_sum} on a batch of {t} tokens"
+        )));
     }
 
     let mut dhf = vec![0.0f32; t * d];
@@ -90,7 +96,7 @@ pub fn forward_backward(
 
     for li in (0..model.layers.len()).rev() {
         let acts = match saved.pop().expect("one saved entry per layer") {
-            Saved::Full(a) => a,
+            Saved::Full(a) => *a,
             Saved::Input(x_in, mut dr) => layer_forward(model, li, lora, &ctx, x_in, &mut dr).1,
         };
         dx = layer_backward(model, li, lora, &ctx, &acts, &dx, grads);

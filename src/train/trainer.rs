@@ -74,7 +74,15 @@ impl TuneOptions {
     fn identity(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("options serialize");
         if let Some(o) = v.as_object_mut() {
-            for k in ["eval_every", "save_every", "grad_checkpoint", "base_model"] {
+            // Run length may grow on resume (incremental training); the rest must match.
+            for k in [
+                "eval_every",
+                "save_every",
+                "grad_checkpoint",
+                "base_model",
+                "steps",
+                "epochs",
+            ] {
                 o.remove(k);
             }
         }
@@ -210,7 +218,13 @@ pub fn tune(
             .sum(),
     };
 
-    let mut params = init_lora(&model.config, opts.rank, opts.alpha, &opts.targets, opts.seed);
+    let mut params = init_lora(
+        &model.config,
+        opts.rank,
+        opts.alpha,
+        &opts.targets,
+        opts.seed,
+    );
     let mut opt = AdamW::new(&params, opts.weight_decay);
     let mut state = State {
         format: 1,
@@ -264,8 +278,15 @@ pub fn tune(
         _ => None,
     };
     let save = |state: &State, params: &LoraSet, opt: &AdamW| -> Result<()> {
-        checkpoint::save(out, state, params, opt)?;
-        write_adapter(out, params, &model.config, &opts.base_model, opts.dropout)
+        checkpoint::save(out, state, params, opt)
+            .and_then(|_| write_adapter(out, params, &model.config, &opts.base_model, opts.dropout))
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "writing the checkpoint for step {} failed: {e}\nthe previous checkpoint in {} is kept",
+                    state.step,
+                    checkpoint::checkpoint_dir(out).display()
+                ))
+            })
     };
 
     let mut grads = zeros_like(&params);
@@ -302,7 +323,15 @@ pub fn tune(
                     p: opts.dropout,
                     rng: Rng::new(opts.seed ^ ((state.step as u64) << 20) ^ mi as u64 ^ 0xD50F),
                 });
-                let o = forward_backward(model, &params, b, &mut grads, scale, opts.grad_checkpoint, dropout)?;
+                let o = forward_backward(
+                    model,
+                    &params,
+                    b,
+                    &mut grads,
+                    scale,
+                    opts.grad_checkpoint,
+                    dropout,
+                )?;
                 nll += o.nll_sum;
             }
         }
