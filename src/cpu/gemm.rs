@@ -126,6 +126,35 @@ fn transpose8(isa: Isa, src: &[f32], lds: usize, kc: usize, dst: &mut [f32], ldb
     }
 }
 
+/// dst[p*ldb + r] = W[r0 + r, p0 + p] for r < 8, p < kc (multiples of 32), decoded straight
+/// into the transposed panel by the ISA's code; false if the ISA has no such code.
+fn pack_wt8(
+    isa: Isa,
+    w: &QMatrix,
+    r0: usize,
+    p0: usize,
+    kc: usize,
+    dst: &mut [f32],
+    ldb: usize,
+) -> bool {
+    assert!(kc == 0 || dst.len() >= (kc - 1) * ldb + 8);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => {
+            let rows: [&[u8]; 8] = std::array::from_fn(|r| w.row(r0 + r));
+            // SAFETY: dst's size was asserted above; pack_wt8 checks the rows hold p0 + kc
+            // values and that p0, kc are multiples of 32; the caller ran check(isa), and both
+            // x86 ISAs include AVX2.
+            unsafe { super::x86::pack::pack_wt8(w.dtype, &rows, p0, kc, dst.as_mut_ptr(), ldb) };
+            true
+        }
+        _ => {
+            let _ = (w, r0, p0, kc, ldb);
+            false
+        }
+    }
+}
+
 /// Fill panel[p*ldb + j] = B(p0 + p, j0 + j) for p < kc, j < nb; zero for nb ≤ j < ldb.
 #[allow(clippy::too_many_arguments)]
 fn pack_b(
@@ -173,8 +202,15 @@ fn pack_b(
         }
         BSrc::Wt { w, row0 } => {
             // Dequantize 8 W rows (contiguous in p), then transpose them into the panel.
+            let direct = p0 % 32 == 0 && kc % 32 == 0;
             for jg in (0..nb).step_by(8) {
                 let g = 8.min(nb - jg);
+                if g == 8
+                    && direct
+                    && pack_wt8(isa, w, row0 + j0 + jg, p0, kc, &mut panel[jg..], ldb)
+                {
+                    continue;
+                }
                 for r in 0..g {
                     dequant_segment(
                         isa,

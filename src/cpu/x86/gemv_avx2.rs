@@ -33,11 +33,12 @@ unsafe fn nibbles(p: *const u8) -> [__m256; 4] {
 }
 
 // Weight types as const-generic parameters (their GGUF ids).
-const F32: u8 = GgmlType::F32 as u8;
-const F16: u8 = GgmlType::F16 as u8;
-const BF16: u8 = GgmlType::BF16 as u8;
-const Q8_0: u8 = GgmlType::Q8_0 as u8;
-const Q4_0: u8 = GgmlType::Q4_0 as u8;
+pub(crate) const F32: u8 = GgmlType::F32 as u8;
+pub(crate) const F16: u8 = GgmlType::F16 as u8;
+pub(crate) const BF16: u8 = GgmlType::BF16 as u8;
+pub(crate) const Q8_0: u8 = GgmlType::Q8_0 as u8;
+pub(crate) const Q4_0: u8 = GgmlType::Q4_0 as u8;
+pub(crate) const Q4_1: u8 = GgmlType::Q4_1 as u8;
 
 /// Bytes of one 32-value block of type T.
 const fn block_bytes(t: u8) -> usize {
@@ -53,7 +54,7 @@ const fn block_bytes(t: u8) -> usize {
 /// Values 32b..32b+32 of a row of type T (a `GgmlType` discriminant).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> [__m256; 4] {
+pub(crate) unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> [__m256; 4] {
     match T {
         F32 => {
             let p = row.add(128 * b) as *const f32;
