@@ -86,6 +86,8 @@ unsafe fn pack_wt8_t<const T: u8>(
         for (vr, &p) in v.iter_mut().zip(&rp) {
             *vr = decode::<T>(p, b0 + b);
         }
+        // q picks the q-th vector of every row: an index, not an iteration over v.
+        #[allow(clippy::needless_range_loop)]
         for q in 0..4 {
             let t = transpose8x8([
                 v[0][q], v[1][q], v[2][q], v[3][q], v[4][q], v[5][q], v[6][q], v[7][q],
