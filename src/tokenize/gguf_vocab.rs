@@ -5,6 +5,12 @@
 //! tokenizer that transformers builds from the same file (`integrations/gguf/
 //! gguf_tokenizer_mapping.py`), as a tokenizer.json document that the `tokenizers` crate loads,
 //! so our ids equal transformers' ids for `AutoTokenizer.from_pretrained(dir, gguf_file=...)`.
+//!
+//! One deliberate exception: `tokenizer.ggml.pre = "smollm"`. SmolLM2's original tokenizer.json
+//! and llama.cpp (`LLAMA_VOCAB_PRE_TYPE_SMOLLM`: regex `\p{N}`, then GPT-2's) split every digit
+//! before the byte-level regex, and the model was trained that way; transformers' GGUF converter
+//! drops the digit step (a converter bug). We follow the original tokenizer and llama.cpp, so
+//! "\n\n25" is `ĊĊ 2 5` (id 1116 for "\n\n"), where transformers' GGUF path gives `Ċ Ċ 2 5`.
 
 use crate::error::{Error, Result};
 use crate::format::gguf::Value;
@@ -23,12 +29,9 @@ const QWEN35_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{
 const TEKKEN_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const GPT4O_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// The split regex for a `tokenizer.ggml.pre` name, or None for GPT-2's own ByteLevel regex.
-///
-/// None covers 'default', 'gpt2' and 'smollm'. Note: llama.cpp's 'smollm' additionally isolates
-/// every digit before the GPT-2 regex; transformers does not, and we follow transformers. The two
-/// differ only for a whitespace run directly before a digit ("a  1": transformers splits the
-/// spaces as " " + " 1"); the SmolLM vocabulary has no digit merges, so nothing else changes.
+/// The split regex for a `tokenizer.ggml.pre` name, or None for GPT-2's own ByteLevel regex
+/// ('default', 'gpt2', 'smollm' and unknown names; 'smollm' also splits digits first, see
+/// [`pre_tokenizer_json`]).
 pub fn split_regex(pre: &str) -> Option<&'static str> {
     Some(match pre {
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
@@ -39,6 +42,32 @@ pub fn split_regex(pre: &str) -> Option<&'static str> {
         "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => GPT4O_SPLIT,
         _ => return None,
     })
+}
+
+/// The tokenizer.json `pre_tokenizer` for a `tokenizer.ggml.pre` name.
+///
+/// - a name with its own split regex: `Split(regex, Isolated)` then `ByteLevel(use_regex=false)`;
+/// - 'smollm': `Digits(individual_digits)` then GPT-2's `ByteLevel(use_regex=true)`, as in
+///   SmolLM2's tokenizer.json and llama.cpp, NOT as transformers' GGUF converter (which leaves
+///   out `Digits`). The SmolLM vocabulary has no token holding a digit and another character,
+///   so the digit step changes only the whitespace run before a digit, which GPT-2's regex
+///   splits: "\n\n25" is `ĊĊ 2 5` (not `Ċ Ċ 2 5`), "a  1" is `a ĠĠ 1` (not `a Ġ Ġ 1`);
+/// - anything else ('default', 'gpt2', unknown): GPT-2's `ByteLevel(use_regex=true)` alone.
+pub fn pre_tokenizer_json(pre: &str) -> Json {
+    let gpt2 = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    if let Some(re) = split_regex(pre) {
+        return json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        ]});
+    }
+    match pre {
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            gpt2,
+        ]}),
+        _ => gpt2,
+    }
 }
 
 /// GPT-2's byte → printable char table (`bytes_to_unicode` in transformers).
@@ -186,15 +215,7 @@ pub fn byte_level_bpe_json(md: &BTreeMap<String, Value>) -> Result<String> {
     let added = added_tokens(md, &tokens, &types, &vocab, in_alphabet);
 
     let pre = md_str(md, "tokenizer.ggml.pre").unwrap_or("default");
-    let pre_tokenizer = match split_regex(pre) {
-        Some(re) => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
-        ]}),
-        None => {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
-        }
-    };
+    let pre_tokenizer = pre_tokenizer_json(pre);
 
     let doc: Json = json!({
         "version": "1.0",
@@ -449,5 +470,48 @@ mod tests {
         assert!(split_regex("gpt2").is_none());
         assert_eq!(split_regex("llama-bpe"), Some(LLAMA3_SPLIT));
         assert_eq!(split_regex("qwen2"), Some(QWEN2_SPLIT));
+        let gpt2 = pre_tokenizer_json("gpt2");
+        assert_eq!(gpt2["type"], "ByteLevel");
+        assert_eq!(pre_tokenizer_json("default"), gpt2);
+        let smollm = pre_tokenizer_json("smollm");
+        assert_eq!(smollm["pretokenizers"][0]["type"], "Digits");
+        assert_eq!(smollm["pretokenizers"][1], gpt2);
+    }
+
+    /// 'smollm' splits digits before GPT-2's regex (SmolLM2's tokenizer.json, llama.cpp), so a
+    /// whitespace run before a digit stays whole; 'gpt2' splits its last space off.
+    #[test]
+    fn smollm_splits_digits_first() {
+        let table = bytes_to_unicode();
+        let mut tokens: Vec<Value> = table.iter().map(|c| Value::String(c.to_string())).collect();
+        tokens.push(Value::String("ĊĊ".into())); // id 256
+        tokens.push(Value::String("ĠĠ".into())); // id 257
+        let merges = vec![Value::String("Ċ Ċ".into()), Value::String("Ġ Ġ".into())];
+        let build = |pre: &str| -> tokenizers::Tokenizer {
+            let mut md = BTreeMap::new();
+            md.insert("tokenizer.ggml.pre".to_string(), Value::String(pre.into()));
+            md.insert(
+                "tokenizer.ggml.tokens".to_string(),
+                Value::Array(tokens.clone()),
+            );
+            md.insert(
+                "tokenizer.ggml.merges".to_string(),
+                Value::Array(merges.clone()),
+            );
+            byte_level_bpe_json(&md).unwrap().parse().unwrap()
+        };
+        let ids = |tok: &tokenizers::Tokenizer, text: &str| -> Vec<u32> {
+            tok.encode(text, false).unwrap().get_ids().to_vec()
+        };
+        let id = |c: char| table.iter().position(|&t| t == c).unwrap() as u32;
+        let (smollm, gpt2) = (build("smollm"), build("gpt2"));
+        assert_eq!(ids(&smollm, "\n\n25"), [256, id('2'), id('5')]);
+        assert_eq!(ids(&gpt2, "\n\n25"), [id('Ċ'), id('Ċ'), id('2'), id('5')]);
+        assert_eq!(ids(&smollm, "a  1"), [id('a'), 257, id('1')]);
+        assert_eq!(ids(&gpt2, "a  1"), [id('a'), id('Ġ'), id('Ġ'), id('1')]);
+        assert_eq!(
+            smollm.decode(&ids(&smollm, "x  123\n\n4"), false).unwrap(),
+            "x  123\n\n4"
+        );
     }
 }
