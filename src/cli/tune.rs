@@ -101,6 +101,9 @@ pub struct Args {
     /// Save a checkpoint every N steps (0 = only at the end).
     #[arg(long, default_value_t = 50)]
     pub save_every: usize,
+    /// Start from an existing PEFT adapter (same --rank, --alpha, --targets) instead of a fresh one.
+    #[arg(long)]
+    pub init_adapter: Option<PathBuf>,
     /// Keep only each layer's input and recompute the rest in backward (less memory).
     #[arg(long)]
     pub grad_checkpoint: bool,
@@ -245,6 +248,7 @@ pub fn run(a: Args) -> Result<()> {
         save_every: a.save_every,
         grad_checkpoint: a.grad_checkpoint,
         base_model: a.model.display().to_string(),
+        init_adapter: a.init_adapter.clone(),
     };
     eprintln!(
         "tuning {} on {} records ({} threads), LoRA r={} α={} on {}",

@@ -10,7 +10,7 @@ use super::step::forward_backward;
 use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::eval::{score_all, EvalReport};
-use crate::format::peft::write_adapter;
+use crate::format::peft::{read_adapter, write_adapter};
 use crate::infer::sampling::Rng;
 use crate::model::lora::{LoraSet, Target};
 use crate::model::Model;
@@ -42,6 +42,10 @@ pub struct TuneOptions {
     pub save_every: usize,
     pub grad_checkpoint: bool,
     pub base_model: String,
+    /// Start from this PEFT adapter instead of a fresh initialisation (rank, α and targets
+    /// must match the options).
+    #[serde(skip)]
+    pub init_adapter: Option<std::path::PathBuf>,
 }
 
 impl Default for TuneOptions {
@@ -65,6 +69,7 @@ impl Default for TuneOptions {
             save_every: 50,
             grad_checkpoint: false,
             base_model: String::new(),
+            init_adapter: None,
         }
     }
 }
@@ -225,6 +230,24 @@ pub fn tune(
         &opts.targets,
         opts.seed,
     );
+    if let Some(dir) = &opts.init_adapter {
+        let start = read_adapter(dir, &model.config)?;
+        let mut want = opts.targets.clone();
+        want.sort();
+        if start.rank != opts.rank || start.alpha != opts.alpha || start.targets != want {
+            return Err(Error::Usage(format!(
+                "{}: the adapter has r={} α={} on {:?}, but the run asks for r={} α={} on {:?}",
+                dir.display(),
+                start.rank,
+                start.alpha,
+                start.targets,
+                opts.rank,
+                opts.alpha,
+                want
+            )));
+        }
+        params = start;
+    }
     let mut opt = AdamW::new(&params, opts.weight_decay);
     let mut state = State {
         format: 1,

@@ -1,0 +1,245 @@
+//! LoRA training against PyTorch + PEFT (tests/reference/train_golden.py): the one-step loss
+//! and every LoRA gradient on the tiny Llama and Qwen2 models (F32 folder and Q8_0 GGUF base,
+//! response-masked and joint objectives), and 20-step AdamW trajectories run through the real
+//! trainer (`tune`), one of them with weight decay, clipping and a warmup + cosine schedule.
+
+use edge_sft::data::{load_jsonl, DataOptions, Example, LossOn, TemplateMode};
+use edge_sft::format::peft::{peft_key, read_adapter};
+use edge_sft::loaded::LoadedModel;
+use edge_sft::model::config::RopeStyle;
+use edge_sft::model::lora::{permute_rows, Target};
+use edge_sft::train::batch::Batch;
+use edge_sft::train::optim::{lr_at, Schedule};
+use edge_sft::train::params::zeros_like;
+use edge_sft::train::step::forward_backward;
+use edge_sft::train::trainer::{tune, NoHooks, TuneOptions};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn tiny(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/tiny")
+        .join(p)
+}
+
+fn golden(arch: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(tiny(arch).join("train_golden.json")).unwrap())
+        .unwrap()
+}
+
+fn open(arch: &str, base: &str) -> LoadedModel {
+    let p = if base == "hf_f32" {
+        tiny(arch).join("hf_f32")
+    } else {
+        tiny(arch).join(format!("{base}.gguf"))
+    };
+    LoadedModel::open(&p).unwrap()
+}
+
+fn examples(lm: &LoadedModel, loss_on: LossOn) -> Vec<Example> {
+    let opts = DataOptions {
+        loss_on,
+        template: TemplateMode::Model,
+        max_seq: 4096,
+        skip_bad: false,
+    };
+    load_jsonl(&tiny("records.jsonl"), &lm.tokenizer, &lm.chat, &opts)
+        .unwrap()
+        .examples
+}
+
+fn flat(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(a) => a.iter().flat_map(flat).collect(),
+        Value::Number(n) => vec![n.as_f64().unwrap() as f32],
+        _ => panic!("not numeric"),
+    }
+}
+
+fn one_step(arch: &str) {
+    let g = golden(arch);
+    for base in ["hf_f32", "q8_0"] {
+        let lm = open(arch, base);
+        let cfg = &lm.model.config;
+        let lora = read_adapter(&tiny(arch).join("train_init"), cfg).unwrap();
+        for (mode, loss_on) in [("response", LossOn::Response), ("all", LossOn::All)] {
+            let want = &g["one_step"][base][mode];
+            let exs = examples(&lm, loss_on);
+            let batch = Batch::from_examples(exs.iter());
+            let n = batch.scored.len();
+            assert_eq!(n as u64, want["scored_tokens"].as_u64().unwrap());
+            let mut grads = zeros_like(&lora);
+            let o = forward_backward(
+                &lm.model,
+                &lora,
+                &batch,
+                &mut grads,
+                1.0 / n as f32,
+                false,
+                None,
+            )
+            .unwrap();
+            let loss = o.nll_sum / n as f64;
+            let wl = want["loss"].as_f64().unwrap();
+            assert!(
+                (loss - wl).abs() < 1e-4 * wl.abs(),
+                "{arch}/{base}/{mode}: loss {loss} vs {wl}"
+            );
+            let mut checked = 0;
+            for layer in 0..cfg.n_layers {
+                for t in Target::ALL {
+                    let p = grads.get(layer, t).unwrap();
+                    // Our B rows follow the model's row order; PEFT's are Hugging Face order.
+                    let b = if cfg.rope_style == RopeStyle::Interleaved
+                        && matches!(t, Target::Q | Target::K)
+                    {
+                        permute_rows(&p.b, p.out_dim, p.rank, cfg.head_dim, false)
+                    } else {
+                        p.b.clone()
+                    };
+                    for (which, ours) in [("lora_A", &p.a), ("lora_B", &b)] {
+                        let key = peft_key(layer, t, which);
+                        let theirs = flat(&want["grads"][&key]);
+                        assert_eq!(theirs.len(), ours.len(), "{key}");
+                        let diff: f64 = ours
+                            .iter()
+                            .zip(&theirs)
+                            .map(|(a, b)| ((a - b) as f64).powi(2))
+                            .sum::<f64>()
+                            .sqrt();
+                        let norm: f64 = theirs
+                            .iter()
+                            .map(|b| (*b as f64).powi(2))
+                            .sum::<f64>()
+                            .sqrt();
+                        assert!(
+                            diff <= 1e-4 * norm + 1e-9,
+                            "{arch}/{base}/{mode} {key}: relative error {:.2e}",
+                            diff / norm
+                        );
+                        for (a, b) in ours.iter().zip(&theirs) {
+                            assert!(
+                                (a - b).abs() <= 1e-6 + 1e-3 * b.abs(),
+                                "{arch}/{base}/{mode} {key}: {a} vs {b}"
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+            assert_eq!(checked, cfg.n_layers * 14);
+        }
+    }
+}
+
+#[test]
+fn one_step_gradients_match_pytorch_peft_llama() {
+    one_step("llama");
+}
+
+#[test]
+fn one_step_gradients_match_pytorch_peft_qwen2() {
+    one_step("qwen2");
+}
+
+fn trajectory(arch: &str, name: &str) {
+    let g = golden(arch);
+    let want = &g["trajectories"][name];
+    let lm = open(arch, "hf_f32");
+    let exs = examples(&lm, LossOn::Response);
+    let sched = name != "adamw";
+    let opts = TuneOptions {
+        rank: 4,
+        alpha: 8.0,
+        lr: 1e-3,
+        steps: Some(20),
+        batch_tokens: 1 << 20, // every record in one micro-batch: one step = the whole set
+        warmup: if sched { 3 } else { 0 },
+        schedule: if sched {
+            Schedule::Cosine
+        } else {
+            Schedule::Constant
+        },
+        weight_decay: want["weight_decay"].as_f64().unwrap() as f32,
+        max_grad_norm: want["clip_grad_norm"].as_f64().unwrap_or(0.0) as f32,
+        eval_every: 0,
+        save_every: 0,
+        init_adapter: Some(tiny(arch).join("train_init")),
+        ..TuneOptions::default()
+    };
+    for (s, lr) in flat(&want["lr"]).iter().enumerate() {
+        let ours = lr_at(opts.lr, opts.schedule, opts.warmup, 20, s);
+        assert!(
+            (ours - lr).abs() < 1e-9 + 1e-6 * lr,
+            "lr at step {s}: {ours} vs {lr}"
+        );
+    }
+    let out = std::env::temp_dir().join(format!(
+        "edge-sft-traj-{}-{arch}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&out);
+    tune(&lm.model, &exs, None, &opts, &out, false, &mut NoHooks).unwrap();
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let rows: Vec<Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 20);
+    let losses = flat(&want["losses"]);
+    let norms = flat(&want["grad_norms"]);
+    for (i, r) in rows.iter().enumerate() {
+        let (l, w) = (r["loss"].as_f64().unwrap(), losses[i] as f64);
+        assert!(
+            (l - w).abs() < 1e-3 * w.abs(),
+            "{arch}/{name} step {i}: loss {l} vs {w}"
+        );
+        let (n, wn) = (r["grad_norm"].as_f64().unwrap(), norms[i] as f64);
+        assert!(
+            (n - wn).abs() < 1e-3 * wn,
+            "{arch}/{name} step {i}: grad norm {n} vs {wn}"
+        );
+    }
+    // Final parameters, read back from the PEFT adapter the run wrote (HF order).
+    let fin = read_adapter(&out, &lm.model.config).unwrap();
+    for layer in 0..lm.model.config.n_layers {
+        for t in Target::ALL {
+            let p = fin.get(layer, t).unwrap();
+            for (which, ours) in [("lora_A", &p.a), ("lora_B", &p.b)] {
+                let key = peft_key(layer, t, which);
+                let sum: f64 = ours.iter().map(|&v| v as f64).sum();
+                let l2: f64 = ours.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+                let (ws, wl) = (
+                    want["final_sum"][&key].as_f64().unwrap(),
+                    want["final_l2"][&key].as_f64().unwrap(),
+                );
+                assert!((l2 - wl).abs() < 1e-4 * wl, "{key}: final L2 {l2} vs {wl}");
+                assert!(
+                    (sum - ws).abs() < 1e-3 * wl,
+                    "{key}: final sum {sum} vs {ws}"
+                );
+                if let Some(fp) = want.get("final_params").and_then(|f| f.get(&key)) {
+                    for (a, b) in ours.iter().zip(flat(fp)) {
+                        assert!((a - b).abs() < 1e-4, "{key}: final {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn adamw_trajectory_matches_pytorch_llama() {
+    trajectory("llama", "adamw");
+}
+
+#[test]
+fn adamw_wd_clip_schedule_trajectory_matches_pytorch_llama() {
+    trajectory("llama", "adamw_wd_clip_sched");
+}
+
+#[test]
+fn adamw_wd_clip_schedule_trajectory_matches_pytorch_qwen2() {
+    trajectory("qwen2", "adamw_wd_clip_sched");
+}
