@@ -1,6 +1,10 @@
 //! Tokenizer ids, decoded text and loss masks against transformers, on the real SmolLM2 GGUF.
 //! Golden values: tests/reference/golden_tokenizer.py → tests/golden/tokenizer_smollm2.json.
 //! Skipped (with a note) when the model file is absent.
+//!
+//! The SmolLM2 golden uses transformers' GGUF tokenizer with SmolLM2's own pre-tokenizer
+//! (digits split first, as in its tokenizer.json and llama.cpp), not the converter's ByteLevel
+//! alone; entries where the converter differs keep its ids as "transformers_gguf_ids".
 
 use edge_sft::data::{load_jsonl, DataOptions, LossOn, TemplateMode};
 use edge_sft::format::gguf::GgufFile;
@@ -81,16 +85,27 @@ fn corpus_ids_and_decode_match_transformers() {
     let g = golden();
     let corpus = g["corpus"].as_array().unwrap();
     assert!(corpus.len() >= 30);
+    assert!(g["pre_tokenizer"].as_str().unwrap().contains("Digits"));
+    let mut converter_differs = 0;
     for c in corpus {
         let text = c["text"].as_str().unwrap();
         let ids = tok.encode(text).unwrap();
         assert_eq!(ids, ids_of(&c["ids"]), "ids for {text:?}");
+        if let Some(other) = c.get("transformers_gguf_ids") {
+            assert_ne!(ids, ids_of(other), "{text:?}");
+            converter_differs += 1;
+        }
         assert_eq!(
             tok.decode(&ids).unwrap(),
             c["decoded"].as_str().unwrap(),
             "decode of {text:?}"
         );
     }
+    // "x  123   45": the space runs before digits stay whole (ĠĠ, ĠĠĠ).
+    assert!(
+        converter_differs >= 1,
+        "the corpus exercises the digit split"
+    );
 }
 
 fn check_records(template: TemplateMode, loss_on: LossOn) {

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Golden tokenizer ids and loss masks from transformers, for tests/tokenizer_golden.rs.
 
-Loads the real SmolLM2 GGUF with transformers (AutoTokenizer.from_pretrained(dir, gguf_file=...))
-and writes tests/golden/tokenizer_smollm2.json:
+Loads the real SmolLM2 GGUF with transformers (AutoTokenizer.from_pretrained(dir, gguf_file=...)),
+replaces its pre-tokenizer by SmolLM2's own (see smollm_pretokenizer) and writes
+tests/golden/tokenizer_smollm2.json:
   - "corpus": [{"text", "ids", "decoded"}]: tok.encode(text, add_special_tokens=False) and
-    tok.decode(ids) for a varied corpus;
+    tok.decode(ids) for a varied corpus, plus "transformers_gguf_ids" where transformers' GGUF
+    tokenizer (without the digit split) gives other ids;
   - "records": one entry per line of tests/golden/records_smollm2.jsonl (1-based "line") with
     "ids" (apply_chat_template of the conversation through its last assistant turn) and
     "spans": [[start, end), ...] of scored tokens, built by the prefix-rendering rule of
@@ -18,6 +20,7 @@ import json
 import os
 import sys
 
+from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,6 +68,20 @@ CORPUS = [
     "zero\u200bwidth",
     "a\u0301 combining accent vs \u00e1",
 ]
+
+
+def smollm_pretokenizer():
+    """SmolLM2's pre-tokenizer: every digit split off, then GPT-2's byte-level regex.
+
+    This is what SmolLM2's original tokenizer.json has and what llama.cpp does for GGUF
+    tokenizer.ggml.pre 'smollm' (regex \\p{N}, then the GPT-2 regex); the model was trained with
+    it. transformers' GGUF converter builds ByteLevel alone for 'smollm' (it drops Digits), which
+    splits the whitespace run before a digit differently: "\\n\\n25" gives Ċ Ċ 2 5 instead of
+    ĊĊ 2 5. edge-sft follows the original tokenizer, so the golden ids do too."""
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
 
 
 def to_messages(rec):
@@ -139,12 +156,22 @@ def raw_mask(tok, msgs, add_bos, bos_id, eos_id):
 
 def main():
     tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF)
+    # transformers' GGUF tokenizer as built, kept to list where it differs.
+    gguf_tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF)
+    plain = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    assert str(tok.backend_tokenizer.pre_tokenizer) == str(plain), (
+        "transformers' GGUF pre-tokenizer changed: %s" % tok.backend_tokenizer.pre_tokenizer)
+    tok.backend_tokenizer.pre_tokenizer = smollm_pretokenizer()
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     add_bos = bool(getattr(tok, "add_bos_token", False))
     corpus = []
     for text in CORPUS:
         ids = tok.encode(text, add_special_tokens=False)
-        corpus.append({"text": text, "ids": ids, "decoded": tok.decode(ids)})
+        entry = {"text": text, "ids": ids, "decoded": tok.decode(ids)}
+        other = gguf_tok.encode(text, add_special_tokens=False)
+        if other != ids:
+            entry["transformers_gguf_ids"] = other
+        corpus.append(entry)
 
     records = []
     with open(os.path.join(GOLDEN, "records_smollm2.jsonl"), encoding="utf-8") as f:
@@ -161,6 +188,9 @@ def main():
 
     out = {
         "source": "transformers AutoTokenizer.from_pretrained(%r, gguf_file=%r)" % (os.path.basename(MODEL_DIR), GGUF),
+        "pre_tokenizer": "Sequence[Digits(individual_digits=true), ByteLevel(add_prefix_space=false, "
+                         "trim_offsets=true, use_regex=true)] (SmolLM2's tokenizer.json and llama.cpp; "
+                         "transformers' GGUF converter leaves out Digits)",
         "bos_id": tok.bos_token_id,
         "eos_id": tok.eos_token_id,
         "eot_id": eot,
@@ -173,7 +203,9 @@ def main():
     with open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, separators=(",", ":"))
         f.write("\n")
-    print("wrote", path, "corpus", len(corpus), "records", len(records))
+    print("wrote", path, "corpus", len(corpus), "records", len(records),
+          "corpus texts where transformers' GGUF tokenizer differs:",
+          sum("transformers_gguf_ids" in c for c in corpus))
 
 
 if __name__ == "__main__":
