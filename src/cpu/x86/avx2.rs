@@ -37,6 +37,28 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
+/// The IEEE half at p (little-endian) converted and broadcast to 8 lanes. Broadcasting the
+/// 16-bit pattern first (a full-register write) avoids the false dependency that inserting
+/// into a live register would create.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn bcast_f16(p: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes([*p, *p.add(1)])))
+}
+
+/// The two halves at p (Q4_1's d, m), each converted and broadcast to 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn bcast_f16_pair(p: *const u8) -> (__m256, __m256) {
+    let v = _mm256_cvtph_ps(_mm_set1_epi32(i32::from_le_bytes([
+        *p,
+        *p.add(1),
+        *p.add(2),
+        *p.add(3),
+    ])));
+    (_mm256_moveldup_ps(v), _mm256_movehdup_ps(v))
+}
+
 /// e^x for 8 lanes (Cephes expf polynomial, ≈1–2 ulp). x > 88.72 gives +inf, x < −88 gives
 /// 0 (true value < 7e-39), NaN stays NaN.
 #[inline]
@@ -325,7 +347,7 @@ pub(crate) unsafe fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         GgmlType::Q8_0 => {
             for b in 0..n / 32 {
                 let blk = s.add(b * 34);
-                let vd = _mm256_set1_ps(f16_at(blk));
+                let vd = bcast_f16(blk);
                 for q in 0..4 {
                     let v = _mm_loadl_epi64(blk.add(2 + 8 * q) as *const __m128i);
                     let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
@@ -337,7 +359,7 @@ pub(crate) unsafe fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
             let eight = _mm256_set1_ps(8.0);
             for b in 0..n / 32 {
                 let blk = s.add(b * 18);
-                let vd = _mm256_set1_ps(f16_at(blk));
+                let vd = bcast_f16(blk);
                 let (lo, hi) = nibbles(blk.add(2));
                 let o = d.add(b * 32);
                 for (h, v) in [lo, hi].into_iter().enumerate() {
@@ -354,8 +376,7 @@ pub(crate) unsafe fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         GgmlType::Q4_1 => {
             for b in 0..n / 32 {
                 let blk = s.add(b * 20);
-                let vd = _mm256_set1_ps(f16_at(blk));
-                let vm = _mm256_set1_ps(f16_at(blk.add(2)));
+                let (vd, vm) = bcast_f16_pair(blk);
                 let (lo, hi) = nibbles(blk.add(4));
                 let o = d.add(b * 32);
                 for (h, v) in [lo, hi].into_iter().enumerate() {

@@ -20,11 +20,21 @@ fn tail_mask(n: usize) -> __mmask16 {
     ((1u32 << n) - 1) as __mmask16
 }
 
+/// The IEEE half at p (little-endian) converted and broadcast to 16 lanes (broadcast first:
+/// a full-register write, no false dependency on a live register).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = u16::from_le_bytes([*p, *p.add(1)]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+pub(crate) unsafe fn bcast_f16(p: *const u8) -> __m512 {
+    _mm512_cvtph_ps(_mm256_set1_epi16(i16::from_le_bytes([*p, *p.add(1)])))
+}
+
+/// The two halves at p (Q4_1's d, m), each converted and broadcast to 16 lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn bcast_f16_pair(p: *const u8) -> (__m512, __m512) {
+    let bits = i32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]);
+    let v = _mm512_cvtph_ps(_mm256_set1_epi32(bits));
+    (_mm512_moveldup_ps(v), _mm512_movehdup_ps(v))
 }
 
 /// e^x for 16 lanes: same polynomial and range handling as `avx2::exp`.
@@ -304,7 +314,7 @@ pub(crate) unsafe fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         GgmlType::Q8_0 => {
             for b in 0..n / 32 {
                 let blk = s.add(b * 34);
-                let vd = _mm512_set1_ps(f16_at(blk));
+                let vd = bcast_f16(blk);
                 for h in 0..2 {
                     let v = _mm_loadu_si128(blk.add(2 + 16 * h) as *const __m128i);
                     let f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
@@ -316,7 +326,7 @@ pub(crate) unsafe fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
             let eight = _mm512_set1_ps(8.0);
             for b in 0..n / 32 {
                 let blk = s.add(b * 18);
-                let vd = _mm512_set1_ps(f16_at(blk));
+                let vd = bcast_f16(blk);
                 let (lo, hi) = nibbles_f32(blk.add(2));
                 let o = d.add(b * 32);
                 _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_sub_ps(lo, eight), vd));
@@ -326,8 +336,7 @@ pub(crate) unsafe fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         GgmlType::Q4_1 => {
             for b in 0..n / 32 {
                 let blk = s.add(b * 20);
-                let vd = _mm512_set1_ps(f16_at(blk));
-                let vm = _mm512_set1_ps(f16_at(blk.add(2)));
+                let (vd, vm) = bcast_f16_pair(blk);
                 let (lo, hi) = nibbles_f32(blk.add(4));
                 let o = d.add(b * 32);
                 _mm512_storeu_ps(o, _mm512_add_ps(_mm512_mul_ps(lo, vd), vm));

@@ -2,19 +2,13 @@
 //! Each 32-value block of up to 4 W rows is decoded straight into registers and multiplied
 //! into 2 accumulators per W row; nothing is written back to memory but the sums.
 
+use super::avx2::{bcast_f16, bcast_f16_pair};
 use crate::quant::GgmlType;
 use std::arch::x86_64::*;
 
 /// W rows and x rows per call.
 pub(crate) const ROWS: usize = 4;
 pub(crate) const XS: usize = 1;
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = u16::from_le_bytes([*p, *p.add(1)]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
 
 /// 16 packed nibbles → the 32 codes as f32, in element order (low nibbles first): each
 /// byte is widened to a 32-bit lane once, then masked (low nibble) or shifted (high nibble).
@@ -75,7 +69,7 @@ pub(crate) unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> [__m256; 4
         }
         Q8_0 => {
             let blk = row.add(34 * b);
-            let d = _mm256_set1_ps(f16_at(blk));
+            let d = bcast_f16(blk);
             std::array::from_fn(|q| {
                 let v = _mm_loadl_epi64(blk.add(2 + 8 * q) as *const __m128i);
                 _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), d)
@@ -83,16 +77,27 @@ pub(crate) unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> [__m256; 4
         }
         Q4_0 => {
             let blk = row.add(18 * b);
-            let d = _mm256_set1_ps(f16_at(blk));
+            let d = bcast_f16(blk);
             let eight = _mm256_set1_ps(8.0);
-            nibbles(blk.add(2)).map(|v| _mm256_mul_ps(_mm256_sub_ps(v, eight), d))
+            let q = nibbles(blk.add(2));
+            [
+                _mm256_mul_ps(_mm256_sub_ps(q[0], eight), d),
+                _mm256_mul_ps(_mm256_sub_ps(q[1], eight), d),
+                _mm256_mul_ps(_mm256_sub_ps(q[2], eight), d),
+                _mm256_mul_ps(_mm256_sub_ps(q[3], eight), d),
+            ]
         }
         _ => {
             // Q4_1
             let blk = row.add(20 * b);
-            let d = _mm256_set1_ps(f16_at(blk));
-            let m = _mm256_set1_ps(f16_at(blk.add(2)));
-            nibbles(blk.add(4)).map(|v| _mm256_fmadd_ps(v, d, m))
+            let (d, m) = bcast_f16_pair(blk);
+            let q = nibbles(blk.add(4));
+            [
+                _mm256_fmadd_ps(q[0], d, m),
+                _mm256_fmadd_ps(q[1], d, m),
+                _mm256_fmadd_ps(q[2], d, m),
+                _mm256_fmadd_ps(q[3], d, m),
+            ]
         }
     }
 }
@@ -106,6 +111,60 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// Σ_j q[j]·x[j] over one 32-value block, as 8 lanes (two short chains, then one add).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4(q: &[__m256; 4], x: &[__m256; 4]) -> __m256 {
+    let a = _mm256_fmadd_ps(q[2], x[2], _mm256_mul_ps(q[0], x[0]));
+    let b = _mm256_fmadd_ps(q[3], x[3], _mm256_mul_ps(q[1], x[1]));
+    _mm256_add_ps(a, b)
+}
+
+/// The 32 signed codes of a Q8_0 block (bytes at p) as f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn codes_q8(p: *const u8) -> [__m256; 4] {
+    let cvt = |o: usize| {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+            p.add(o) as *const __m128i
+        )))
+    };
+    [cvt(0), cvt(8), cvt(16), cvt(24)]
+}
+
+/// acc + W_row(block b)·x_block, with the block's scales applied once to the dot of the raw
+/// codes: d·(q·x) for Q8_0, d·(q·x − 8·Σx) for Q4_0, d·(q·x) + m·Σx for Q4_1 (sx = Σx).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_dot<const T: u8>(
+    row: *const u8,
+    b: usize,
+    x: &[__m256; 4],
+    sx: __m256,
+    acc: __m256,
+) -> __m256 {
+    match T {
+        F32 | F16 | BF16 => _mm256_add_ps(acc, dot4(&decode::<T>(row, b), x)),
+        Q8_0 => {
+            let blk = row.add(34 * b);
+            _mm256_fmadd_ps(bcast_f16(blk), dot4(&codes_q8(blk.add(2)), x), acc)
+        }
+        Q4_0 => {
+            let blk = row.add(18 * b);
+            let t = dot4(&nibbles(blk.add(2)), x);
+            let t = _mm256_fnmadd_ps(_mm256_set1_ps(8.0), sx, t);
+            _mm256_fmadd_ps(bcast_f16(blk), t, acc)
+        }
+        _ => {
+            // Q4_1
+            let blk = row.add(20 * b);
+            let (d, m) = bcast_f16_pair(blk);
+            let t = dot4(&nibbles(blk.add(4)), x);
+            _mm256_fmadd_ps(m, sx, _mm256_fmadd_ps(d, t, acc))
+        }
+    }
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run<const T: u8, const R: usize>(
@@ -116,7 +175,7 @@ unsafe fn run<const T: u8, const R: usize>(
 ) {
     let rp: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
     let xp = x.as_ptr();
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let mut acc = [_mm256_setzero_ps(); R];
     // The next group of ROWS rows follows these in memory: prefetch it block by block, so the
     // stream is in cache when we get there (the hardware prefetcher alone falls behind).
     let ahead = ROWS * nblocks * block_bytes(T);
@@ -124,17 +183,24 @@ unsafe fn run<const T: u8, const R: usize>(
         for &p in &rp {
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead + b * block_bytes(T)) as *const i8);
         }
-        let xv: [__m256; 4] = std::array::from_fn(|q| _mm256_loadu_ps(xp.add(32 * b + 8 * q)));
+        let xb = xp.add(32 * b);
+        let xv = [
+            _mm256_loadu_ps(xb),
+            _mm256_loadu_ps(xb.add(8)),
+            _mm256_loadu_ps(xb.add(16)),
+            _mm256_loadu_ps(xb.add(24)),
+        ];
+        let sx = if T == Q4_0 || T == Q4_1 {
+            _mm256_add_ps(_mm256_add_ps(xv[0], xv[1]), _mm256_add_ps(xv[2], xv[3]))
+        } else {
+            _mm256_setzero_ps()
+        };
         for r in 0..R {
-            let w = decode::<T>(rp[r], b);
-            acc[r][0] = _mm256_fmadd_ps(w[0], xv[0], acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(w[1], xv[1], acc[r][1]);
-            acc[r][0] = _mm256_fmadd_ps(w[2], xv[2], acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(w[3], xv[3], acc[r][1]);
+            acc[r] = block_dot::<T>(rp[r], b, &xv, sx, acc[r]);
         }
     }
     for r in 0..R {
-        out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+        out[r] = hsum(acc[r]);
     }
 }
 

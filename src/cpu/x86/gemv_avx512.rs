@@ -2,19 +2,13 @@
 //! Each 32-value block of up to 4 W rows is decoded straight into registers and multiplied
 //! into 2 accumulators per (W row, x row); nothing is written back to memory but the sums.
 
+use super::avx512::{bcast_f16, bcast_f16_pair};
 use crate::quant::GgmlType;
 use std::arch::x86_64::*;
 
 /// W rows and x rows per call.
 pub(crate) const ROWS: usize = 4;
 pub(crate) const XS: usize = 2;
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = u16::from_le_bytes([*p, *p.add(1)]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
 
 /// 16 packed nibbles → (codes of elements 0..16, codes of elements 16..32) as f32: each byte
 /// is widened to a 32-bit lane once, then masked (low nibble) or shifted (high nibble).
@@ -27,24 +21,13 @@ unsafe fn nibbles(p: *const u8) -> (__m512, __m512) {
     (_mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi))
 }
 
-/// The two halves at p (Q4_1's d and m) as two broadcast vectors, with one conversion.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn f16_pair(p: *const u8) -> (__m512, __m512) {
-    let bits = i32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]);
-    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
-    (
-        _mm512_broadcastss_ps(dm),
-        _mm512_broadcastss_ps(_mm_movehdup_ps(dm)),
-    )
-}
-
 // Weight types as const-generic parameters (their GGUF ids).
 const F32: u8 = GgmlType::F32 as u8;
 const F16: u8 = GgmlType::F16 as u8;
 const BF16: u8 = GgmlType::BF16 as u8;
 const Q8_0: u8 = GgmlType::Q8_0 as u8;
 const Q4_0: u8 = GgmlType::Q4_0 as u8;
+const Q4_1: u8 = GgmlType::Q4_1 as u8;
 
 /// Bytes of one 32-value block of type T.
 const fn block_bytes(t: u8) -> usize {
@@ -84,7 +67,7 @@ unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> (__m512, __m512) {
         }
         Q8_0 => {
             let blk = row.add(34 * b);
-            let d = _mm512_set1_ps(f16_at(blk));
+            let d = bcast_f16(blk);
             let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                 blk.add(2) as *const __m128i
             )));
@@ -95,7 +78,7 @@ unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> (__m512, __m512) {
         }
         Q4_0 => {
             let blk = row.add(18 * b);
-            let d = _mm512_set1_ps(f16_at(blk));
+            let d = bcast_f16(blk);
             let (lo, hi) = nibbles(blk.add(2));
             let eight = _mm512_set1_ps(8.0);
             (
@@ -106,7 +89,7 @@ unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> (__m512, __m512) {
         _ => {
             // Q4_1
             let blk = row.add(20 * b);
-            let (d, m) = f16_pair(blk);
+            let (d, m) = bcast_f16_pair(blk);
             let (lo, hi) = nibbles(blk.add(4));
             (_mm512_fmadd_ps(lo, d, m), _mm512_fmadd_ps(hi, d, m))
         }
@@ -124,10 +107,11 @@ unsafe fn run<const T: u8, const R: usize, const N: usize>(
 ) {
     let rp: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
     let xp: [*const f32; N] = std::array::from_fn(|i| x.as_ptr().add(i * ldx));
-    let mut acc = [[[_mm512_setzero_ps(); 2]; N]; R];
+    let mut acc = [[_mm512_setzero_ps(); N]; R];
     // The next group of ROWS rows follows these in memory: prefetch it block by block, so the
     // stream is in cache when we get there (the hardware prefetcher alone falls behind).
     let ahead = ROWS * nblocks * block_bytes(T);
+    let eight = _mm512_set1_ps(8.0);
     for b in 0..nblocks {
         for &p in &rp {
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead + b * block_bytes(T)) as *const i8);
@@ -138,17 +122,60 @@ unsafe fn run<const T: u8, const R: usize, const N: usize>(
                 _mm512_loadu_ps(xp[i].add(32 * b + 16)),
             )
         });
+        // Σx per x row, for the Q4 formats' offset terms.
+        let sx: [__m512; N] = std::array::from_fn(|i| _mm512_add_ps(xv[i].0, xv[i].1));
         for r in 0..R {
-            let (wl, wh) = decode::<T>(rp[r], b);
+            // The block's raw codes (or values, for float types) and scales; the scales are
+            // applied once to each code·x dot: d·(q·x), d·(q·x − 8·Σx), d·(q·x) + m·Σx.
+            let (ql, qh, d, m) = raw::<T>(rp[r], b);
             for i in 0..N {
-                acc[r][i][0] = _mm512_fmadd_ps(wl, xv[i].0, acc[r][i][0]);
-                acc[r][i][1] = _mm512_fmadd_ps(wh, xv[i].1, acc[r][i][1]);
+                let t = _mm512_fmadd_ps(qh, xv[i].1, _mm512_mul_ps(ql, xv[i].0));
+                acc[r][i] = match T {
+                    Q8_0 => _mm512_fmadd_ps(d, t, acc[r][i]),
+                    Q4_0 => _mm512_fmadd_ps(d, _mm512_fnmadd_ps(eight, sx[i], t), acc[r][i]),
+                    Q4_1 => _mm512_fmadd_ps(m, sx[i], _mm512_fmadd_ps(d, t, acc[r][i])),
+                    _ => _mm512_add_ps(acc[r][i], t),
+                };
             }
         }
     }
     for r in 0..R {
         for i in 0..N {
-            out[i * ROWS + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
+            out[i * ROWS + r] = _mm512_reduce_add_ps(acc[r][i]);
+        }
+    }
+}
+
+/// Block b of a row of type T as (codes 0..16, codes 16..32, d, m) for the quantized types,
+/// or (values, values, unused, unused) for the float types.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn raw<const T: u8>(row: *const u8, b: usize) -> (__m512, __m512, __m512, __m512) {
+    let z = _mm512_setzero_ps();
+    match T {
+        Q8_0 => {
+            let blk = row.add(34 * b);
+            let cvt = |o: usize| {
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    blk.add(o) as *const __m128i
+                )))
+            };
+            (cvt(2), cvt(18), bcast_f16(blk), z)
+        }
+        Q4_0 => {
+            let blk = row.add(18 * b);
+            let (lo, hi) = nibbles(blk.add(2));
+            (lo, hi, bcast_f16(blk), z)
+        }
+        Q4_1 => {
+            let blk = row.add(20 * b);
+            let (lo, hi) = nibbles(blk.add(4));
+            let (d, m) = bcast_f16_pair(blk);
+            (lo, hi, d, m)
+        }
+        _ => {
+            let (lo, hi) = decode::<T>(row, b);
+            (lo, hi, z, z)
         }
     }
 }
