@@ -75,34 +75,63 @@ pub(crate) fn check(isa: Isa) {
 pub fn active_isa() -> Isa {
     static ACTIVE: OnceLock<Isa> = OnceLock::new();
     *ACTIVE.get_or_init(|| {
-        let best = *available().last().expect("Scalar is always available");
-        let Ok(want) = std::env::var("EDGE_SFT_ISA") else {
-            return best;
-        };
-        let wanted = match want.trim().to_ascii_lowercase().as_str() {
-            "scalar" => Some(Isa::Scalar),
-            "avx2" => Some(Isa::Avx2),
-            "avx512" => Some(Isa::Avx512),
-            "" | "auto" => return best,
-            _ => None,
-        };
-        match wanted {
-            Some(isa) if supported(isa) => isa,
-            Some(isa) => {
-                eprintln!(
-                    "edge-sft: EDGE_SFT_ISA={want}: '{}' is not supported by this CPU; using '{}'",
-                    isa_name(isa),
-                    isa_name(best)
-                );
-                best
-            }
-            None => {
-                eprintln!(
-                    "edge-sft: EDGE_SFT_ISA={want} is not one of scalar, avx2, avx512; using '{}'",
-                    isa_name(best)
-                );
-                best
-            }
+        let want = std::env::var("EDGE_SFT_ISA").ok();
+        let (isa, message) = choose(want.as_deref(), available());
+        if let Some(m) = message {
+            eprintln!("edge-sft: {m}");
         }
+        isa
     })
+}
+
+/// The ISA for an `EDGE_SFT_ISA` value (None: unset) on a host offering `available`, and a
+/// message for the user when the request cannot be honoured.
+fn choose(want: Option<&str>, available: &[Isa]) -> (Isa, Option<String>) {
+    let best = *available.last().expect("Scalar is always available");
+    let Some(want) = want else {
+        return (best, None);
+    };
+    let wanted = match want.trim().to_ascii_lowercase().as_str() {
+        "" | "auto" => return (best, None),
+        "scalar" => Isa::Scalar,
+        "avx2" => Isa::Avx2,
+        "avx512" => Isa::Avx512,
+        _ => {
+            let msg = format!(
+                "EDGE_SFT_ISA={want} is not one of scalar, avx2, avx512, auto; using '{}'",
+                isa_name(best)
+            );
+            return (best, Some(msg));
+        }
+    };
+    if available.contains(&wanted) {
+        (wanted, None)
+    } else {
+        let msg = format!(
+            "EDGE_SFT_ISA={want}: '{}' is not supported by this CPU; using '{}'",
+            isa_name(wanted),
+            isa_name(best)
+        );
+        (best, Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_override_is_honoured_or_explained() {
+        let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+        assert_eq!(choose(None, &all), (Isa::Avx512, None));
+        assert_eq!(choose(Some("auto"), &all), (Isa::Avx512, None));
+        assert_eq!(choose(Some(" AVX2 "), &all), (Isa::Avx2, None));
+        assert_eq!(choose(Some("scalar"), &all), (Isa::Scalar, None));
+        let (isa, msg) = choose(Some("avx512"), &[Isa::Scalar, Isa::Avx2]);
+        assert_eq!(isa, Isa::Avx2);
+        assert!(msg.unwrap().contains("not supported by this CPU"));
+        let (isa, msg) = choose(Some("neon9"), &[Isa::Scalar]);
+        assert_eq!(isa, Isa::Scalar);
+        assert!(msg.unwrap().contains("not one of"));
+    }
 }
