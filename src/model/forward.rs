@@ -7,6 +7,7 @@ use super::weights::QMatrix;
 use super::Model;
 use crate::cpu;
 use crate::error::{Error, Result};
+use crate::train::attention::attend_head;
 use rayon::prelude::*;
 
 /// Keys and values of the positions seen so far, per layer.
@@ -140,23 +141,29 @@ impl Model {
 
             let mut att = vec![0.0f32; n * qd]; // [n, qd]
             let group = c.n_heads / c.n_kv_heads;
-            let scale = 1.0 / (hd as f32).sqrt();
-            att.par_chunks_mut(qd).enumerate().for_each(|(i, out)| {
-                let visible = start + i + 1;
-                let mut scores = vec![0.0f32; visible];
-                for head in 0..c.n_heads {
+            let heads: Vec<Vec<f32>> = (0..c.n_heads)
+                .into_par_iter()
+                .map(|head| {
                     let g = head / group;
-                    let qh = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        *s = cpu::dot(qh, &kc[j * kvd + g * hd..j * kvd + (g + 1) * hd]) * scale;
-                    }
-                    cpu::softmax_inplace(&mut scores);
-                    let oh = &mut out[head * hd..(head + 1) * hd];
-                    for (j, &p) in scores.iter().enumerate() {
-                        cpu::axpy(p, &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd], oh);
-                    }
+                    let pick = |m: &[f32], stride: usize, col: usize, rows: usize| -> Vec<f32> {
+                        (0..rows)
+                            .flat_map(|r| {
+                                m[r * stride + col..r * stride + col + hd].iter().copied()
+                            })
+                            .collect()
+                    };
+                    let qh = pick(&q, qd, head * hd, n); // [n, hd]
+                    let kh = pick(kc, kvd, g * hd, start + n); // [L, hd]
+                    let vh = pick(vc, kvd, g * hd, start + n); // [L, hd]
+                    attend_head(&qh, &kh, &vh, n, hd).0
+                })
+                .collect();
+            for (head, oh) in heads.iter().enumerate() {
+                for i in 0..n {
+                    att[i * qd + head * hd..i * qd + (head + 1) * hd]
+                        .copy_from_slice(&oh[i * hd..(i + 1) * hd]);
                 }
-            });
+            }
             let o = project(&att, n, &l.wo, None, lo(Target::O)); // [n, d]
             for (xv, ov) in x.iter_mut().zip(&o) {
                 *xv += ov;
