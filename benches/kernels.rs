@@ -109,12 +109,17 @@ fn gemm_crate(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32],
 }
 
 fn main() {
-    // Run inside the pool, as the trainer does: calls from a worker thread fork and join
-    // cheaply, where calls from outside pay a wake-up handoff each time.
-    rayon::ThreadPoolBuilder::new()
-        .build()
-        .unwrap()
-        .install(bench_all);
+    // Run inside the pool, as the trainer should: calls from a worker thread fork and join
+    // cheaply, where calls from outside pay a wake-up hand-off each time
+    // (BENCH_OUTSIDE_POOL=1 measures that case).
+    if std::env::var("BENCH_OUTSIDE_POOL").is_ok_and(|v| v == "1") {
+        bench_all();
+    } else {
+        rayon::ThreadPoolBuilder::new()
+            .build()
+            .unwrap()
+            .install(bench_all);
+    }
 }
 
 /// LoRA-shaped f32 products (rank 16): x·Aᵀ, u·Bᵀ, and the gradient GEMMs.
