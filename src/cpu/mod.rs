@@ -17,6 +17,8 @@
 mod dispatch;
 mod gemm;
 mod gemv;
+mod matmul;
+mod panel;
 mod par;
 pub mod reference;
 mod scalar;
@@ -25,7 +27,7 @@ mod vecops;
 mod x86;
 
 pub use dispatch::{active_isa, available_isas, isa_name, Isa};
-pub use gemm::{
+pub use matmul::{
     matmul_f32_nn, matmul_f32_nn_with, matmul_f32_nt, matmul_f32_nt_with, matmul_f32_tn,
     matmul_f32_tn_with, matmul_w, matmul_w_with, matmul_wt, matmul_wt_range, matmul_wt_range_with,
     matmul_wt_with,
