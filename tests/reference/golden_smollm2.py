@@ -148,10 +148,12 @@ RECORDS = [
 
 GENERATE_PROMPTS = [
     {"messages": [{"role": "user", "content": "What is the capital of France?"}]},
-    {"messages": [{"role": "user", "content": "Write one sentence about the ocean."}]},
+    # Three prompts whose answers run past 32 tokens, so long greedy runs are compared too.
+    {"messages": [{"role": "user", "content": "Explain in a few sentences how a bicycle works."}]},
+    {"messages": [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]},
     {"messages": [
-        {"role": "system", "content": "You are a helpful assistant who answers briefly."},
-        {"role": "user", "content": "List three fruits."},
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Give me some tips for sleeping better."},
     ]},
 ]
 
