@@ -35,7 +35,8 @@ struct Kern {
 /// so tall tasks amortize it; rows are split evenly into tasks of a multiple of MR).
 const MC_MAX: usize = 512;
 /// Columns of C per task, at most: a multiple of every NR and of the 32-value quant block.
-/// Halved (down to 32) until there are enough tasks to keep every thread busy.
+/// Halved (down to 32) until there are 8 tasks per thread: narrower tasks cost almost nothing
+/// (each W element is still dequantized once per row block) and balance the threads better.
 const NB_MAX: usize = 128;
 /// Depth of one B panel: a multiple of 32 so quant blocks never straddle chunks.
 const KC: usize = 256;
@@ -118,7 +119,7 @@ pub(crate) fn gemm(
     let n_ib = m.div_ceil(mc);
     let threads = rayon::current_num_threads();
     let mut nb_task = NB_MAX;
-    while nb_task > 32 && n_ib * n.div_ceil(nb_task) < 4 * threads {
+    while nb_task > 32 && n_ib * n.div_ceil(nb_task) < 8 * threads {
         nb_task /= 2;
     }
     let n_jb = n.div_ceil(nb_task);
