@@ -137,5 +137,8 @@ fn greedy_generation_matches_transformers() {
             assert!(text.contains("Paris"), "{text}");
         }
     }
-    assert!(long_runs >= 3, "at least 3 prompts must be compared over 32+ new tokens");
+    assert!(
+        long_runs >= 3,
+        "at least 3 prompts must be compared over 32+ new tokens"
+    );
 }
