@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""Collects benches/train_bench.sh runs into JSON lines and renders the markdown report.
+
+Standard library only (runs with any python3 >= 3.8).
+
+  bench_report.py edge RUN_DIR TIME_FILE --isa I --seq S --threads K [--gc] [--warmup 2] [RUN]
+      one edge-sft run: steady-state tokens/s = median of metrics.jsonl tokens_per_s after the
+      first --warmup steps, real tokens per step from metrics.jsonl, peak RSS from /usr/bin/time -v
+  bench_report.py torch JSON_FILE TIME_FILE [RUN]
+      one peft_bench.py run (its JSON line)
+      RUN: --load L0 L1 --stat "cpu ..." "cpu ..." [--hz 100]: load average and /proc/stat
+      before and after the run, for the share of CPU other processes took meanwhile
+  bench_report.py table RESULTS.jsonl MACHINE.json OUT.md
+      the markdown report (tables, ratios vs PyTorch fp32, targets, machine, raw runs)
+"""
+
+import argparse
+import json
+import statistics
+import sys
+
+
+def steady(values, warmup):
+    """Median after the warm-up steps; with too few steps, the last one (flagged)."""
+    if len(values) > warmup:
+        return statistics.median(values[warmup:]), False
+    return (values[-1] if values else None), True
+
+
+def parse_time(path):
+    """The fields of a GNU `/usr/bin/time -v` report we use."""
+    t = {"peak_rss_mb": None, "user_s": None, "sys_s": None, "wall_s": None, "exit": None}
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        return t
+    for line in lines:
+        line = line.strip()
+        val = line.split(": ")[-1].strip()
+        if line.startswith("Maximum resident set size"):
+            t["peak_rss_mb"] = round(int(val) / 1024, 1)
+        elif line.startswith("User time"):
+            t["user_s"] = float(val)
+        elif line.startswith("System time"):
+            t["sys_s"] = float(val)
+        elif line.startswith("Elapsed (wall clock)"):
+            secs = 0.0
+            for part in val.split(":"):
+                secs = secs * 60 + float(part)
+            t["wall_s"] = secs
+        elif line.startswith("Exit status"):
+            t["exit"] = int(val)
+        elif line.startswith("Command terminated by signal"):
+            t["exit"] = "signal " + val.split()[-1]
+    return t
+
+
+def other_cpu(a, t):
+    """Share of the machine's CPU time that other processes used during the run, in percent.
+
+    Busy jiffies of the whole machine over the run (from the "cpu" lines of /proc/stat sampled
+    before and after; steal counts as busy) minus this run's own user+sys time, over wall time x
+    CPUs. Near 0 means the run had the machine to itself."""
+    if not a.stat or len(a.stat) != 2 or t["wall_s"] is None or t["user_s"] is None:
+        return None
+    f0 = [int(x) for x in a.stat[0].split()[1:]]
+    f1 = [int(x) for x in a.stat[1].split()[1:]]
+    d = [y - x for x, y in zip(f0, f1)]
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    busy = d[0] + d[1] + d[2] + d[5] + d[6] + d[7]
+    total = busy + d[3] + d[4]
+    if total <= 0:
+        return None
+    own = (t["user_s"] + t["sys_s"]) * a.hz
+    return round(max(0.0, 100.0 * (busy - own) / total), 1)
+
+
+def run_fields(a):
+    t = parse_time(a.time_file)
+    t["other_cpu_pct"] = other_cpu(a, t)
+    t["load1"] = a.load
+    return t
+
+
+def cmd_edge(a):
+    metrics = []
+    try:
+        with open(a.run_dir + "/metrics.jsonl") as f:
+            metrics = [json.loads(line) for line in f if line.strip()]
+    except OSError:
+        pass
+    # Only training-step lines (an eval line would carry other keys).
+    metrics = [m for m in metrics if "tokens_per_s" in m]
+    tps, few = steady([m["tokens_per_s"] for m in metrics], a.warmup)
+    out = {
+        "impl": "edge-sft", "setup": "edge-sft %s%s" % (a.isa, " --grad-checkpoint" if a.gc else ""),
+        "isa": a.isa, "grad_checkpoint": a.gc, "seq": a.seq, "threads": a.threads,
+        "steps": len(metrics), "warmup": a.warmup,
+        "tokens_per_step": sorted({m["tokens"] for m in metrics}),
+        "scored_tokens_per_step": sorted({m["scored_tokens"] for m in metrics}),
+        "tokens_per_s": tps, "too_few_steps": few,
+        "tokens_per_s_steps": [round(m["tokens_per_s"], 2) for m in metrics],
+        "loss": [round(m["loss"], 5) for m in metrics],
+    }
+    out.update(run_fields(a))
+    print(json.dumps(out))
+
+
+def cmd_torch(a):
+    with open(a.json_file) as f:
+        lines = [line for line in f if line.strip().startswith("{")]
+    out = json.loads(lines[-1]) if lines else {"impl": "pytorch+peft", "error": "no result (see log)"}
+    out["setup"] = "PyTorch %s" % ("fp32" if out.get("dtype") == "fp32" else "bf16 weights")
+    t = run_fields(a)
+    # Peak RSS: the script's own getrusage figure; /usr/bin/time's is kept beside it.
+    t["peak_rss_mb_time_v"] = t.pop("peak_rss_mb")
+    out.update(t)
+    print(json.dumps(out))
+
+
+def fmt(x, nd=0):
+    return "–" if x is None else ("%.*f" % (nd, x))
+
+
+def ratio(x, ref):
+    return "–" if not x or not ref else "%.2f×" % (x / ref)
+
+
+def order(r):
+    """Rows of one (seq, threads) group: PyTorch first, then edge-sft paths best first."""
+    isa_rank = {"avx512": 0, "avx2": 1, "scalar": 9}
+    if r["impl"] != "edge-sft":
+        return (0, 0 if r.get("dtype") == "fp32" else 1, "")
+    return (1 + int(r.get("grad_checkpoint", False)), isa_rank.get(r["isa"], 5), r["isa"])
+
+
+def cmd_table(a):
+    with open(a.results) as f:
+        runs = [json.loads(line) for line in f if line.strip()]
+    with open(a.machine) as f:
+        m = json.load(f)
+    runs = [r for r in runs if "seq" in r]
+    ref = {(r["seq"], r["threads"]): r for r in runs
+           if r["impl"] != "edge-sft" and r.get("dtype") == "fp32"}
+    L = []
+    L.append("# edge-sft training benchmark: %s" % m["date"])
+    L.append("")
+    L.append("Command: `%s`  " % m["command"])
+    L.append("edge-sft at git commit `%s`%s; binary built %s.  " %
+             (m["commit"], m["dirty"], m["binary_mtime"]))
+    L.append("Machine: %s, %s logical CPUs (%s), %s MB RAM; flags: %s; %s.  " %
+             (m["cpu_model"], m["cpus"], m["cores"], m["mem_mb"], m["flags"], m["virt"]))
+    L.append("Versions: %s.  " % m["versions"])
+    L.append("Model: `%s`. Workload: LoRA r=8 α=16 on q,k,v,o,gate,up,down, AdamW lr 2e-4, one "
+             "record of `seq` tokens (half prompt, half response; loss on the response) per "
+             "optimizer step." % m["model"])
+    L.append("")
+    L.append("tokens/s: all tokens of a step ÷ step time, median over the steps after the first "
+             "2 (warm-up). Peak RSS: maximum resident set of the whole process (edge-sft: "
+             "`/usr/bin/time -v`; PyTorch: `getrusage` ru_maxrss, which includes dequantizing "
+             "the GGUF at load). Ratios are against PyTorch fp32 at the same seq and threads. "
+             "other CPU: the share of the machine's CPU time (%s CPUs) that other processes "
+             "used during the run, from /proc/stat (whole-machine busy time minus the run's own "
+             "user+sys time); above a few percent the row was slowed by other work, and "
+             "PyTorch's OpenMP threads suffer more from that than rayon's."
+             % m["cpus"])
+    L.append("")
+    L.append("| seq | threads | setup | steps | tokens/step | tokens/s | vs PyTorch fp32 | "
+             "peak RSS (MB) | RSS vs fp32 | other CPU |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    for key in sorted({(r["seq"], r["threads"]) for r in runs}):
+        rf = ref.get(key)
+        for r in sorted([r for r in runs if (r["seq"], r["threads"]) == key], key=order):
+            tps = r.get("tokens_per_s")
+            toks = r.get("tokens_per_step")
+            toks = "/".join(str(t) for t in toks) if isinstance(toks, list) else str(toks)
+            note = " (≤2 steps)" if r.get("too_few_steps") else ""
+            if r.get("exit") not in (None, 0):
+                note += " (exit %s)" % r["exit"]
+            oc = r.get("other_cpu_pct")
+            L.append("| %d | %d | %s | %s | %s | %s%s | %s | %s | %s | %s |" % (
+                r["seq"], r["threads"], r["setup"], r.get("steps", "–"), toks, fmt(tps, 1), note,
+                "–" if r is rf else ratio(tps, rf and rf.get("tokens_per_s")),
+                fmt(r.get("peak_rss_mb")),
+                "–" if r is rf else ratio(r.get("peak_rss_mb"), rf and rf.get("peak_rss_mb")),
+                "–" if oc is None else "%.0f%%" % oc))
+    L.append("")
+    L.extend(targets(runs, ref))
+    L.append("")
+    L.append("<details><summary>Raw runs (JSON lines)</summary>")
+    L.append("")
+    L.append("```")
+    L.extend(json.dumps(r) for r in runs)
+    L.append("```")
+    L.append("</details>")
+    with open(a.out, "w") as f:
+        f.write("\n".join(L) + "\n")
+    print("\n".join(L[:L.index("<details><summary>Raw runs (JSON lines)</summary>")]))
+
+
+def targets(runs, ref):
+    """Issue 4's measurable targets, where this run has the rows to compute them."""
+    def edge(seq, threads, gc=False):
+        rs = [r for r in runs if r["impl"] == "edge-sft" and r["seq"] == seq
+              and r["threads"] == threads and r.get("grad_checkpoint", False) == gc
+              and r.get("tokens_per_s")]
+        return max(rs, key=lambda r: r["tokens_per_s"]) if rs else None
+
+    out = ["Targets of issue 4 (best edge-sft path, 2 threads):", "",
+           "| measure | target | measured | met |", "|---|---|---|---|"]
+    e256, r256 = edge(256, 2), ref.get((256, 2))
+    if e256 and r256 and r256.get("tokens_per_s"):
+        x = e256["tokens_per_s"] / r256["tokens_per_s"]
+        out.append("| tokens/s vs PyTorch fp32, seq 256 (%s) | ≥ 2.0× | %.2f× | %s |"
+                   % (e256["isa"], x, "yes" if x >= 2.0 else "no"))
+    if e256 and e256.get("peak_rss_mb"):
+        x = e256["peak_rss_mb"]
+        out.append("| peak RSS, seq 256 (%s) | ≤ 350 MB | %.0f MB | %s |"
+                   % (e256["isa"], x, "yes" if x <= 350 else "no"))
+    gc = edge(1024, 2, True)
+    if gc and gc.get("peak_rss_mb"):
+        x = gc["peak_rss_mb"]
+        out.append("| peak RSS, seq 1024 --grad-checkpoint | ≤ 500 MB | %.0f MB | %s |"
+                   % (x, "yes" if x <= 500 else "no"))
+    e1024 = edge(1024, 2)
+    if e256 and e1024:
+        x = e1024["tokens_per_s"] / e256["tokens_per_s"]
+        out.append("| tokens/s seq 1024 ÷ seq 256 | ≥ 85%% | %.0f%% | %s |"
+                   % (100 * x, "yes" if x >= 0.85 else "no"))
+    if len(out) == 4:
+        return []
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("edge")
+    e.add_argument("run_dir")
+    e.add_argument("time_file")
+    e.add_argument("--isa", required=True)
+    e.add_argument("--seq", type=int, required=True)
+    e.add_argument("--threads", type=int, required=True)
+    e.add_argument("--gc", action="store_true")
+    e.add_argument("--warmup", type=int, default=2)
+    t = sub.add_parser("torch")
+    t.add_argument("json_file")
+    t.add_argument("time_file")
+    for p in (e, t):
+        p.add_argument("--load", type=float, nargs="*", default=[], help="load1 before, after")
+        p.add_argument("--stat", nargs="*", default=[], help='"cpu" line of /proc/stat before, after')
+        p.add_argument("--hz", type=int, default=100, help="getconf CLK_TCK")
+    tb = sub.add_parser("table")
+    tb.add_argument("results")
+    tb.add_argument("machine")
+    tb.add_argument("out")
+    a = ap.parse_args()
+    {"edge": cmd_edge, "torch": cmd_torch, "table": cmd_table}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
