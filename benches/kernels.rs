@@ -153,6 +153,31 @@ fn bench_lora(want: &dyn Fn(&str) -> bool) {
     }
 }
 
+/// Attention of one new token against a 1024-token cache (one head, hd 64): q·Kᵀ and p·V.
+fn bench_attn_gen(want: &dyn Fn(&str) -> bool) {
+    let (l, hd) = (1024, 64);
+    let mut s = 5u64;
+    let q: Vec<f32> = (0..hd).map(|_| rand_f32(&mut s)).collect();
+    let kv: Vec<f32> = (0..l * hd).map(|_| rand_f32(&mut s)).collect();
+    let p: Vec<f32> = (0..l).map(|_| rand_f32(&mut s)).collect();
+    let mut sc = vec![0.0f32; l];
+    let mut o = vec![0.0f32; hd];
+    let flops = 2.0 * (l * hd) as f64;
+    for isa in cpu::available_isas() {
+        let name = cpu::isa_name(isa);
+        let label = format!("attn-gen nt q·Kᵀ 1x{hd}x{l} {name}");
+        if want(&label) {
+            let tm = time(|| cpu::matmul_f32_nt_with(isa, &q, &kv, &mut sc, 1, hd, l, false));
+            report(&label, flops, tm);
+        }
+        let label = format!("attn-gen nn p·V 1x{l}x{hd} {name}");
+        if want(&label) {
+            let tm = time(|| cpu::matmul_f32_nn_with(isa, &p, &kv, &mut o, 1, l, hd, false));
+            report(&label, flops, tm);
+        }
+    }
+}
+
 fn bench_all() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -180,6 +205,7 @@ fn bench_all() {
         (32, 49152, 576),
     ];
     bench_lora(&want);
+    bench_attn_gen(&want);
     let isas: Vec<Isa> = cpu::available_isas();
     let types = [GgmlType::F32, GgmlType::Q8_0, GgmlType::Q4_1];
     for &(n, rows, cols) in &shapes {

@@ -268,6 +268,10 @@ fn f32_gemms_match_reference() {
     let shapes = [
         (1, 1, 1),
         (1, 7, 33),
+        (2, 40, 300),
+        (4, 64, 1000),
+        // Small m, big enough to run the column pieces in parallel.
+        (1, 64, 20000),
         (5, 64, 8),
         (17, 33, 67),
         (64, 300, 64),

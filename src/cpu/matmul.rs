@@ -5,6 +5,7 @@ use super::dispatch::{active_isa, check, Isa};
 use super::gemm::gemm;
 use super::gemv;
 use super::panel::BSrc;
+use super::small;
 use crate::model::weights::QMatrix;
 use std::ops::Range;
 
@@ -131,6 +132,10 @@ pub fn matmul_f32_nn_with(
 ) {
     check(isa);
     check_f32("matmul_f32_nn", a, b, c, m, k, n);
+    if m <= small::SMALL_M {
+        small::rows_times_b(isa, a, k, 1, b, c, m, k, n, accumulate);
+        return;
+    }
     gemm(
         isa,
         m,
@@ -172,6 +177,10 @@ pub fn matmul_f32_nt_with(
 ) {
     check(isa);
     check_f32("matmul_f32_nt", a, b, c, m, k, n);
+    if m <= small::SMALL_M {
+        small::nt(isa, a, b, c, m, k, n, accumulate);
+        return;
+    }
     gemm(
         isa,
         m,
@@ -213,6 +222,10 @@ pub fn matmul_f32_tn_with(
 ) {
     check(isa);
     check_f32("matmul_f32_tn", a, b, c, m, k, n);
+    if m <= small::SMALL_M {
+        small::rows_times_b(isa, a, 1, m, b, c, m, k, n, accumulate);
+        return;
+    }
     gemm(
         isa,
         m,

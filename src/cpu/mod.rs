@@ -22,6 +22,7 @@ mod panel;
 mod par;
 pub mod reference;
 mod scalar;
+mod small;
 mod vecops;
 #[cfg(target_arch = "x86_64")]
 mod x86;

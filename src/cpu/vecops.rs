@@ -256,3 +256,16 @@ pub(crate) fn dot_unchecked(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
         _ => scalar::dot(a, b),
     }
 }
+
+/// [`axpy_with`] without the feature check (caller ran `check(isa)`).
+pub(crate) fn axpy_unchecked(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
+    match isa {
+        // SAFETY: the caller ran check(isa).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::axpy(alpha, x, y) },
+        // SAFETY: as for Avx2 just above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::axpy(alpha, x, y) },
+        _ => scalar::axpy(alpha, x, y),
+    }
+}
