@@ -10,9 +10,15 @@
 //! All activations are f32, row-major.
 //!
 //! Threads: products fan out over rayon's global pool. Run the model from inside the pool
-//! (`rayon::ThreadPool::install`, or any rayon task) so that each product forks and joins
-//! cheaply; called from outside, only big products go parallel (a cold hand-off to the
-//! pool costs tens of microseconds, more than a small GEMV takes).
+//! (`rayon::scope(|_| ..)` moves a closure onto a pool thread; `ThreadPool::install` likewise)
+//! so that each product forks and joins cheaply; called from outside, only big products go
+//! parallel (a cold hand-off to the pool costs tens of microseconds, more than a small GEMV
+//! takes), so generation from the main thread runs its per-layer GEMVs on one core.
+//!
+//! Layout: `dispatch` (ISA detection), `matmul` (public products) over `gemm` (tiled driver),
+//! `panel` (B panels: dequantize, transpose), `gemv` (few rows of x against W), `small`
+//! (few-row f32 products), `vecops` (vector kernels), `scalar` and `x86/*` (per-ISA code),
+//! `reference` (f64 references for tests), `par` (when to go parallel).
 
 mod dispatch;
 mod gemm;
