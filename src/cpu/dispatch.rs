@@ -1,5 +1,5 @@
 //! Which instruction set the kernels use: detected once per process, overridable with
-//! `EDGE_SFT_ISA=scalar|avx2|avx512` (for benchmarking and for reproducing a user's numbers).
+//! `EDGE_SFT_ISA=scalar|avx2|avx512|neon` (for benchmarking and for reproducing a user's numbers).
 
 use std::sync::OnceLock;
 
@@ -12,6 +12,8 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL (+ everything `Avx2` needs).
     Avx512,
+    /// AArch64 Advanced SIMD (every AArch64 CPU has it).
+    Neon,
 }
 
 /// Short lowercase name, the same spelling `EDGE_SFT_ISA` accepts.
@@ -20,6 +22,7 @@ pub fn isa_name(isa: Isa) -> &'static str {
         Isa::Scalar => "scalar",
         Isa::Avx2 => "avx2",
         Isa::Avx512 => "avx512",
+        Isa::Neon => "neon",
     }
 }
 
@@ -40,6 +43,10 @@ fn detect() -> Vec<Isa> {
                 v.push(Isa::Avx512);
             }
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        v.push(Isa::Neon);
     }
     v
 }
@@ -96,9 +103,10 @@ fn choose(want: Option<&str>, available: &[Isa]) -> (Isa, Option<String>) {
         "scalar" => Isa::Scalar,
         "avx2" => Isa::Avx2,
         "avx512" => Isa::Avx512,
+        "neon" => Isa::Neon,
         _ => {
             let msg = format!(
-                "EDGE_SFT_ISA={want} is not one of scalar, avx2, avx512, auto; using '{}'",
+                "EDGE_SFT_ISA={want} is not one of scalar, avx2, avx512, neon, auto; using '{}'",
                 isa_name(best)
             );
             return (best, Some(msg));
@@ -130,6 +138,10 @@ mod tests {
         let (isa, msg) = choose(Some("avx512"), &[Isa::Scalar, Isa::Avx2]);
         assert_eq!(isa, Isa::Avx2);
         assert!(msg.unwrap().contains("not supported by this CPU"));
+        assert_eq!(
+            choose(Some("neon"), &[Isa::Scalar, Isa::Neon]),
+            (Isa::Neon, None)
+        );
         let (isa, msg) = choose(Some("neon9"), &[Isa::Scalar]);
         assert_eq!(isa, Isa::Scalar);
         assert!(msg.unwrap().contains("not one of"));

@@ -65,6 +65,12 @@ fn kern_for(isa: Isa, n: usize) -> Kern {
             nr: avx512::NR,
             run: avx512::kernel,
         },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => Kern {
+            mr: super::arm::neon::MR,
+            nr: super::arm::neon::NR,
+            run: super::arm::neon::kernel,
+        },
         #[allow(unreachable_patterns)]
         _ => Kern {
             mr: scalar::MR,

@@ -1,6 +1,7 @@
 //! CPU kernels. Each has a plain scalar reference (`reference`); the fast paths (portable
-//! `Scalar`, `Avx2` = AVX2+FMA+F16C, `Avx512` = AVX-512F/BW/VL on top of that) are picked once
-//! at run time from the host's CPU features, so one x86-64 binary runs everywhere.
+//! `Scalar`, `Avx2` = AVX2+FMA+F16C, `Avx512` = AVX-512F/BW/VL on top of that, `Neon` on
+//! AArch64) are picked once at run time from the host's CPU features, so one x86-64 binary
+//! runs on AVX2 and AVX-512 hosts alike.
 //!
 //! Every public kernel has a `*_with(isa, ..)` twin so tests can drive each path explicitly;
 //! the plain function uses [`active_isa`]. Outputs are deterministic: the same inputs, ISA and
@@ -18,8 +19,10 @@
 //! Layout: `dispatch` (ISA detection), `matmul` (public products) over `gemm` (tiled driver),
 //! `panel` (B panels: dequantize, transpose), `gemv` (few rows of x against W), `small`
 //! (few-row f32 products), `vecops` (vector kernels), `scalar` and `x86/*` (per-ISA code),
-//! `reference` (f64 references for tests), `par` (when to go parallel).
+//! `reference` (f64 references for tests), `par` (when to go parallel), `arm/neon` (AArch64).
 
+#[cfg(target_arch = "aarch64")]
+mod arm;
 mod dispatch;
 mod gemm;
 mod gemv;

@@ -1,6 +1,8 @@
 //! Element-wise and reduction kernels on f32 vectors, dispatched by ISA. All run on the
 //! calling thread, in a fixed order (deterministic).
 
+#[cfg(target_arch = "aarch64")]
+use super::arm::neon;
 use super::dispatch::{active_isa, check, Isa};
 use super::scalar;
 #[cfg(target_arch = "x86_64")]
@@ -23,6 +25,9 @@ pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::dot(a, b) },
+        // SAFETY: as for Avx2 above.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::dot(a, b) },
         #[allow(unreachable_patterns)]
         _ => scalar::dot(a, b),
     }
@@ -43,6 +48,9 @@ pub fn axpy_with(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
         // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::axpy(alpha, x, y) },
+        // SAFETY: as for Avx2 above.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::axpy(alpha, x, y) },
         _ => scalar::axpy(alpha, x, y),
     }
 }
@@ -61,6 +69,9 @@ pub fn scale_with(isa: Isa, alpha: f32, x: &mut [f32]) {
         // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::scale(alpha, x) },
+        // SAFETY: as for Avx2 above.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::scale(alpha, x) },
         _ => scalar::scale(alpha, x),
     }
 }
@@ -89,6 +100,9 @@ pub fn rmsnorm_with(isa: Isa, x: &[f32], w: &[f32], eps: f32, d: usize, out: &mu
             // SAFETY: as for Avx2 just above.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { avx512::mul3(xr, inv, w, or) },
+            // SAFETY: as for Avx2 above.
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { neon::mul3(xr, inv, w, or) },
             _ => {
                 for ((o, &v), &wi) in or.iter_mut().zip(xr).zip(w) {
                     *o = v * inv * wi;
@@ -116,6 +130,9 @@ pub fn silu_mul_with(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
         // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::silu_mul(gate, up, out) },
+        // SAFETY: as for Avx2 above.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::silu_mul(gate, up, out) },
         _ => scalar::silu_mul(gate, up, out),
     }
 }
@@ -151,6 +168,9 @@ fn exp_sub_unchecked(isa: Isa, x: &mut [f32], m: f32) -> f32 {
         // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::exp_sub_inplace(x, m) },
+        // SAFETY: as for Avx2 above.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::exp_sub_inplace(x, m) },
         _ => scalar::exp_sub_inplace(x, m),
     }
 }
@@ -163,6 +183,9 @@ fn max_unchecked(isa: Isa, x: &[f32]) -> f32 {
         // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::max(x) },
+        // SAFETY: as for Avx2 above.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::max(x) },
         _ => scalar::max(x),
     }
 }
@@ -185,6 +208,9 @@ pub fn logsumexp_with(isa: Isa, x: &[f32]) -> f32 {
         // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::sum_exp(x, m) },
+        // SAFETY: as for Avx2 above.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::sum_exp(x, m) },
         _ => scalar::sum_exp(x, m),
     };
     m + s.ln()
@@ -225,6 +251,9 @@ pub fn dequantize_row_with(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f32]) 
         // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::dequantize(ty, src, dst) },
+        // SAFETY: as for Avx2 above.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::dequantize(ty, src, dst) },
         _ => crate::quant::dequantize_row(ty, src, dst),
     }
 }
@@ -240,6 +269,9 @@ pub(crate) fn dequant_unchecked(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f
         // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::dequantize(ty, src, dst) },
+        // SAFETY: as for Avx2 above.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::dequantize(ty, src, dst) },
         _ => crate::quant::dequantize_row(ty, src, dst),
     }
 }
@@ -253,6 +285,9 @@ pub(crate) fn dot_unchecked(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::dot(a, b) },
+        // SAFETY: as for Avx2 above.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::dot(a, b) },
         _ => scalar::dot(a, b),
     }
 }
@@ -266,6 +301,9 @@ pub(crate) fn axpy_unchecked(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
         // SAFETY: as for Avx2 just above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::axpy(alpha, x, y) },
+        // SAFETY: as for Avx2 above.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::axpy(alpha, x, y) },
         _ => scalar::axpy(alpha, x, y),
     }
 }
