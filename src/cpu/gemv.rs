@@ -1,6 +1,9 @@
-//! y = x·Wᵀ for a few rows of x (generation: n = 1). Memory bound: each W row is dequantized
-//! once into a thread-local buffer and dotted with every x row. Parallel over chunks of W rows,
-//! each output element computed by one task in a fixed order (deterministic).
+//! y = x·Wᵀ for a few rows of x (generation: n = 1), where packing panels would cost more than
+//! the product. On x86 a fused kernel decodes each 32-value block of 4 W rows into registers
+//! and dots it with the x rows (block scales applied once per block dot); elsewhere, and for
+//! widths that are not whole blocks, each W row is dequantized into a thread-local buffer and
+//! dotted with every x row. Parallel over chunks of W rows, each output element computed by
+//! one task in a fixed order (deterministic).
 
 use super::dispatch::Isa;
 use super::par;
