@@ -210,6 +210,41 @@ fn float_weights_with_odd_widths_match_reference() {
 }
 
 #[test]
+fn unaligned_weights_give_identical_results() {
+    // Safetensors data (and a sliced mapping) need not be aligned: the same bytes one byte
+    // off must give bit-identical products on every path.
+    for ty in ALL_TYPES {
+        for &(n, rows, cols) in &[(1, 13, 64), (3, 9, 96), (20, 40, 64)] {
+            let w = random_matrix(ty, rows, cols, 77);
+            let mut shifted = vec![0u8];
+            shifted.extend_from_slice(w.bytes());
+            let w1 = QMatrix::new("odd", ty, rows, cols, Backing::Owned(Arc::new(shifted)), 1)
+                .expect("fits");
+            let x = Rng(78).vec(n * cols, 1.0);
+            let dy = Rng(79).vec(n * rows, 1.0);
+            for isa in cpu::available_isas() {
+                let (mut y0, mut y1) = (vec![0.0f32; n * rows], vec![0.0f32; n * rows]);
+                cpu::matmul_wt_with(isa, &x, n, &w, &mut y0);
+                cpu::matmul_wt_with(isa, &x, n, &w1, &mut y1);
+                assert!(
+                    y0 == y1,
+                    "matmul_wt {} {isa:?} n={n}: unaligned differs",
+                    ty.name()
+                );
+                let (mut d0, mut d1) = (vec![0.0f32; n * cols], vec![0.0f32; n * cols]);
+                cpu::matmul_w_with(isa, &dy, n, &w, &mut d0);
+                cpu::matmul_w_with(isa, &dy, n, &w1, &mut d1);
+                assert!(
+                    d0 == d1,
+                    "matmul_w {} {isa:?} n={n}: unaligned differs",
+                    ty.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_wt_range_is_a_slice_of_the_full_product() {
     let (n, rows, cols) = (9, 150, 128);
     let w = random_matrix(GgmlType::Q8_0, rows, cols, 5);
