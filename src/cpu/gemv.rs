@@ -1,8 +1,8 @@
 //! y = x·Wᵀ for a few rows of x (generation: n = 1), where packing panels would cost more than
-//! the product. On x86 a fused kernel decodes each 32-value block of 4 W rows into registers
-//! and dots it with the x rows (block scales applied once per block dot); elsewhere, and for
-//! widths that are not whole blocks, each W row is dequantized into a thread-local buffer and
-//! dotted with every x row. Parallel over chunks of W rows, each output element computed by
+//! the product. With SIMD (x86, NEON) a fused kernel decodes each 32-value block of 4 W rows
+//! into registers and dots it with the x rows (block scales applied once per block dot); on
+//! the portable path, and for widths that are not whole blocks, each W row is dequantized
+//! into a thread-local buffer and dotted with every x row. Parallel over chunks of W rows, each output element computed by
 //! one task in a fixed order (deterministic).
 
 use super::dispatch::Isa;
@@ -41,6 +41,12 @@ fn fused_for(isa: Isa) -> Option<Fused> {
             run: super::x86::gemv_avx512::dot_rows,
             rows_per_call: super::x86::gemv_avx512::ROWS,
             xs_per_call: super::x86::gemv_avx512::XS,
+        }),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => Some(Fused {
+            run: super::arm::gemv_neon::dot_rows,
+            rows_per_call: super::arm::gemv_neon::ROWS,
+            xs_per_call: super::arm::gemv_neon::XS,
         }),
         _ => None,
     }
