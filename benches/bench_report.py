@@ -55,29 +55,26 @@ def parse_time(path):
     return t
 
 
-def other_cpu(a, t):
-    """Share of the machine's CPU time that other processes used during the run, in percent.
+def other_cores(a, t):
+    """CPU time other processes used during the run, in cores (0 = the run had the machine).
 
-    Busy jiffies of the whole machine over the run (from the "cpu" lines of /proc/stat sampled
-    before and after; steal counts as busy) minus this run's own user+sys time, over wall time x
-    CPUs. Near 0 means the run had the machine to itself."""
+    Busy jiffies of the whole machine over the run (from the "cpu" line of /proc/stat sampled
+    before and after; steal counts as busy) minus this run's own user+sys time, over wall time."""
     if not a.stat or len(a.stat) != 2 or t["wall_s"] is None or t["user_s"] is None:
         return None
     f0 = [int(x) for x in a.stat[0].split()[1:]]
     f1 = [int(x) for x in a.stat[1].split()[1:]]
     d = [y - x for x, y in zip(f0, f1)]
     # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
-    busy = d[0] + d[1] + d[2] + d[5] + d[6] + d[7]
-    total = busy + d[3] + d[4]
-    if total <= 0:
+    busy = (d[0] + d[1] + d[2] + d[5] + d[6] + d[7]) / a.hz
+    if t["wall_s"] <= 0:
         return None
-    own = (t["user_s"] + t["sys_s"]) * a.hz
-    return round(max(0.0, 100.0 * (busy - own) / total), 1)
+    return round(max(0.0, busy - t["user_s"] - t["sys_s"]) / t["wall_s"], 2)
 
 
 def run_fields(a):
     t = parse_time(a.time_file)
-    t["other_cpu_pct"] = other_cpu(a, t)
+    t["other_cores"] = other_cores(a, t)
     t["load1"] = a.load
     return t
 
@@ -114,7 +111,11 @@ def cmd_torch(a):
     t = run_fields(a)
     # Peak RSS: the script's own getrusage figure; /usr/bin/time's is kept beside it.
     t["peak_rss_mb_time_v"] = t.pop("peak_rss_mb")
+    # Others' CPU: over the training steps (measured in the script) rather than the whole
+    # process, whose long single-threaded GGUF load leaves a core to others harmlessly.
+    t["other_cores_process"] = t.pop("other_cores")
     out.update(t)
+    out["other_cores"] = out.get("other_cores_steps", out["other_cores_process"])
     print(json.dumps(out))
 
 
@@ -151,6 +152,9 @@ def cmd_table(a):
     L.append("Machine: %s, %s logical CPUs (%s), %s MB RAM; flags: %s; %s.  " %
              (m["cpu_model"], m["cpus"], m["cores"], m["mem_mb"], m["flags"], m["virt"]))
     L.append("Versions: %s.  " % m["versions"])
+    if not m.get("nice", "0").startswith("0"):
+        L.append("Every run at niceness %s (`BENCH_NICE`), so other work on this shared machine "
+                 "took less of its CPU.  " % m["nice"])
     L.append("Model: `%s`. Workload: LoRA r=8 α=16 on q,k,v,o,gate,up,down, AdamW lr 2e-4, one "
              "record of `seq` tokens (half prompt, half response; loss on the response) per "
              "optimizer step." % m["model"])
@@ -159,14 +163,15 @@ def cmd_table(a):
              "2 (warm-up). Peak RSS: maximum resident set of the whole process (edge-sft: "
              "`/usr/bin/time -v`; PyTorch: `getrusage` ru_maxrss, which includes dequantizing "
              "the GGUF at load). Ratios are against PyTorch fp32 at the same seq and threads. "
-             "other CPU: the share of the machine's CPU time (%s CPUs) that other processes "
-             "used during the run, from /proc/stat (whole-machine busy time minus the run's own "
-             "user+sys time); above a few percent the row was slowed by other work, and "
-             "PyTorch's OpenMP threads suffer more from that than rayon's."
+             "other procs: CPU time other processes used while the run trained, in cores, from "
+             "/proc/stat (whole-machine busy time minus the run's own user+sys time, over wall "
+             "time; PyTorch: over its training steps, edge-sft: the whole process). This "
+             "machine has %s CPUs: a run with `threads` + `other procs` above that shared its "
+             "cores and is slowed, PyTorch's OpenMP threads more than edge-sft's rayon ones."
              % m["cpus"])
     L.append("")
     L.append("| seq | threads | setup | steps | tokens/step | tokens/s | vs PyTorch fp32 | "
-             "peak RSS (MB) | RSS vs fp32 | other CPU |")
+             "peak RSS (MB) | RSS vs fp32 | other procs |")
     L.append("|---|---|---|---|---|---|---|---|---|---|")
     for key in sorted({(r["seq"], r["threads"]) for r in runs}):
         rf = ref.get(key)
@@ -177,13 +182,13 @@ def cmd_table(a):
             note = " (≤2 steps)" if r.get("too_few_steps") else ""
             if r.get("exit") not in (None, 0):
                 note += " (exit %s)" % r["exit"]
-            oc = r.get("other_cpu_pct")
+            oc = r.get("other_cores")
             L.append("| %d | %d | %s | %s | %s | %s%s | %s | %s | %s | %s |" % (
                 r["seq"], r["threads"], r["setup"], r.get("steps", "–"), toks, fmt(tps, 1), note,
                 "–" if r is rf else ratio(tps, rf and rf.get("tokens_per_s")),
                 fmt(r.get("peak_rss_mb")),
                 "–" if r is rf else ratio(r.get("peak_rss_mb"), rf and rf.get("peak_rss_mb")),
-                "–" if oc is None else "%.0f%%" % oc))
+                "–" if oc is None else "%.2f" % oc))
     L.append("")
     L.extend(targets(runs, ref))
     L.append("")

@@ -16,10 +16,13 @@
 #   BENCH_OUT          report path (default benches/results/latest.md or quick.md)
 #   EDGE_STEPS_256/512/1024, TORCH_STEPS_256/512/1024, SCALAR_STEPS: optimizer steps per run
 #   RUN_TIMEOUT        seconds before one run is stopped (edge-sft: SIGINT, keeps its metrics)
+#   BENCH_NICE         run the whole benchmark at this niceness (e.g. -10, needs root) so that other
+#                      work on a shared machine disturbs it less; reported in the header
 #   BENCH_QUIET_WAIT   before each run, wait up to this many seconds (default 0: don't) for the
 #                      machine to be idle (busy < BENCH_QUIET_PCT, default 10%, over 2 s)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SELF=$(readlink -f "$0")
+cd "$(dirname "$SELF")/.."
 ROOT=$(pwd)
 
 QUICK=0
@@ -95,6 +98,20 @@ else
   fi
 fi
 
+if [ -n "${BENCH_NICE:-}" ]; then
+  # With autogroup scheduling (Linux default for desktops/VMs) niceness only ranks processes of
+  # one session against each other; so run in a session of our own and give that group the
+  # niceness too.
+  if [ -z "${TRAIN_BENCH_SETSID:-}" ] && [ -r /proc/sys/kernel/sched_autogroup_enabled ] \
+     && [ "$(cat /proc/sys/kernel/sched_autogroup_enabled)" = 1 ]; then
+    TRAIN_BENCH_SETSID=1 exec setsid --wait "$SELF" "$@"
+  fi
+  if [ -w /proc/$$/autogroup ]; then echo "$BENCH_NICE" > /proc/$$/autogroup || true; fi
+  renice -n "$BENCH_NICE" -p $$ >/dev/null
+fi
+NICENESS=$(ps -o ni= -p $$ | tr -d ' ')
+if [ -r /proc/$$/autogroup ]; then NICENESS="$NICENESS ($(cat /proc/$$/autogroup))"; fi
+
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/edge-sft-bench.XXXXXX")
 log "work dir: $WORK"
 # Snapshot the binary: others may rebuild target/release while the benchmark runs.
@@ -138,7 +155,7 @@ run_edge() { # isa seq threads steps [gc]
     ${gc:+--grad-checkpoint} > "$WORK/$name.log" 2>&1 || log "$name: exit $? (see $WORK/$name.log)"
   python3 benches/bench_report.py edge "$WORK/$name" "$WORK/$name.time" --isa "$isa" --seq "$seq" \
     --threads "$thr" ${gc:+--gc} --load "$l0" "$(load1)" --stat "$s0" "$(cpustat)" --hz "$HZ" >> "$RESULTS"
-  tail -n 1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("    %s tok/s, %s MB, other CPU %s%%" % (r.get("tokens_per_s"), r.get("peak_rss_mb"), r.get("other_cpu_pct")))' >&2
+  tail -n 1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("    %s tok/s, %s MB, other procs %s cores" % (r.get("tokens_per_s"), r.get("peak_rss_mb"), r.get("other_cores")))' >&2
 }
 
 run_torch() { # dtype seq threads steps
@@ -153,7 +170,7 @@ run_torch() { # dtype seq threads steps
     || log "$name: exit $? (see $WORK/$name.log)"
   python3 benches/bench_report.py torch "$WORK/$name.json" "$WORK/$name.time" \
     --load "$l0" "$(load1)" --stat "$s0" "$(cpustat)" --hz "$HZ" >> "$RESULTS"
-  tail -n 1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("    %s tok/s, %s MB, other CPU %s%%" % (r.get("tokens_per_s"), r.get("peak_rss_mb"), r.get("other_cpu_pct")))' >&2
+  tail -n 1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("    %s tok/s, %s MB, other procs %s cores" % (r.get("tokens_per_s"), r.get("peak_rss_mb"), r.get("other_cores")))' >&2
 }
 
 steps_for() { local v="$1_$2"; echo "${!v}"; }
@@ -194,6 +211,7 @@ EBENCH_FLAGS="${flags:-none of avx2/avx512/amx}" \
 EBENCH_VIRT=$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1) \
 EBENCH_VERSIONS="$edge_v ($rustc_v); $vers" \
 EBENCH_MODEL="$MODEL" \
+EBENCH_NICE="$NICENESS" \
 python3 - "$WORK/machine.json" <<'PY'
 import json, os, sys
 m = {k[7:].lower(): v for k, v in os.environ.items() if k.startswith("EBENCH_")}

@@ -40,6 +40,29 @@ def rss_mb():
         return float("nan")
 
 
+def cpu_line():
+    """The machine-wide "cpu" line of /proc/stat as jiffies, or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+
+
+def other_cores(stat0, stat1, own_s, wall_s):
+    """CPU time other processes used meanwhile, in cores (busy machine time minus ours / wall)."""
+    if stat0 is None or stat1 is None or wall_s <= 0:
+        return None
+    d = [y - x for x, y in zip(stat0, stat1)]
+    busy = (d[0] + d[1] + d[2] + d[5] + d[6] + d[7]) / os.sysconf("SC_CLK_TCK")
+    return round(max(0.0, busy - own_s) / wall_s, 2)
+
+
+def own_cpu_s():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_rss_mb():
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
@@ -104,6 +127,7 @@ def main():
     rss_loaded = rss_mb()
 
     times, losses, scored = [], [], []
+    stat0, cpu0, wall0 = cpu_line(), own_cpu_s(), time.perf_counter()
     for step in range(a.steps):
         if a.max_seconds and step > a.warmup and sum(times) > a.max_seconds:
             break
@@ -123,6 +147,8 @@ def main():
         print("peft_bench: step %d/%d loss %.4f %.0f tok/s" %
               (step + 1, a.steps, losses[-1], ids.numel() / times[-1]), file=sys.stderr)
 
+    own_s, wall_s = own_cpu_s() - cpu0, time.perf_counter() - wall0
+    others = other_cores(stat0, cpu_line(), own_s, wall_s)
     tokens = seq * a.records_per_step
     tps = [tokens / t for t in times]
     print(json.dumps({
@@ -148,6 +174,10 @@ def main():
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__},
         "torch_threads": torch.get_num_threads(),
+        # Over the training steps only: CPU seconds this process used per wall second, and what
+        # other processes used meanwhile (in cores); see benches/README.md.
+        "own_cpu_cores_steps": round(own_s / wall_s, 2),
+        "other_cores_steps": others,
     }))
 
 
