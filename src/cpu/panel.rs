@@ -39,6 +39,12 @@ fn transpose8(isa: Isa, src: &[f32], lds: usize, kc: usize, dst: &mut [f32], ldb
             super::x86::pack::transpose8(src.as_ptr(), lds, kc, dst.as_mut_ptr(), ldb);
             true
         },
+        // SAFETY: as above; NEON was checked by the caller.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe {
+            super::arm::neon::transpose8(src.as_ptr(), lds, kc, dst.as_mut_ptr(), ldb);
+            true
+        },
         _ => false,
     }
 }

@@ -386,3 +386,41 @@ unsafe fn tile<const M: usize>(
         }
     }
 }
+
+/// Transpose an 8 × kc block into kc × 8: dst[p*ldd + r] = src[r*lds + p] for r < 8, p < kc,
+/// as 4×4 register transposes; a p-tail is scalar.
+///
+/// # Safety
+/// NEON must be available; src must hold 8 rows of kc readable values at stride lds, and dst
+/// kc rows of 8 writable values at stride ldd.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn transpose8(src: *const f32, lds: usize, kc: usize, dst: *mut f32, ldd: usize) {
+    let mut p = 0;
+    while p + 4 <= kc {
+        for g in [0, 4] {
+            let r: [float32x4_t; 4] = [
+                vld1q_f32(src.add(g * lds + p)),
+                vld1q_f32(src.add((g + 1) * lds + p)),
+                vld1q_f32(src.add((g + 2) * lds + p)),
+                vld1q_f32(src.add((g + 3) * lds + p)),
+            ];
+            let t01 = vtrnq_f32(r[0], r[1]);
+            let t23 = vtrnq_f32(r[2], r[3]);
+            let cols = [
+                vcombine_f32(vget_low_f32(t01.0), vget_low_f32(t23.0)),
+                vcombine_f32(vget_low_f32(t01.1), vget_low_f32(t23.1)),
+                vcombine_f32(vget_high_f32(t01.0), vget_high_f32(t23.0)),
+                vcombine_f32(vget_high_f32(t01.1), vget_high_f32(t23.1)),
+            ];
+            for (q, c) in cols.into_iter().enumerate() {
+                vst1q_f32(dst.add((p + q) * ldd + g), c);
+            }
+        }
+        p += 4;
+    }
+    for pp in p..kc {
+        for i in 0..8 {
+            *dst.add(pp * ldd + i) = *src.add(i * lds + pp);
+        }
+    }
+}
