@@ -8,6 +8,8 @@ Standard library only (runs with any python3 >= 3.8).
       first --warmup steps, real tokens per step from metrics.jsonl, peak RSS from /usr/bin/time -v
   bench_report.py torch JSON_FILE TIME_FILE [RUN]
       one peft_bench.py run (its JSON line)
+  bench_report.py watch PID METRICS_JSONL [--warmup 2] [--hz 100]
+      samples while PID runs: other processes' CPU (cores) over the steps after the warm-up
       RUN: --load L0 L1 --stat "cpu ..." "cpu ..." [--hz 100]: load average and /proc/stat
       before and after the run, for the share of CPU other processes took meanwhile
   bench_report.py table RESULTS.jsonl MACHINE.json OUT.md
@@ -16,8 +18,10 @@ Standard library only (runs with any python3 >= 3.8).
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import time
 
 
 def steady(values, warmup):
@@ -72,6 +76,68 @@ def other_cores(a, t):
     return round(max(0.0, busy - t["user_s"] - t["sys_s"]) / t["wall_s"], 2)
 
 
+def proc_tree_cpu(root):
+    """user+sys jiffies of `root` and all its descendants (threads included), and root's state."""
+    parent, cpu, state = {}, {}, None
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: split after its last ')'.
+        rest = st[st.rindex(")") + 2:].split()
+        pid = int(d)
+        parent[pid] = int(rest[1])
+        cpu[pid] = int(rest[11]) + int(rest[12])
+        if pid == root:
+            state = rest[0]
+    total, todo, seen = 0, [root], set()
+    while todo:
+        p = todo.pop()
+        if p in seen or p not in cpu:
+            continue
+        seen.add(p)
+        total += cpu[p]
+        todo.extend(c for c, pp in parent.items() if pp == p)
+    return total, state
+
+
+def cmd_watch(a):
+    """Sample machine busy time, the run's own CPU and metrics.jsonl's line count until PID ends.
+
+    Prints the other processes' CPU use, in cores, over the window from the sample where the
+    first --warmup steps were logged to the one where the last step was: the measured steps."""
+    samples = []
+    while True:
+        own, state = proc_tree_cpu(a.pid)
+        if state is None or state == "Z":
+            break
+        with open("/proc/stat") as f:
+            c = [int(x) for x in f.readline().split()[1:]]
+        try:
+            with open(a.metrics) as f:
+                n = sum(1 for line in f if line.strip())
+        except OSError:
+            n = 0
+        samples.append((time.monotonic(), c[0] + c[1] + c[2] + c[5] + c[6] + c[7], own, n))
+        time.sleep(a.interval)
+    res = {"other_cores_steps": None}
+    if samples:
+        last = samples[-1][3]
+        start = next((s for s in samples if s[3] >= min(a.warmup, max(last - 1, 0))), None)
+        end = next((s for s in samples if s[3] >= last), None)
+        if start and end and end[0] - start[0] > 0.5:
+            dt = end[0] - start[0]
+            busy = (end[1] - start[1]) / a.hz
+            own = (end[2] - start[2]) / a.hz
+            res = {"other_cores_steps": round(max(0.0, busy - own) / dt, 2),
+                   "own_cpu_cores_steps": round(own / dt, 2), "watch_window_s": round(dt, 1)}
+    print(json.dumps(res))
+
+
 def run_fields(a):
     t = parse_time(a.time_file)
     t["other_cores"] = other_cores(a, t)
@@ -100,6 +166,16 @@ def cmd_edge(a):
         "loss": [round(m["loss"], 5) for m in metrics],
     }
     out.update(run_fields(a))
+    # Others' CPU over the measured steps (from `watch`) when there is one; else whole process.
+    out["other_cores_process"] = out["other_cores"]
+    if a.watch:
+        try:
+            with open(a.watch) as f:
+                out.update(json.loads(f.read().strip().splitlines()[-1]))
+        except (OSError, ValueError, IndexError):
+            pass
+    if out.get("other_cores_steps") is not None:
+        out["other_cores"] = out["other_cores_steps"]
     print(json.dumps(out))
 
 
@@ -163,15 +239,15 @@ def cmd_table(a):
              "2 (warm-up). Peak RSS: maximum resident set of the whole process (edge-sft: "
              "`/usr/bin/time -v`; PyTorch: `getrusage` ru_maxrss, which includes dequantizing "
              "the GGUF at load). Ratios are against PyTorch fp32 at the same seq and threads. "
-             "other procs: CPU time other processes used while the run trained, in cores, from "
-             "/proc/stat (whole-machine busy time minus the run's own user+sys time, over wall "
-             "time; PyTorch: over its training steps, edge-sft: the whole process). This "
-             "machine has %s CPUs: a run with `threads` + `other procs` above that shared its "
-             "cores and is slowed, PyTorch's OpenMP threads more than edge-sft's rayon ones."
-             % m["cpus"])
+             "cores own/others: CPU time, in cores (CPU seconds per wall second) over the "
+             "training steps, that the run used and that other processes used meanwhile, from "
+             "/proc/stat and the run's own user+sys time (sampled by the script for edge-sft). "
+             "This machine has %s CPUs: own + others near that means the cores were full; "
+             "others taking more than the run left idle slows the row (PyTorch's OpenMP threads "
+             "more than edge-sft's rayon ones)." % m["cpus"])
     L.append("")
     L.append("| seq | threads | setup | steps | tokens/step | tokens/s | vs PyTorch fp32 | "
-             "peak RSS (MB) | RSS vs fp32 | other procs |")
+             "peak RSS (MB) | RSS vs fp32 | cores own/others |")
     L.append("|---|---|---|---|---|---|---|---|---|---|")
     for key in sorted({(r["seq"], r["threads"]) for r in runs}):
         rf = ref.get(key)
@@ -182,13 +258,13 @@ def cmd_table(a):
             note = " (≤2 steps)" if r.get("too_few_steps") else ""
             if r.get("exit") not in (None, 0):
                 note += " (exit %s)" % r["exit"]
-            oc = r.get("other_cores")
+            oc, own = r.get("other_cores"), r.get("own_cpu_cores_steps")
             L.append("| %d | %d | %s | %s | %s | %s%s | %s | %s | %s | %s |" % (
                 r["seq"], r["threads"], r["setup"], r.get("steps", "–"), toks, fmt(tps, 1), note,
                 "–" if r is rf else ratio(tps, rf and rf.get("tokens_per_s")),
                 fmt(r.get("peak_rss_mb")),
                 "–" if r is rf else ratio(r.get("peak_rss_mb"), rf and rf.get("peak_rss_mb")),
-                "–" if oc is None else "%.2f" % oc))
+                "%s/%s" % (fmt(own, 2), fmt(oc, 2))))
     L.append("")
     L.extend(targets(runs, ref))
     L.append("")
@@ -248,6 +324,13 @@ def main():
     e.add_argument("--threads", type=int, required=True)
     e.add_argument("--gc", action="store_true")
     e.add_argument("--warmup", type=int, default=2)
+    e.add_argument("--watch", help="output of `watch` for this run")
+    w = sub.add_parser("watch")
+    w.add_argument("pid", type=int)
+    w.add_argument("metrics")
+    w.add_argument("--warmup", type=int, default=2)
+    w.add_argument("--interval", type=float, default=0.25)
+    w.add_argument("--hz", type=int, default=100)
     t = sub.add_parser("torch")
     t.add_argument("json_file")
     t.add_argument("time_file")
@@ -260,7 +343,7 @@ def main():
     tb.add_argument("machine")
     tb.add_argument("out")
     a = ap.parse_args()
-    {"edge": cmd_edge, "torch": cmd_torch, "table": cmd_table}[a.cmd](a)
+    {"edge": cmd_edge, "watch": cmd_watch, "torch": cmd_torch, "table": cmd_table}[a.cmd](a)
 
 
 if __name__ == "__main__":

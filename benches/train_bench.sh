@@ -152,9 +152,18 @@ run_edge() { # isa seq threads steps [gc]
     timeout -s INT "$RUN_TIMEOUT" "$EDGE" tune --lora --model "$MODEL" --data "$WORK/data/seq$seq.jsonl" \
     --out "$WORK/$name" --steps "$steps" --batch-tokens "$seq" --max-seq "$seq" --threads "$thr" \
     --lr 2e-4 --warmup 0 --schedule constant --eval-every 0 --save-every 0 \
-    ${gc:+--grad-checkpoint} > "$WORK/$name.log" 2>&1 || log "$name: exit $? (see $WORK/$name.log)"
+    ${gc:+--grad-checkpoint} > "$WORK/$name.log" 2>&1 &
+  local pid=$! rc=0
+  # Samples other processes' CPU use over the measured steps (edge-sft is not instrumented).
+  python3 benches/bench_report.py watch "$pid" "$WORK/$name/metrics.jsonl" --hz "$HZ" \
+    > "$WORK/$name.watch" 2>/dev/null &
+  local wpid=$!
+  wait "$pid" || rc=$?
+  wait "$wpid" || true
+  if [ "$rc" != 0 ]; then log "$name: exit $rc (see $WORK/$name.log)"; fi
   python3 benches/bench_report.py edge "$WORK/$name" "$WORK/$name.time" --isa "$isa" --seq "$seq" \
-    --threads "$thr" ${gc:+--gc} --load "$l0" "$(load1)" --stat "$s0" "$(cpustat)" --hz "$HZ" >> "$RESULTS"
+    --threads "$thr" ${gc:+--gc} --load "$l0" "$(load1)" --stat "$s0" "$(cpustat)" --hz "$HZ" \
+    --watch "$WORK/$name.watch" >> "$RESULTS"
   tail -n 1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("    %s tok/s, %s MB, other procs %s cores" % (r.get("tokens_per_s"), r.get("peak_rss_mb"), r.get("other_cores")))' >&2
 }
 
