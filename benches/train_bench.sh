@@ -7,6 +7,8 @@
 #                                     edge-sft --grad-checkpoint at seq 1024; writes
 #                                     benches/results/latest.md (~25 min on 2 cores)
 #   benches/train_bench.sh --quick    seq 256, 2 threads only; writes benches/results/quick.md
+#   --build                           first `cargo build --release` (else the binary is built
+#                                     only if missing; the report says how old it is)
 #
 # Environment:
 #   PEFT_BENCH_PYTHON  python with torch, transformers, peft, gguf (default: create benches/.venv
@@ -25,10 +27,11 @@ SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
 ROOT=$(pwd)
 
-QUICK=0
+QUICK=0; BUILD=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
+    --build) BUILD=1 ;;
     -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "train_bench.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
@@ -43,8 +46,8 @@ else
   SEQS="256 512 1024"; THREADS="1 2"; OUT=${BENCH_OUT:-benches/results/latest.md}
 fi
 # Optimizer steps per run: the first 2 are warm-up, the median is over the rest.
-EDGE_STEPS_256=${EDGE_STEPS_256:-6}; EDGE_STEPS_512=${EDGE_STEPS_512:-5}; EDGE_STEPS_1024=${EDGE_STEPS_1024:-4}
-TORCH_STEPS_256=${TORCH_STEPS_256:-5}; TORCH_STEPS_512=${TORCH_STEPS_512:-4}; TORCH_STEPS_1024=${TORCH_STEPS_1024:-4}
+EDGE_STEPS_256=${EDGE_STEPS_256:-6}; EDGE_STEPS_512=${EDGE_STEPS_512:-6}; EDGE_STEPS_1024=${EDGE_STEPS_1024:-5}
+TORCH_STEPS_256=${TORCH_STEPS_256:-5}; TORCH_STEPS_512=${TORCH_STEPS_512:-5}; TORCH_STEPS_1024=${TORCH_STEPS_1024:-4}
 SCALAR_STEPS=${SCALAR_STEPS:-4}
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
@@ -81,9 +84,9 @@ if [ ! -f "$MODEL" ]; then
   log "fetching the model"
   scripts/fetch_model.sh
 fi
-if [ ! -x "$BIN" ]; then
+if [ "$BUILD" = 1 ] || [ ! -x "$BIN" ]; then
   log "building edge-sft (release)"
-  cargo build --release
+  cargo build --release --bin edge-sft
 fi
 
 if [ -n "${PEFT_BENCH_PYTHON:-}" ]; then
@@ -119,6 +122,12 @@ cp "$BIN" "$WORK/edge-sft"
 EDGE="$WORK/edge-sft"
 BIN_MTIME=$(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC')
 COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+# The binary's provenance: the last commit that touched the code, and whether the binary is
+# older than it (then it was built from an earlier tree).
+SRC_COMMIT=$(TZ=UTC git log -1 --format='%h %cd' --date=format-local:'%Y-%m-%d %H:%M UTC' -- src Cargo.toml Cargo.lock 2>/dev/null || echo unknown)
+SRC_TIME=$(TZ=UTC git log -1 --format=%ct -- src Cargo.toml Cargo.lock 2>/dev/null || echo 0)
+STALE=""
+if [ "$(date -r "$BIN" +%s)" -lt "${SRC_TIME:-0}" ]; then STALE=" (older than that commit)"; fi
 DIRTY=""
 if [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
   DIRTY=" (working tree with uncommitted changes in src/)"
@@ -211,7 +220,8 @@ EBENCH_DATE=$(date -u '+%Y-%m-%d %H:%M UTC') \
 EBENCH_COMMAND="benches/train_bench.sh${*:+ $*}" \
 EBENCH_COMMIT="$COMMIT" \
 EBENCH_DIRTY="$DIRTY" \
-EBENCH_BINARY_MTIME="$BIN_MTIME" \
+EBENCH_BINARY_MTIME="$BIN_MTIME$STALE" \
+EBENCH_SRC_COMMIT="$SRC_COMMIT" \
 EBENCH_CPU_MODEL=$(lscpu | sed -n 's/^Model name: *//p' | head -1) \
 EBENCH_CPUS=$(nproc) \
 EBENCH_CORES="$(lscpu | sed -n 's/^Core(s) per socket: *//p' | head -1) cores/socket, $(lscpu | sed -n 's/^Thread(s) per core: *//p' | head -1) thread(s)/core" \
