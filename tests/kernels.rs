@@ -16,6 +16,23 @@ use std::sync::Arc;
 
 const REL_TOL: f32 = 1e-5;
 
+/// Tolerance of the bf16 path (`Isa::Avx512Bf16`, tiled products only). Rounding an f32 to
+/// bf16 (8 significant bits, round to nearest even) has relative error |δ| ≤ 2⁻⁹, so a term
+/// bf16(a)·bf16(b) = a·b·(1+δa)(1+δb) is off by at most (2·2⁻⁹ + 2⁻¹⁸)·|a·b| ≈ 3.91e-3·|a·b|
+/// (the product itself is exact in f32). Summed over k terms that is a worst-case bound of
+/// 3.91e-3·Σ|terms|, plus the f32 accumulation error above (1e-5·Σ|terms|): 4e-3·Σ|terms|
+/// is therefore a hard bound, not a statistical one (typical errors are ~√k smaller).
+const REL_TOL_BF16: f32 = 4e-3;
+
+/// The sum tolerance for a product computed on `isa`.
+fn tol(isa: Isa) -> f32 {
+    if isa.reduced_precision() {
+        REL_TOL_BF16
+    } else {
+        REL_TOL
+    }
+}
+
 /// xorshift64*: deterministic test data without a rand dependency.
 struct Rng(u64);
 impl Rng {
@@ -98,9 +115,14 @@ fn abs(v: &[f32]) -> Vec<f32> {
 
 /// Assert |got − want| ≤ REL_TOL·mag + 1e-30 elementwise, where mag = Σ|terms| per element.
 fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f32]) {
+    assert_close_tol(what, got, want, mag, REL_TOL)
+}
+
+/// Assert |got − want| ≤ rel·mag + 1e-30 elementwise.
+fn assert_close_tol(what: &str, got: &[f32], want: &[f32], mag: &[f32], rel: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
-        let tol = REL_TOL * m + 1e-30;
+        let tol = rel * m + 1e-30;
         assert!(
             (g - w).abs() <= tol,
             "{what}: element {i}: got {g}, want {w} (|Δ| = {}, tol {tol})",
@@ -171,7 +193,7 @@ fn matmul_wt_matches_reference() {
                 let mut got = vec![f32::NAN; n * rows];
                 cpu::matmul_wt_with(isa, &x, n, &w, &mut got);
                 let what = format!("matmul_wt {} {:?} n={n} {rows}x{cols}", ty.name(), isa);
-                assert_close(&what, &got, &want, &mag);
+                assert_close_tol(&what, &got, &want, &mag, tol(isa));
             }
         }
     }
@@ -199,11 +221,11 @@ fn float_weights_with_odd_widths_match_reference() {
                 let mut got = vec![f32::NAN; n * rows];
                 cpu::matmul_wt_with(isa, &x, n, &w, &mut got);
                 let what = format!("matmul_wt {} {isa:?} n={n} {rows}x{cols}", ty.name());
-                assert_close(&what, &got, &want, &mag);
+                assert_close_tol(&what, &got, &want, &mag, tol(isa));
                 let mut got = vec![f32::NAN; n * cols];
                 cpu::matmul_w_with(isa, &dy, n, &w, &mut got);
                 let what = format!("matmul_w {} {isa:?} n={n} {rows}x{cols}", ty.name());
-                assert_close(&what, &got, &want_dx, &mag_dx);
+                assert_close_tol(&what, &got, &want_dx, &mag_dx, tol(isa));
             }
         }
     }
@@ -284,7 +306,7 @@ fn matmul_w_matches_reference() {
                 let mut got = vec![f32::NAN; n * cols];
                 cpu::matmul_w_with(isa, &dy, n, &w, &mut got);
                 let what = format!("matmul_w {} {:?} n={n} {rows}x{cols}", ty.name(), isa);
-                assert_close(&what, &got, &want, &mag);
+                assert_close_tol(&what, &got, &want, &mag, tol(isa));
             }
         }
     }
@@ -336,7 +358,7 @@ fn f32_gemms_match_reference() {
                     };
                     fast(isa, &a, &b, &mut got, m, k, n, accumulate);
                     let what = format!("matmul_f32_{name} {isa:?} {m}x{k}x{n} acc={accumulate}");
-                    assert_close(&what, &got, &want, &mag);
+                    assert_close_tol(&what, &got, &want, &mag, tol(isa));
                 }
             }
         }
@@ -518,5 +540,84 @@ fn softmax_and_logsumexp_match_reference() {
             cpu::logsumexp_with(isa, &[f32::NEG_INFINITY; 3]),
             f32::NEG_INFINITY
         );
+    }
+}
+
+/// Round every value to bf16 (round to nearest even, as the hardware conversion does).
+fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+}
+
+#[test]
+fn reduced_precision_gemm_is_exact_product_of_rounded_operands() {
+    // A sharper check than the 4e-3 bound: the bf16 path must equal the f64 product of the
+    // bf16-rounded operands up to f32 accumulation error (REL_TOL), and must really round
+    // (differ from its f32 twin), on every tiled product: x·Wᵀ, dy·W and the three f32 forms.
+    for isa in cpu::available_isas()
+        .into_iter()
+        .filter(|i| i.reduced_precision())
+    {
+        // (n, rows, cols): edge tiles (n, rows not multiples of 8 / 32), k over 2+ chunks,
+        // odd k for the f32 weight (padded k pair).
+        for (si, &(ty, n, rows, cols)) in [
+            (GgmlType::Q4_1, 100, 70, 544),
+            (GgmlType::Q8_0, 9, 33, 64),
+            (GgmlType::Q4_0, 256, 64, 576),
+            (GgmlType::F32, 19, 45, 33),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let w = random_matrix(ty, rows, cols, 300 + si as u64);
+            let wr = round_bf16(&reference::dequantize(&w));
+            let wq = QMatrix::from_f32("w_bf16", rows, cols, &wr);
+            let wabs = QMatrix::from_f32("abs", rows, cols, &abs(&wr));
+            let x = Rng(310 + si as u64).vec(n * cols, 1.0);
+            let xr = round_bf16(&x);
+            let (mut want, mut mag) = (vec![0.0f32; n * rows], vec![0.0f32; n * rows]);
+            reference::matmul_wt(&xr, n, &wq, &mut want);
+            reference::matmul_wt(&abs(&xr), n, &wabs, &mut mag);
+            let mut got = vec![f32::NAN; n * rows];
+            cpu::matmul_wt_with(isa, &x, n, &w, &mut got);
+            let what = format!("bf16 matmul_wt {} {isa:?} n={n} {rows}x{cols}", ty.name());
+            assert_close(&what, &got, &want, &mag);
+            let mut f32_path = vec![0.0f32; n * rows];
+            cpu::matmul_wt_with(isa.f32_isa(), &x, n, &w, &mut f32_path);
+            assert!(f32_path != got, "{what}: no different from the f32 path");
+
+            let dy = Rng(320 + si as u64).vec(n * rows, 1.0);
+            let dyr = round_bf16(&dy);
+            let (mut want, mut mag) = (vec![0.0f32; n * cols], vec![0.0f32; n * cols]);
+            reference::matmul_w(&dyr, n, &wq, &mut want);
+            reference::matmul_w(&abs(&dyr), n, &wabs, &mut mag);
+            let mut got = vec![f32::NAN; n * cols];
+            cpu::matmul_w_with(isa, &dy, n, &w, &mut got);
+            let what = format!("bf16 matmul_w {} {isa:?} n={n} {rows}x{cols}", ty.name());
+            assert_close(&what, &got, &want, &mag);
+        }
+        let variants: [(&str, F32Gemm, RefGemm); 3] = [
+            ("nn", cpu::matmul_f32_nn_with, reference::matmul_f32_nn),
+            ("nt", cpu::matmul_f32_nt_with, reference::matmul_f32_nt),
+            ("tn", cpu::matmul_f32_tn_with, reference::matmul_f32_tn),
+        ];
+        for (name, fast, slow) in variants {
+            for &(m, k, n) in &[(17, 33, 67), (64, 300, 64), (130, 7, 100), (9, 513, 40)] {
+                let mut rng = Rng(400 + (m * k * n) as u64);
+                let (a, b, c0) = (
+                    rng.vec(m * k, 1.0),
+                    rng.vec(k * n, 1.0),
+                    rng.vec(m * n, 1.0),
+                );
+                let (ar, br) = (round_bf16(&a), round_bf16(&b));
+                let mut want = c0.clone();
+                slow(&ar, &br, &mut want, m, k, n, true);
+                let mut mag = abs(&c0);
+                slow(&abs(&ar), &abs(&br), &mut mag, m, k, n, true);
+                let mut got = c0.clone();
+                fast(isa, &a, &b, &mut got, m, k, n, true);
+                let what = format!("bf16 matmul_f32_{name} {isa:?} {m}x{k}x{n}");
+                assert_close(&what, &got, &want, &mag);
+            }
+        }
     }
 }

@@ -1,5 +1,11 @@
 //! Which instruction set the kernels use: detected once per process, overridable with
-//! `EDGE_SFT_ISA=scalar|avx2|avx512|neon` (for benchmarking and for reproducing a user's numbers).
+//! `EDGE_SFT_ISA=scalar|avx2|avx512|avx512bf16|neon` (for benchmarking and for reproducing a
+//! user's numbers).
+//!
+//! Reduced-precision paths (`Avx512Bf16`) change numerics — GEMM operands are rounded to bf16
+//! (8 significant bits) before an f32-accumulated product — so automatic selection never
+//! picks them: `available_isas` lists them when the CPU has them, and only `EDGE_SFT_ISA`
+//! (or a `*_with` call) turns them on.
 
 use std::sync::OnceLock;
 
@@ -14,6 +20,26 @@ pub enum Isa {
     Avx512,
     /// AArch64 Advanced SIMD (every AArch64 CPU has it).
     Neon,
+    /// `Avx512` plus AVX512-BF16: tiled GEMM products (n > 16 output columns) round both
+    /// operands to bf16 and accumulate in f32 with `vdpbf16ps`; every other kernel is the
+    /// `Avx512` one. Opt-in only (different numerics).
+    Avx512Bf16,
+}
+
+impl Isa {
+    /// The full-precision ISA whose kernels this one uses outside its reduced-precision GEMM
+    /// (itself for the f32 paths).
+    pub fn f32_isa(self) -> Isa {
+        match self {
+            Isa::Avx512Bf16 => Isa::Avx512,
+            other => other,
+        }
+    }
+
+    /// True for paths that round GEMM operands below f32 (never chosen automatically).
+    pub fn reduced_precision(self) -> bool {
+        self != self.f32_isa()
+    }
 }
 
 /// Short lowercase name, the same spelling `EDGE_SFT_ISA` accepts.
@@ -23,6 +49,7 @@ pub fn isa_name(isa: Isa) -> &'static str {
         Isa::Avx2 => "avx2",
         Isa::Avx512 => "avx512",
         Isa::Neon => "neon",
+        Isa::Avx512Bf16 => "avx512bf16",
     }
 }
 
@@ -41,6 +68,9 @@ fn detect() -> Vec<Isa> {
                 && is_x86_feature_detected!("avx512vl")
             {
                 v.push(Isa::Avx512);
+                if is_x86_feature_detected!("avx512bf16") {
+                    v.push(Isa::Avx512Bf16);
+                }
             }
         }
     }
@@ -51,7 +81,8 @@ fn detect() -> Vec<Isa> {
     v
 }
 
-/// Every kernel path this host can run, slowest first (always starts with `Scalar`).
+/// Every kernel path this host can run, f32 paths slowest first (always starts with
+/// `Scalar`), then the opt-in reduced-precision ones.
 pub fn available_isas() -> Vec<Isa> {
     available().to_vec()
 }
@@ -94,7 +125,11 @@ pub fn active_isa() -> Isa {
 /// The ISA for an `EDGE_SFT_ISA` value (None: unset) on a host offering `available`, and a
 /// message for the user when the request cannot be honoured.
 fn choose(want: Option<&str>, available: &[Isa]) -> (Isa, Option<String>) {
-    let best = *available.last().expect("Scalar is always available");
+    let best = *available
+        .iter()
+        .rev()
+        .find(|isa| !isa.reduced_precision())
+        .expect("Scalar is always available");
     let Some(want) = want else {
         return (best, None);
     };
@@ -104,9 +139,11 @@ fn choose(want: Option<&str>, available: &[Isa]) -> (Isa, Option<String>) {
         "avx2" => Isa::Avx2,
         "avx512" => Isa::Avx512,
         "neon" => Isa::Neon,
+        "avx512bf16" => Isa::Avx512Bf16,
         _ => {
             let msg = format!(
-                "EDGE_SFT_ISA={want} is not one of scalar, avx2, avx512, neon, auto; using '{}'",
+                "EDGE_SFT_ISA={want} is not one of scalar, avx2, avx512, avx512bf16, neon, auto; \
+                 using '{}'",
                 isa_name(best)
             );
             return (best, Some(msg));
@@ -142,6 +179,14 @@ mod tests {
             choose(Some("neon"), &[Isa::Scalar, Isa::Neon]),
             (Isa::Neon, None)
         );
+        // Reduced precision is never the automatic choice, only an explicit one.
+        let bf = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+        assert_eq!(choose(None, &bf), (Isa::Avx512, None));
+        assert_eq!(choose(Some("auto"), &bf), (Isa::Avx512, None));
+        assert_eq!(choose(Some("avx512bf16"), &bf), (Isa::Avx512Bf16, None));
+        let (isa, msg) = choose(Some("avx512bf16"), &all);
+        assert_eq!(isa, Isa::Avx512);
+        assert!(msg.unwrap().contains("not supported by this CPU"));
         let (isa, msg) = choose(Some("neon9"), &[Isa::Scalar]);
         assert_eq!(isa, Isa::Scalar);
         assert!(msg.unwrap().contains("not one of"));

@@ -44,6 +44,7 @@ const KC: usize = 256;
 /// The microkernel for `isa` and an output `n` columns wide. Narrow outputs (LoRA ranks 8–16)
 /// on AVX-512 use the 16-wide AVX2 tile, which wastes less of each register on padding.
 fn kern_for(isa: Isa, n: usize) -> Kern {
+    let isa = isa.f32_isa();
     #[cfg(target_arch = "x86_64")]
     let isa = if isa == Isa::Avx512 && n <= avx2::NR {
         Isa::Avx2
@@ -119,6 +120,13 @@ pub(crate) fn gemm(
         return;
     }
     assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: A too short");
+    // The bf16 path pays off only on tiles of at least half its 32-wide micro-tile; narrow
+    // outputs (LoRA ranks) stay in f32 like every non-GEMM kernel of that path.
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Bf16 && n > avx2::NR {
+        super::gemm_bf16::gemm(m, n, k, a, rsa, csa, src, c, accumulate);
+        return;
+    }
     let kern = kern_for(isa, n);
     let n_ib = m.div_ceil(MC_MAX);
     let mc = m.div_ceil(n_ib).div_ceil(kern.mr) * kern.mr;

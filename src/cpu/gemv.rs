@@ -29,7 +29,7 @@ struct Fused {
 }
 
 fn fused_for(isa: Isa) -> Option<Fused> {
-    match isa {
+    match isa.f32_isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Some(Fused {
             run: super::x86::gemv_avx2::dot_rows,
@@ -84,7 +84,7 @@ pub(crate) fn gemv_wt(
     let nout = rows.len();
     assert!(x.len() == n * k && y.len() == n * nout, "gemv_wt: shapes");
     let yp = YPtr(y.as_mut_ptr());
-    let fused = fused_for(isa).filter(|_| k % 32 == 0);
+    let fused = fused_for(isa).filter(|_| k.is_multiple_of(32));
     let task = |t: usize| {
         let j0 = t * ROWS_PER_TASK;
         let j1 = (j0 + ROWS_PER_TASK).min(nout);

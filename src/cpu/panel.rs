@@ -21,7 +21,7 @@ pub(crate) enum BSrc<'a> {
 fn dequant_segment(isa: Isa, w: &QMatrix, r: usize, c0: usize, out: &mut [f32]) {
     let bs = w.dtype.block_size();
     let ts = w.dtype.type_size();
-    debug_assert!(c0 % bs == 0 && out.len() % bs == 0);
+    debug_assert!(c0.is_multiple_of(bs) && out.len().is_multiple_of(bs));
     let row = w.row(r);
     let bytes = &row[c0 / bs * ts..(c0 + out.len()) / bs * ts];
     dequant_unchecked(isa, w.dtype, bytes, out);
@@ -31,7 +31,7 @@ fn dequant_segment(isa: Isa, w: &QMatrix, r: usize, c0: usize, out: &mut [f32]) 
 /// the ISA has none (the caller then does it element by element).
 fn transpose8(isa: Isa, src: &[f32], lds: usize, kc: usize, dst: &mut [f32], ldb: usize) -> bool {
     assert!(kc == 0 || (src.len() >= 7 * lds + kc && dst.len() >= (kc - 1) * ldb + 8));
-    match isa {
+    match isa.f32_isa() {
         // SAFETY: the sizes were asserted above; the caller ran check(isa), and both x86
         // ISAs include AVX2.
         #[cfg(target_arch = "x86_64")]
@@ -61,7 +61,7 @@ fn pack_wt8(
     ldb: usize,
 ) -> bool {
     assert!(kc == 0 || dst.len() >= (kc - 1) * ldb + 8);
-    match isa {
+    match isa.f32_isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => {
             let rows: [&[u8]; 8] = std::array::from_fn(|r| w.row(r0 + r));
@@ -125,7 +125,7 @@ pub(crate) fn pack_b(
         }
         BSrc::Wt { w, row0 } => {
             // Dequantize 8 W rows (contiguous in p), then transpose them into the panel.
-            let direct = p0 % 32 == 0 && kc % 32 == 0;
+            let direct = p0.is_multiple_of(32) && kc.is_multiple_of(32);
             for jg in (0..nb).step_by(8) {
                 let g = 8.min(nb - jg);
                 if g == 8

@@ -17,7 +17,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     check(isa);
     assert_eq!(a.len(), b.len(), "dot: length mismatch");
-    match isa {
+    match isa.f32_isa() {
         Isa::Scalar => scalar::dot(a, b),
         // SAFETY: check(isa) verified the CPU has the features these functions enable.
         #[cfg(target_arch = "x86_64")]
@@ -41,7 +41,7 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 pub fn axpy_with(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
     check(isa);
     assert_eq!(x.len(), y.len(), "axpy: length mismatch");
-    match isa {
+    match isa.f32_isa() {
         // SAFETY: check(isa) verified the CPU features.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::axpy(alpha, x, y) },
@@ -62,7 +62,7 @@ pub fn scale(alpha: f32, x: &mut [f32]) {
 
 pub fn scale_with(isa: Isa, alpha: f32, x: &mut [f32]) {
     check(isa);
-    match isa {
+    match isa.f32_isa() {
         // SAFETY: check(isa) verified the CPU features.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::scale(alpha, x) },
@@ -84,7 +84,7 @@ pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, d: usize, out: &mut [f32]) {
 pub fn rmsnorm_with(isa: Isa, x: &[f32], w: &[f32], eps: f32, d: usize, out: &mut [f32]) {
     check(isa);
     assert!(
-        d > 0 && x.len() % d == 0,
+        d > 0 && x.len().is_multiple_of(d),
         "rmsnorm: x length {} not a multiple of d={d}",
         x.len()
     );
@@ -93,7 +93,7 @@ pub fn rmsnorm_with(isa: Isa, x: &[f32], w: &[f32], eps: f32, d: usize, out: &mu
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         let ss = dot_with(isa, xr, xr);
         let inv = 1.0 / (ss / d as f32 + eps).sqrt();
-        match isa {
+        match isa.f32_isa() {
             // SAFETY: check(isa) verified the CPU features.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { avx2::mul3(xr, inv, w, or) },
@@ -123,7 +123,7 @@ pub fn silu_mul_with(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
         gate.len() == up.len() && up.len() == out.len(),
         "silu_mul: length mismatch"
     );
-    match isa {
+    match isa.f32_isa() {
         // SAFETY: check(isa) verified the CPU features.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::silu_mul(gate, up, out) },
@@ -161,7 +161,7 @@ pub fn exp_sub_inplace_with(isa: Isa, x: &mut [f32], shift: f32) -> f32 {
 }
 
 fn exp_sub_unchecked(isa: Isa, x: &mut [f32], m: f32) -> f32 {
-    match isa {
+    match isa.f32_isa() {
         // SAFETY: callers ran check(isa).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::exp_sub_inplace(x, m) },
@@ -176,7 +176,7 @@ fn exp_sub_unchecked(isa: Isa, x: &mut [f32], m: f32) -> f32 {
 }
 
 fn max_unchecked(isa: Isa, x: &[f32]) -> f32 {
-    match isa {
+    match isa.f32_isa() {
         // SAFETY: callers ran check(isa).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::max(x) },
@@ -201,7 +201,7 @@ pub fn logsumexp_with(isa: Isa, x: &[f32]) -> f32 {
     if m == f32::NEG_INFINITY || m.is_nan() {
         return m;
     }
-    let s = match isa {
+    let s = match isa.f32_isa() {
         // SAFETY: check(isa) verified the CPU features.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::sum_exp(x, m) },
@@ -244,7 +244,7 @@ pub fn dequantize_row_with(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f32]) 
         dst.len(),
         src.len()
     );
-    match isa {
+    match isa.f32_isa() {
         // SAFETY: check(isa) verified the CPU features; lengths were checked above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::dequantize(ty, src, dst) },
@@ -261,7 +261,7 @@ pub fn dequantize_row_with(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f32]) 
 /// [`dequantize_row_with`] without the feature and length checks, for the GEMM drivers.
 /// The caller must have run `check(isa)` and pass whole blocks (`src` = `dst.len()` values).
 pub(crate) fn dequant_unchecked(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f32]) {
-    match isa {
+    match isa.f32_isa() {
         // SAFETY: the caller ran check(isa); the length contract is the caller's too, and the
         // SIMD code re-derives its loop bounds from both slice lengths.
         #[cfg(target_arch = "x86_64")]
@@ -278,7 +278,7 @@ pub(crate) fn dequant_unchecked(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f
 
 /// [`dot_with`] without the feature check (caller ran `check(isa)`).
 pub(crate) fn dot_unchecked(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
-    match isa {
+    match isa.f32_isa() {
         // SAFETY: the caller ran check(isa).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::dot(a, b) },
@@ -294,7 +294,7 @@ pub(crate) fn dot_unchecked(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
 
 /// [`axpy_with`] without the feature check (caller ran `check(isa)`).
 pub(crate) fn axpy_unchecked(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
-    match isa {
+    match isa.f32_isa() {
         // SAFETY: the caller ran check(isa).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::axpy(alpha, x, y) },

@@ -181,7 +181,7 @@ pub(crate) unsafe fn dot_rows(
     n: usize,
     out: &mut [f32; 8],
 ) {
-    assert!(k % 32 == 0 && (rows.len() == 1 || rows.len() == ROWS) && n == 1);
+    assert!(k.is_multiple_of(32) && (rows.len() == 1 || rows.len() == ROWS) && n == 1);
     assert!(rows.iter().all(|r| ty.row_bytes(k) == Some(r.len())));
     assert!(x.len() >= k);
     let nb = k / 32;

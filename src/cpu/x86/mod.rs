@@ -8,4 +8,6 @@ pub(crate) mod pack;
 #[clippy::msrv = "1.89"]
 pub(crate) mod avx512;
 #[clippy::msrv = "1.89"]
+pub(crate) mod bf16;
+#[clippy::msrv = "1.89"]
 pub(crate) mod gemv_avx512;

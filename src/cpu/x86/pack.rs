@@ -115,7 +115,7 @@ pub(crate) unsafe fn pack_wt8(
     dst: *mut f32,
     ldd: usize,
 ) {
-    assert!(p0 % 32 == 0 && kc % 32 == 0);
+    assert!(p0.is_multiple_of(32) && kc.is_multiple_of(32));
     assert!(rows
         .iter()
         .all(|r| ty.row_bytes(p0 + kc).is_some_and(|n| n <= r.len())));

@@ -1,0 +1,155 @@
+//! The tiled GEMM driver of the reduced-precision x86 path (`Isa::Avx512Bf16`): the same
+//! task split as `gemm.rs` (tasks of MC rows × NB columns over rayon, k in chunks of KC),
+//! but each chunk's B panel is dequantized to f32 by the `Avx512` packers and then rounded to
+//! bf16 k-pairs, and the task's A rows are rounded to bf16 once per chunk; the microkernel
+//! (`x86::bf16`) multiplies bf16 pairs and accumulates in f32.
+//!
+//! Numerics: every product A(i,p)·B(p,j) uses bf16(A)·bf16(B) (each with relative rounding
+//! error ≤ 2^-9), exact in f32, summed in f32 in a fixed order (pairs, then chunks in p
+//! order): deterministic, whatever the thread count.
+
+use super::dispatch::Isa;
+use super::panel::{pack_b, BSrc};
+use super::par;
+use super::x86::bf16;
+use std::cell::RefCell;
+
+/// Rows per task at most (see `gemm::MC_MAX`).
+const MC_MAX: usize = 256;
+/// Columns per task at most; halved down to NR until each thread has 8 tasks.
+const NB_MAX: usize = 128;
+/// Depth of one panel (a multiple of 32 so quant blocks never straddle chunks).
+const KC: usize = 256;
+
+#[derive(Clone, Copy)]
+struct CPtr(*mut f32);
+// SAFETY: tasks only write disjoint C tiles, so sharing the pointer is sound.
+unsafe impl Send for CPtr {}
+// SAFETY: as above.
+unsafe impl Sync for CPtr {}
+
+thread_local! {
+    /// f32 scratch: B panel, dequantization rows, a C edge tile.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// bf16 scratch: packed B pairs, packed A rows.
+    static SCRATCH16: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// C[m, n] (+)= A·B as `gemm::gemm`, with bf16 operands. The caller ran
+/// `check(Isa::Avx512Bf16)`, checked that every A(i, p) lies in `a` and c.len() == m*n, and
+/// m, n, k > 0.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    src: BSrc,
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    let (mr, nr) = (bf16::MR, bf16::NR);
+    let n_ib = m.div_ceil(MC_MAX);
+    let mc = m.div_ceil(n_ib).div_ceil(mr) * mr;
+    let n_ib = m.div_ceil(mc);
+    let threads = rayon::current_num_threads();
+    let mut nb_task = NB_MAX;
+    while nb_task > nr && n_ib * n.div_ceil(nb_task) < 8 * threads {
+        nb_task /= 2;
+    }
+    let n_jb = n.div_ceil(nb_task);
+    let cptr = CPtr(c.as_mut_ptr());
+    let ldc = n;
+
+    let task = |t: usize| {
+        let (jb, ib) = (t / n_ib, t % n_ib);
+        let (i0, j0) = (ib * mc, jb * nb_task);
+        let mct = mc.min(m - i0);
+        let nbt = nb_task.min(n - j0);
+        let ldb = nbt.div_ceil(nr) * nr;
+        // Packed A rows: KC rounded to even bf16 each.
+        let lda = KC;
+        SCRATCH.with(|s| {
+            SCRATCH16.with(|s16| {
+                let mut s = s.borrow_mut();
+                let mut s16 = s16.borrow_mut();
+                let need = KC * ldb + 8 * KC + mr * nr;
+                if s.len() < need {
+                    s.resize(need, 0.0);
+                }
+                let need16 = KC * ldb + mc * lda;
+                if s16.len() < need16 {
+                    s16.resize(need16, 0);
+                }
+                let (panel, rest) = s.split_at_mut(KC * ldb);
+                let (tmp, ctile) = rest.split_at_mut(8 * KC);
+                let ctile = &mut ctile[..mr * nr];
+                let (bpk, apk) = s16.split_at_mut(KC * ldb);
+                let cp = cptr;
+                for p0 in (0..k).step_by(KC) {
+                    let kc = KC.min(k - p0);
+                    let kp = kc.div_ceil(2);
+                    pack_b(Isa::Avx512, src, p0, kc, j0, nbt, panel, ldb, tmp);
+                    // SAFETY: panel holds kc rows of ldb (a multiple of 32) f32; bpk holds
+                    // KC·ldb ≥ 2·kp·ldb u16; A(i0.., p0..) lies inside `a` (caller) and apk
+                    // holds mc ≥ mct rows of lda = KC ≥ 2·kp u16; AVX512-BF16 was checked by
+                    // the public caller.
+                    unsafe {
+                        bf16::pack_b_pairs(panel.as_ptr(), kc, ldb, bpk.as_mut_ptr());
+                        let ap = a.as_ptr().add(i0 * rsa + p0 * csa);
+                        bf16::pack_a(ap, rsa, csa, mct, kc, apk.as_mut_ptr(), lda);
+                    }
+                    let overwrite = !accumulate && p0 == 0;
+                    for jr in (0..nbt).step_by(nr) {
+                        let ncols = nr.min(nbt - jr);
+                        for ir in (0..mct).step_by(mr) {
+                            let rows = mr.min(mct - ir);
+                            let (i, j) = (i0 + ir, j0 + jr);
+                            // SAFETY: apk rows ir..ir+rows hold 2·kp values each; bpk pair
+                            // rows hold ldb ≥ jr + NR columns; C(i..i+rows, j..j+ncols) lies
+                            // inside c and belongs to this task only.
+                            unsafe {
+                                let ap = apk.as_ptr().add(ir * lda);
+                                let bp = bpk.as_ptr().add(2 * jr);
+                                let cij = cp.0.add(i * ldc + j);
+                                if ncols == nr {
+                                    bf16::kernel(
+                                        kp,
+                                        ap,
+                                        lda,
+                                        bp,
+                                        2 * ldb,
+                                        cij,
+                                        ldc,
+                                        rows,
+                                        overwrite,
+                                    );
+                                } else {
+                                    // Edge tile: compute NR columns into ctile, keep ncols.
+                                    if !overwrite {
+                                        for r in 0..rows {
+                                            for q in 0..ncols {
+                                                ctile[r * nr + q] = *cij.add(r * ldc + q);
+                                            }
+                                        }
+                                    }
+                                    let tp = ctile.as_mut_ptr();
+                                    bf16::kernel(kp, ap, lda, bp, 2 * ldb, tp, nr, rows, overwrite);
+                                    for r in 0..rows {
+                                        for q in 0..ncols {
+                                            *cij.add(r * ldc + q) = ctile[r * nr + q];
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        });
+    };
+
+    par::for_each_task(n_ib * n_jb, m * n * k, task);
+}
