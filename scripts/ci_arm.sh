@@ -39,7 +39,7 @@ phase() {
 q() { # q CPU EXE ARGS...: run an aarch64 executable under qemu
     local cpu=$1
     shift
-    qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu "$cpu" "$@"
+    qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu "$cpu" "$@" </dev/null
 }
 
 # Compare JSON lines of FILE_B (aarch64) against FILE_A (x86): integers and strings equal,
@@ -79,6 +79,16 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+# Names of the AT_HWCAP bits (Linux arch/arm64 uapi hwcap.h) that matter to the kernels.
+decode_hwcap() {
+    python3 - "$1" <<'PY'
+import sys
+bits = {1: "asimd", 9: "fphp", 10: "asimdhp", 20: "asimddp", 22: "sve", 23: "asimdfhm"}
+v = int(sys.argv[1], 16)
+print(" ".join(n for b, n in bits.items() if v >> b & 1) or "none")
+PY
+}
+
 # ---------------------------------------------------------------------------------------------
 phase "setup: cross toolchain, qemu, rustup targets"
 edge_cross_setup_aarch64 qemu
@@ -114,8 +124,9 @@ X86_BIN=target/release/edge-sft
 emu_start=$SECONDS
 for cpu in "${CPUS[@]}"; do
     phase "qemu-aarch64 -cpu $cpu: unit and kernel tests"
-    hwcap=$(LD_SHOW_AUXV=1 q "$cpu" "$ARM_BIN" --version 2>/dev/null | grep -E '^AT_HWCAP2?:' | tr -s ' ' | tr '\n' ' ' || true)
-    echo "cpu model: $cpu   ${hwcap:-(no auxv dump)}"
+    # The guest's AT_HWCAP as the arm64 glibc sees it, decoded for the features the kernels use.
+    hwcap=$(q "$cpu" -E LD_SHOW_AUXV=1 "$ARM_BIN" --version 2>/dev/null | awk '$1 == "AT_HWCAP:" { print $2 }')
+    echo "cpu model: $cpu   AT_HWCAP=0x${hwcap:-?} ($(decode_hwcap "${hwcap:-0}"))"
     kernels=$(q "$cpu" "$ARM_BIN" inspect --json "$GGUF" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cpu_kernels"])') ||
         fail "-cpu $cpu: edge-sft inspect"
     echo "cpu model: $cpu   dispatched kernel path (edge-sft inspect --json: cpu_kernels): ${kernels:-?}"
