@@ -34,12 +34,24 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let threads = match &cli.command {
+        Command::Inspect(_) => None,
+        Command::Eval(a) => a.threads,
+        Command::Generate(a) => a.threads,
+        Command::Tune(a) => a.threads,
+    };
+    if let Err(e) = cli::init_threads(threads) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Run the whole command on a pool worker: kernels called from inside the pool fork and join
+    // cheaply, where calls from outside would pay a wake-up hand-off on every product.
+    let result = rayon::scope(|_| match cli.command {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Tune(a) => cli::tune::run(a),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -5,7 +5,7 @@ use edge_sft::quant::dequant::quantize_row;
 use edge_sft::quant::{dequantize_row, GgmlType};
 
 fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0);
+    assert!(s.len().is_multiple_of(2));
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())

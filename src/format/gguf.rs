@@ -438,7 +438,7 @@ impl GgufFile {
                 .try_fold(row as u64, |a, &d| a.checked_mul(d))
                 .ok_or_else(|| err(format!("dims {dims:?} overflow")))?,
         };
-        if rel_offset % alignment as u64 != 0 {
+        if !rel_offset.is_multiple_of(alignment as u64) {
             return Err(err(format!(
                 "data offset {rel_offset} is not a multiple of the alignment {alignment}"
             )));

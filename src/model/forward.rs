@@ -216,20 +216,17 @@ impl Model {
             let out = &mut buf[..m * w];
             cpu::matmul_wt(hidden, m, &chunk, out);
             for i in 0..m {
-                let row = &out[i * w..(i + 1) * w];
-                let cmax = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                if cmax > max[i] {
-                    sum[i] *= ((max[i] - cmax) as f64).exp();
-                    max[i] = cmax;
-                }
-                sum[i] += row
-                    .iter()
-                    .map(|&v| ((v - max[i]) as f64).exp())
-                    .sum::<f64>();
+                let row = &mut out[i * w..(i + 1) * w];
                 let t = targets[i] as usize;
                 if (c0..c1).contains(&t) {
                     tgt[i] = row[t - c0];
                 }
+                let cmax = cpu::max(row);
+                if cmax > max[i] {
+                    sum[i] *= ((max[i] - cmax) as f64).exp();
+                    max[i] = cmax;
+                }
+                sum[i] += cpu::exp_sub_inplace(row, max[i]) as f64;
             }
             c0 = c1;
         }

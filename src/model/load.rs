@@ -280,7 +280,7 @@ pub fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
 
 fn validate(p: &Path, c: &ModelConfig) -> Result<()> {
     let dims = [c.n_layers, c.d_model, c.head_dim, c.ffn_dim, c.vocab_size];
-    if dims.contains(&0) || c.head_dim % 2 != 0 {
+    if dims.contains(&0) || !c.head_dim.is_multiple_of(2) {
         return Err(Error::format(
             p,
             format!("implausible model dimensions: {c:?}"),

@@ -55,20 +55,14 @@ pub fn fused_nll(
             if (c0..c1).contains(&target) {
                 tgt[i] = row[target - c0];
             }
-            let cmax = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let cmax = cpu::max(row);
             if cmax > max[i] {
                 let f = (max[i] - cmax).exp(); // 0 on the first chunk
                 sum[i] *= f as f64;
                 cpu::scale(f, &mut g[i * d..(i + 1) * d]);
                 max[i] = cmax;
             }
-            let mi = max[i];
-            let mut s = 0.0f64;
-            for v in row.iter_mut() {
-                *v = (*v - mi).exp();
-                s += *v as f64;
-            }
-            sum[i] += s;
+            sum[i] += cpu::exp_sub_inplace(row, max[i]) as f64;
         }
         // g += exp-tile [m, wc] · W_chunk [wc, d]
         cpu::matmul_w(t, m, &wchunk, &mut tmp);

@@ -381,7 +381,7 @@ pub fn tune(
         let mut eval_loss = None;
         let last = state.step == total_steps;
         if let Some(ev) = eval {
-            if (opts.eval_every > 0 && state.step % opts.eval_every == 0) || last {
+            if (opts.eval_every > 0 && state.step.is_multiple_of(opts.eval_every)) || last {
                 let r = mean_eval(model, ev, Some(&params))?;
                 eval_loss = Some(r.mean_nll);
                 hooks.on_eval(state.step, &r);
@@ -405,7 +405,7 @@ pub fn tune(
         let line = serde_json::to_string(&rep).expect("report serializes");
         writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
         hooks.on_step(&rep);
-        if (opts.save_every > 0 && state.step % opts.save_every == 0) || last {
+        if (opts.save_every > 0 && state.step.is_multiple_of(opts.save_every)) || last {
             save(&state, &params, &opt)?;
             hooks.on_checkpoint(state.step);
         }
