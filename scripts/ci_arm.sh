@@ -10,7 +10,6 @@
 # default below), ARM_CI_RTOL (default 1e-4: relative tolerance aarch64 vs x86).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 . targets/cross-env.sh
 
 TRIPLE=aarch64-unknown-linux-gnu

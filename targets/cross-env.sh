@@ -83,12 +83,16 @@ edge_load_profile() {
     dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
     [ -f "$f" ] || f="$dir/$1.env"
     if [ ! -f "$f" ]; then
-        echo "error: no profile '$1' (have: $(cd "$dir" && ls -- *.env | sed 's/\.env$//' | tr '\n' ' '))" >&2
+        local have=() g
+        for g in "$dir"/*.env; do have+=("$(basename "$g" .env)"); done
+        echo "error: no profile '$1' (have: ${have[*]})" >&2
         return 1
     fi
+    # shellcheck disable=SC2034  # outputs, read by the caller
     PROFILE_TARGET="" PROFILE_RUSTFLAGS="" PROFILE_QEMU_CPU=""
     # shellcheck disable=SC1090
     . "$f"
+    # shellcheck disable=SC2034
     PROFILE_NAME="$(basename "$f" .env)"
     [ -n "$PROFILE_TARGET" ] || { echo "error: $f sets no PROFILE_TARGET" >&2; return 1; }
 }
