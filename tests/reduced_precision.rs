@@ -1,0 +1,92 @@
+//! The model forward pass on the opt-in reduced-precision kernel path against the
+//! transformers float32 golden values (tests/golden/tiny/llama, Q8_0 GGUF).
+//!
+//! The plain kernel functions read `EDGE_SFT_ISA` once per process, so this is its own test
+//! binary with a single test that sets the variable before the first kernel call. On a host
+//! without a reduced-precision path the test only checks that the request falls back to an
+//! f32 path (and says so).
+
+use edge_sft::cpu::{self, Isa};
+use edge_sft::loaded::LoadedModel;
+use edge_sft::model::forward::KvCache;
+use serde_json::Value;
+use std::path::Path;
+
+/// Tolerance on log Σ exp(logits) per position, relative to max(1, |want|).
+///
+/// Every tiled product of the bf16 path rounds both operands to bf16 (relative error ≤ 2⁻⁹
+/// each), so one product's output is off by ≲ 2⁻⁸·Σ|terms| in the worst case and, with
+/// independent rounding errors, by ~2⁻⁸·√(Σ terms²) typically. The tiny model chains
+/// 2 layers × (attention + MLP) and the output projection; each stage passes a relative
+/// error of a few ×2⁻⁸ ≈ 4e-3 through RMSNorm (which renormalizes it, no growth), so the
+/// logits carry an absolute error of about 1e-2 × their scale (|logits| ~ 1–6 here), and
+/// logsumexp moves by at most the largest logit error. 2e-2 relative to max(1, |lse|) covers
+/// that with margin, while a wrong kernel (a lost k pair, a mis-rounded panel) moves logits
+/// by whole units. The f32 paths pass `tests/model_golden.rs` at 1e-4: this test is
+/// deliberately 200× looser, as bf16 is ~2¹⁵× coarser than f32. (Measured on an AVX512-BF16
+/// host: worst 2.9e-4, since errors of independent roundings mostly cancel.)
+const TOL_BF16: f64 = 2e-2;
+
+/// The reduced-precision path this host offers, if any.
+fn reduced_path() -> Option<Isa> {
+    cpu::available_isas()
+        .into_iter()
+        .find(|isa| isa.reduced_precision())
+}
+
+#[test]
+fn tiny_llama_on_reduced_precision_path_matches_transformers() {
+    let want_path = reduced_path();
+    let name = want_path.map_or("avx512bf16", cpu::isa_name);
+    // SAFETY (of intent; set_var is safe in edition 2021): this binary has one test, so no
+    // other thread reads the environment concurrently.
+    std::env::set_var("EDGE_SFT_ISA", name);
+    let active = cpu::active_isa();
+    let Some(path) = want_path else {
+        assert!(!active.reduced_precision());
+        eprintln!("no reduced-precision kernel path on this CPU: skipped ({active:?} active)");
+        return;
+    };
+    assert_eq!(active, path, "EDGE_SFT_ISA={name} must select the path");
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tiny/llama");
+    let g: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("golden.json")).unwrap()).unwrap();
+    let lm = LoadedModel::open(&root.join("q8_0.gguf")).unwrap();
+    let m = &lm.model;
+    let vocab = m.config.vocab_size;
+    let mut worst: f64 = 0.0;
+    for (si, seq) in g["variants"]["q8_0"]["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let ids: Vec<u32> = seq["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        // More than 4 tokens: the products take the tiled (bf16) GEMM, not the f32 GEMV.
+        assert!(
+            ids.len() > 4,
+            "sequence {si} too short to exercise the GEMM path"
+        );
+        let mut cache = KvCache::new(m.layers.len());
+        let hidden = m.forward(&ids, &mut cache, None).unwrap();
+        let logits = m.logits(&hidden, ids.len());
+        for (t, row) in logits.chunks(vocab).enumerate() {
+            let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = mx + row.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln();
+            let want = seq["logsumexp"][t].as_f64().unwrap();
+            let err = (lse - want).abs() / want.abs().max(1.0);
+            worst = worst.max(err);
+            assert!(
+                err < TOL_BF16,
+                "{name} seq {si} pos {t}: logsumexp {lse} vs {want} (rel err {err:.2e})"
+            );
+        }
+    }
+    eprintln!("{name}: worst logsumexp relative error {worst:.2e} (tolerance {TOL_BF16:.0e})");
+}
