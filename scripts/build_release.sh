@@ -22,7 +22,7 @@ build() {
     local triple=$1 name=${2:-} flags=${3:-} out
     local args=(build --locked --profile dist --bin edge-sft --target "$triple")
     case $triple in
-        aarch64-unknown-linux-gnu) edge_cross_setup_aarch64 ;;
+        aarch64-unknown-linux-gnu) edge_cross_setup_aarch64 build ;;
         aarch64-linux-android)
             edge_rustup_targets aarch64-linux-android
             if [ -z "${CARGO_TARGET_AARCH64_LINUX_ANDROID_LINKER:-}" ]; then

@@ -52,7 +52,7 @@ edge_rustup_targets() {
 }
 
 # Toolchain for aarch64-unknown-linux-gnu (cross gcc for linking and for onig's C code, the
-# arm64 glibc for qemu) plus qemu-user. Pass "qemu" to also install qemu-user.
+# arm64 glibc for qemu). `edge_cross_setup_aarch64 qemu` also installs qemu-user; `build`: not.
 edge_cross_setup_aarch64() {
     local pkgs=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross)
     [ "${1:-}" = qemu ] && pkgs+=(qemu-user)
