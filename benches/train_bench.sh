@@ -5,7 +5,7 @@
 #   benches/train_bench.sh            full: seq 256/512/1024 x threads 1/2 x every kernel path
 #                                     (scalar at seq 256 only), PyTorch fp32 and bf16 weights,
 #                                     edge-sft --grad-checkpoint at seq 1024; writes
-#                                     benches/results/latest.md (~25 min on 2 cores)
+#                                     benches/results/latest.md (~15-20 min on 2 cores)
 #   benches/train_bench.sh --quick    seq 256, 2 threads only; writes benches/results/quick.md
 #   --build                           first `cargo build --release` (else the binary is built
 #                                     only if missing; the report says how old it is)
@@ -25,14 +25,13 @@
 set -euo pipefail
 SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
-ROOT=$(pwd)
 
 QUICK=0; BUILD=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
     --build) BUILD=1 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$SELF" | sed '$d'; exit 0 ;;
     *) echo "train_bench.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -148,7 +147,12 @@ log "kernel paths: $ISAS (best: $BEST)"
 
 # --- data ----------------------------------------------------------------------------------------
 log "writing benchmark records (seq $SEQS)"
-"$PY" benches/reference/bench_data.py --model "$MODEL" --seq $SEQS --records 8 --outdir "$WORK/data" 2>/dev/null >&2
+# shellcheck disable=SC2086  # $SEQS is a list
+if ! "$PY" benches/reference/bench_data.py --model "$MODEL" --seq $SEQS --records 8 --outdir "$WORK/data" \
+    >&2 2> "$WORK/bench_data.log"; then
+  tail -n 20 "$WORK/bench_data.log" >&2
+  exit 1
+fi
 
 # --- runs ----------------------------------------------------------------------------------------
 run_edge() { # isa seq threads steps [gc]
