@@ -22,6 +22,8 @@ const REL_TOL: f32 = 1e-5;
 /// (the product itself is exact in f32). Summed over k terms that is a worst-case bound of
 /// 3.91e-3·Σ|terms|, plus the f32 accumulation error above (1e-5·Σ|terms|): 4e-3·Σ|terms|
 /// is therefore a hard bound, not a statistical one (typical errors are ~√k smaller).
+/// The AArch64 fp16 path (`Isa::NeonFp16`) rounds only the weights, to f16 (|δ| ≤ 2⁻¹¹, plus
+/// an absolute 2⁻²⁵ for subnormal weights, negligible at these magnitudes): well inside it.
 const REL_TOL_BF16: f32 = 4e-3;
 
 /// The sum tolerance for a product computed on `isa`.
@@ -548,15 +550,43 @@ fn round_bf16(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
 }
 
+/// Round every value to f16 (round to nearest even).
+fn round_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| f16::from_f32(x).to_f32()).collect()
+}
+
+fn keep(v: &[f32]) -> Vec<f32> {
+    v.to_vec()
+}
+
+/// What a reduced-precision path rounds: (activations of weight products, weights, both
+/// operands of f32·f32 products).
+type Rounding = (
+    fn(&[f32]) -> Vec<f32>,
+    fn(&[f32]) -> Vec<f32>,
+    fn(&[f32]) -> Vec<f32>,
+);
+
+fn rounding(isa: Isa) -> Rounding {
+    match isa {
+        // Weight panel in f16, activations and f32 products untouched.
+        Isa::NeonFp16 => (keep, round_f16, keep),
+        // Both operands of every tiled product in bf16.
+        _ => (round_bf16, round_bf16, round_bf16),
+    }
+}
+
 #[test]
 fn reduced_precision_gemm_is_exact_product_of_rounded_operands() {
-    // A sharper check than the 4e-3 bound: the bf16 path must equal the f64 product of the
-    // bf16-rounded operands up to f32 accumulation error (REL_TOL), and must really round
-    // (differ from its f32 twin), on every tiled product: x·Wᵀ, dy·W and the three f32 forms.
+    // A sharper check than the 4e-3 bound: a reduced-precision path must equal the f64
+    // product of its rounded operands (bf16 on x86, f16 weights on AArch64) up to f32
+    // accumulation error (REL_TOL), and must really round (differ from its f32 twin), on
+    // every tiled product: x·Wᵀ, dy·W and the three f32 forms.
     for isa in cpu::available_isas()
         .into_iter()
         .filter(|i| i.reduced_precision())
     {
+        let (round_x, round_w, round_f32) = rounding(isa);
         // (n, rows, cols): edge tiles (n, rows not multiples of 8 / 32), k over 2+ chunks,
         // odd k for the f32 weight (padded k pair).
         for (si, &(ty, n, rows, cols)) in [
@@ -569,11 +599,11 @@ fn reduced_precision_gemm_is_exact_product_of_rounded_operands() {
         .enumerate()
         {
             let w = random_matrix(ty, rows, cols, 300 + si as u64);
-            let wr = round_bf16(&reference::dequantize(&w));
+            let wr = round_w(&reference::dequantize(&w));
             let wq = QMatrix::from_f32("w_bf16", rows, cols, &wr);
             let wabs = QMatrix::from_f32("abs", rows, cols, &abs(&wr));
             let x = Rng(310 + si as u64).vec(n * cols, 1.0);
-            let xr = round_bf16(&x);
+            let xr = round_x(&x);
             let (mut want, mut mag) = (vec![0.0f32; n * rows], vec![0.0f32; n * rows]);
             reference::matmul_wt(&xr, n, &wq, &mut want);
             reference::matmul_wt(&abs(&xr), n, &wabs, &mut mag);
@@ -586,7 +616,7 @@ fn reduced_precision_gemm_is_exact_product_of_rounded_operands() {
             assert!(f32_path != got, "{what}: no different from the f32 path");
 
             let dy = Rng(320 + si as u64).vec(n * rows, 1.0);
-            let dyr = round_bf16(&dy);
+            let dyr = round_x(&dy);
             let (mut want, mut mag) = (vec![0.0f32; n * cols], vec![0.0f32; n * cols]);
             reference::matmul_w(&dyr, n, &wq, &mut want);
             reference::matmul_w(&abs(&dyr), n, &wabs, &mut mag);
@@ -608,7 +638,7 @@ fn reduced_precision_gemm_is_exact_product_of_rounded_operands() {
                     rng.vec(k * n, 1.0),
                     rng.vec(m * n, 1.0),
                 );
-                let (ar, br) = (round_bf16(&a), round_bf16(&b));
+                let (ar, br) = (round_f32(&a), round_f32(&b));
                 let mut want = c0.clone();
                 slow(&ar, &br, &mut want, m, k, n, true);
                 let mut mag = abs(&c0);

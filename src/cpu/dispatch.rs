@@ -1,9 +1,10 @@
 //! Which instruction set the kernels use: detected once per process, overridable with
-//! `EDGE_SFT_ISA=scalar|avx2|avx512|avx512bf16|neon` (for benchmarking and for reproducing a
-//! user's numbers).
+//! `EDGE_SFT_ISA=scalar|avx2|avx512|avx512bf16|neon|neonfp16` (for benchmarking and for
+//! reproducing a user's numbers).
 //!
-//! Reduced-precision paths (`Avx512Bf16`) change numerics — GEMM operands are rounded to bf16
-//! (8 significant bits) before an f32-accumulated product — so automatic selection never
+//! Reduced-precision paths (`Avx512Bf16`, `NeonFp16`) change numerics — GEMM operands are
+//! rounded to bf16 (8 significant bits) or weights to f16 (11 bits) before an f32-accumulated
+//! product — so automatic selection never
 //! picks them: `available_isas` lists them when the CPU has them, and only `EDGE_SFT_ISA`
 //! (or a `*_with` call) turns them on.
 
@@ -24,6 +25,11 @@ pub enum Isa {
     /// operands to bf16 and accumulate in f32 with `vdpbf16ps`; every other kernel is the
     /// `Avx512` one. Opt-in only (different numerics).
     Avx512Bf16,
+    /// `Neon` on a CPU with FP16 arithmetic (ARMv8.2 FEAT_FP16: Cortex-A76/A78, Apple M):
+    /// tiled products with a frozen weight (n > 8 output columns) keep the dequantized weight
+    /// panel in f16 and widen it in registers, accumulating in f32; every other kernel is the
+    /// `Neon` one. Opt-in only (different numerics).
+    NeonFp16,
 }
 
 impl Isa {
@@ -32,6 +38,7 @@ impl Isa {
     pub fn f32_isa(self) -> Isa {
         match self {
             Isa::Avx512Bf16 => Isa::Avx512,
+            Isa::NeonFp16 => Isa::Neon,
             other => other,
         }
     }
@@ -50,6 +57,7 @@ pub fn isa_name(isa: Isa) -> &'static str {
         Isa::Avx512 => "avx512",
         Isa::Neon => "neon",
         Isa::Avx512Bf16 => "avx512bf16",
+        Isa::NeonFp16 => "neonfp16",
     }
 }
 
@@ -77,6 +85,9 @@ fn detect() -> Vec<Isa> {
     #[cfg(target_arch = "aarch64")]
     if std::arch::is_aarch64_feature_detected!("neon") {
         v.push(Isa::Neon);
+        if std::arch::is_aarch64_feature_detected!("fp16") {
+            v.push(Isa::NeonFp16);
+        }
     }
     v
 }
@@ -140,9 +151,11 @@ fn choose(want: Option<&str>, available: &[Isa]) -> (Isa, Option<String>) {
         "avx512" => Isa::Avx512,
         "neon" => Isa::Neon,
         "avx512bf16" => Isa::Avx512Bf16,
+        "neonfp16" => Isa::NeonFp16,
         _ => {
             let msg = format!(
-                "EDGE_SFT_ISA={want} is not one of scalar, avx2, avx512, avx512bf16, neon, auto; \
+                "EDGE_SFT_ISA={want} is not one of scalar, avx2, avx512, avx512bf16, neon, \
+                 neonfp16, auto; \
                  using '{}'",
                 isa_name(best)
             );
@@ -187,6 +200,9 @@ mod tests {
         let (isa, msg) = choose(Some("avx512bf16"), &all);
         assert_eq!(isa, Isa::Avx512);
         assert!(msg.unwrap().contains("not supported by this CPU"));
+        let arm = [Isa::Scalar, Isa::Neon, Isa::NeonFp16];
+        assert_eq!(choose(None, &arm), (Isa::Neon, None));
+        assert_eq!(choose(Some("neonfp16"), &arm), (Isa::NeonFp16, None));
         let (isa, msg) = choose(Some("neon9"), &[Isa::Scalar]);
         assert_eq!(isa, Isa::Scalar);
         assert!(msg.unwrap().contains("not one of"));

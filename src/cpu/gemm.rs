@@ -127,6 +127,16 @@ pub(crate) fn gemm(
         super::gemm_bf16::gemm(m, n, k, a, rsa, csa, src, c, accumulate);
         return;
     }
+    // The fp16 path rounds only frozen weights (f32 products may hold gradients, which f16's
+    // range would flush); narrow outputs stay f32 as above.
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::NeonFp16
+        && n > super::arm::neon::NR
+        && matches!(src, BSrc::Wt { .. } | BSrc::W { .. })
+    {
+        super::gemm_f16::gemm(m, n, k, a, rsa, csa, src, c, accumulate);
+        return;
+    }
     let kern = kern_for(isa, n);
     let n_ib = m.div_ceil(MC_MAX);
     let mc = m.div_ceil(n_ib).div_ceil(kern.mr) * kern.mr;

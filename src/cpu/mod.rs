@@ -20,7 +20,8 @@
 //! `panel` (B panels: dequantize, transpose), `gemv` (few rows of x against W), `small`
 //! (few-row f32 products), `vecops` (vector kernels), `scalar` and `x86/*` (per-ISA code),
 //! `reference` (f64 references for tests), `par` (when to go parallel), `arm/neon` (AArch64),
-//! `gemm_bf16` + `x86/bf16` (the opt-in reduced-precision GEMM, `Isa::Avx512Bf16`).
+//! `gemm_bf16` + `x86/bf16` (the opt-in reduced-precision GEMM, `Isa::Avx512Bf16`),
+//! `gemm_f16` + `arm/fp16` (the opt-in fp16-weight GEMM, `Isa::NeonFp16`).
 
 #[cfg(target_arch = "aarch64")]
 mod arm;
@@ -28,6 +29,8 @@ mod dispatch;
 mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod gemm_bf16;
+#[cfg(target_arch = "aarch64")]
+mod gemm_f16;
 mod gemv;
 mod matmul;
 mod panel;
