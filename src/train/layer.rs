@@ -72,7 +72,6 @@ pub struct LoraActs {
 pub struct Acts {
     x_in: Vec<f32>,  // [T, d]
     r1: Vec<f32>,    // [T]
-    h1: Vec<f32>,    // [T, d]
     q: Vec<f32>,     // [T, q_dim] after RoPE
     k: Vec<f32>,     // [T, kv_dim] after RoPE
     v: Vec<f32>,     // [T, kv_dim]
@@ -80,10 +79,10 @@ pub struct Acts {
     att: Vec<f32>,   // [T, q_dim]
     x_mid: Vec<f32>, // [T, d]
     r2: Vec<f32>,    // [T]
-    h2: Vec<f32>,    // [T, d]
     gate: Vec<f32>,  // [T, ffn]
     up: Vec<f32>,    // [T, ffn]
-    act: Vec<f32>,   // [T, ffn]
+    // The normed inputs h1, h2 and silu(gate)·up are cheap to recompute, so backward does
+    // (saves 2·d + ffn floats per token per layer).
     lora: [Option<LoraActs>; 7],
 }
 
@@ -230,10 +229,10 @@ pub fn layer_forward(
     cpu::silu_mul(&gate, &up, &mut act);
     let down = pf(&act, &l.w_down, None, Target::Down, dropout);
     let x_out: Vec<f32> = x_mid.iter().zip(&down).map(|(a, b)| a + b).collect();
+    drop((h1, h2, act));
     let acts = Acts {
         x_in,
         r1,
-        h1,
         q,
         k,
         v,
@@ -241,10 +240,8 @@ pub fn layer_forward(
         att,
         x_mid,
         r2,
-        h2,
         gate,
         up,
-        act,
         lora: lora_acts,
     };
     (x_out, acts)
@@ -286,15 +283,24 @@ pub fn layer_backward(
         );
     };
 
+    // Recomputed: h1 = rmsnorm(x_in), h2 = rmsnorm(x_mid), act = silu(gate) · up.
+    let mut h1 = vec![0.0f32; t * d];
+    cpu::rmsnorm(&a.x_in, &l.attn_norm, c.rms_eps, d, &mut h1);
+    let mut h2 = vec![0.0f32; t * d];
+    cpu::rmsnorm(&a.x_mid, &l.ffn_norm, c.rms_eps, d, &mut h2);
+    let mut act = vec![0.0f32; t * c.ffn_dim];
+    cpu::silu_mul(&a.gate, &a.up, &mut act);
+
     // MLP: x_out = x_mid + down(silu(gate) · up)
     let mut d_act = vec![0.0f32; t * c.ffn_dim];
-    pb(&a.act, &l.w_down, Target::Down, dy, &mut d_act);
+    pb(&act, &l.w_down, Target::Down, dy, &mut d_act);
+    drop(act);
     let mut d_gate = vec![0.0f32; d_act.len()];
     let mut d_up = vec![0.0f32; d_act.len()];
     swiglu_backward(&a.gate, &a.up, &d_act, &mut d_gate, &mut d_up);
     let mut dh2 = vec![0.0f32; t * d];
-    pb(&a.h2, &l.w_gate, Target::Gate, &d_gate, &mut dh2);
-    pb(&a.h2, &l.w_up, Target::Up, &d_up, &mut dh2);
+    pb(&h2, &l.w_gate, Target::Gate, &d_gate, &mut dh2);
+    pb(&h2, &l.w_up, Target::Up, &d_up, &mut dh2);
     let mut d_mid = dy.to_vec();
     rmsnorm_backward(&a.x_mid, &l.ffn_norm, &a.r2, &dh2, &mut d_mid);
 
@@ -320,9 +326,9 @@ pub fn layer_backward(
     ctx.rotate(&mut dq, c.q_dim(), true);
     ctx.rotate(&mut dk, c.kv_dim(), true);
     let mut dh1 = vec![0.0f32; t * d];
-    pb(&a.h1, &l.wq, Target::Q, &dq, &mut dh1);
-    pb(&a.h1, &l.wk, Target::K, &dk, &mut dh1);
-    pb(&a.h1, &l.wv, Target::V, &dv, &mut dh1);
+    pb(&h1, &l.wq, Target::Q, &dq, &mut dh1);
+    pb(&h1, &l.wk, Target::K, &dk, &mut dh1);
+    pb(&h1, &l.wv, Target::V, &dv, &mut dh1);
     let mut dx = d_mid;
     rmsnorm_backward(&a.x_in, &l.attn_norm, &a.r1, &dh1, &mut dx);
     dx
