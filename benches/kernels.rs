@@ -3,6 +3,11 @@
 //! matmul_wt (y = x·Wᵀ) and matmul_w (dx = dy·W) for the SmolLM2-135M shapes, per weight type
 //! and ISA, beside the `gemm` crate on the same product in f32. Prints the best time of
 //! several runs and GFLOP/s (2·n·rows·cols flops). Not a test: numbers depend on the machine.
+//!
+//! Every ISA the host can run gets a row, the opt-in reduced-precision ones too (`avx512bf16`:
+//! bf16 operands, `neonfp16`: f16 weight panels; both accumulate in f32) beside the f32 paths.
+//! `f32 nn/nt` rows time activation·activation products (attention, weight gradients) at the
+//! model shapes, which the bf16 path also covers.
 
 use edge_sft::cpu::{self, Isa};
 use edge_sft::model::weights::{Backing, QMatrix};
@@ -153,6 +158,31 @@ fn bench_lora(want: &dyn Fn(&str) -> bool) {
     }
 }
 
+/// f32·f32 products at the model shapes (m = 256 tokens): c[m, n] = a[m, k]·b[k, n] (nn)
+/// and a[m, k]·b[n, k]ᵀ (nt).
+fn bench_f32_products(want: &dyn Fn(&str) -> bool) {
+    for (m, k, n) in [(256, 576, 576), (256, 576, 1536), (256, 1536, 576)] {
+        let mut s = 9u64;
+        let a: Vec<f32> = (0..m * k).map(|_| rand_f32(&mut s)).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rand_f32(&mut s)).collect();
+        let mut c = vec![0.0f32; m * n];
+        let flops = 2.0 * (m * k * n) as f64;
+        for isa in cpu::available_isas() {
+            let name = cpu::isa_name(isa);
+            let label = format!("f32 nn {m}x{k}x{n} {name}");
+            if want(&label) {
+                let tm = time(|| cpu::matmul_f32_nn_with(isa, &a, &b, &mut c, m, k, n, false));
+                report(&label, flops, tm);
+            }
+            let label = format!("f32 nt {m}x{k}x{n} {name}");
+            if want(&label) {
+                let tm = time(|| cpu::matmul_f32_nt_with(isa, &a, &b, &mut c, m, k, n, false));
+                report(&label, flops, tm);
+            }
+        }
+    }
+}
+
 /// Attention of one new token against a 1024-token cache (one head, hd 64): q·Kᵀ and p·V.
 fn bench_attn_gen(want: &dyn Fn(&str) -> bool) {
     let (l, hd) = (1024, 64);
@@ -206,6 +236,7 @@ fn bench_all() {
     ];
     bench_lora(&want);
     bench_attn_gen(&want);
+    bench_f32_products(&want);
     let isas: Vec<Isa> = cpu::available_isas();
     let types = [GgmlType::F32, GgmlType::Q8_0, GgmlType::Q4_1];
     for &(n, rows, cols) in &shapes {
