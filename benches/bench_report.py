@@ -91,7 +91,9 @@ def proc_tree_cpu(root):
         rest = st[st.rindex(")") + 2:].split()
         pid = int(d)
         parent[pid] = int(rest[1])
-        cpu[pid] = int(rest[11]) + int(rest[12])
+        # utime + stime + cutime + cstime: when a descendant exits and is reaped, its time moves
+        # into its parent's cutime/cstime, so the tree's total stays continuous.
+        cpu[pid] = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
         if pid == root:
             state = rest[0]
     total, todo, seen = 0, [root], set()
@@ -171,7 +173,9 @@ def cmd_edge(a):
     if a.watch:
         try:
             with open(a.watch) as f:
-                out.update(json.loads(f.read().strip().splitlines()[-1]))
+                w = json.loads(f.read().strip().splitlines()[-1])
+            if w.get("own_cpu_cores_steps") is not None and w["own_cpu_cores_steps"] >= 0:
+                out.update(w)
         except (OSError, ValueError, IndexError):
             pass
     if out.get("other_cores_steps") is not None:
@@ -270,6 +274,9 @@ def cmd_table(a):
             if r.get("exit") not in (None, 0):
                 note += " (exit %s)" % r["exit"]
             oc, own = r.get("other_cores"), r.get("own_cpu_cores_steps")
+            if own is not None and own < 0:
+                # A sample taken as the process exited (fixed since): fall back to whole-process.
+                oc, own = r.get("other_cores_process"), None
             L.append("| %d | %d | %s | %s | %s | %s%s | %s | %s | %s | %s |" % (
                 r["seq"], r["threads"], r["setup"], r.get("steps", "–"), toks, fmt(tps, 1), note,
                 "–" if r is rf else ratio(tps, rf and rf.get("tokens_per_s")),
