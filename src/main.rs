@@ -11,9 +11,11 @@ mod cli;
     version,
     about = "Fine-tune small language models on the device that owns the data",
     long_about = "edge-sft memory-maps a quantized model (GGUF, or a Hugging Face folder), keeps it \
-frozen, and scores, generates with, or (soon) trains LoRA adapters on your prompt→response data.\n\n\
+frozen, and trains LoRA adapters on your prompt→response data with the loss on response tokens \
+only; it also scores data sets and generates, with or without an adapter.\n\n\
 Start with:\n  edge-sft inspect MODEL.gguf\n  edge-sft eval --model MODEL.gguf --data data.jsonl\n  \
-edge-sft generate --model MODEL.gguf --prompt \"What is the capital of France?\""
+edge-sft tune --lora --model MODEL.gguf --data train.jsonl --eval-data heldout.jsonl --out runs/me\n  \
+edge-sft generate --model MODEL.gguf --adapter runs/me --prompt \"What is the capital of France?\""
 )]
 struct Cli {
     #[command(subcommand)]
