@@ -1,13 +1,14 @@
 //! Inference forward pass over one sequence with a KV cache (eval, generate). Training uses its
 //! own forward that keeps activations; both share the kernels in `crate::cpu`.
 
-use super::lora::{LoraPair, LoraSet, Target};
+use super::lora::{LoraSet, Target};
 use super::rope::Rope;
 use super::weights::QMatrix;
 use super::Model;
 use crate::cpu;
 use crate::error::{Error, Result};
-use crate::train::attention::attend_head;
+use crate::train::attention::{attend_head, gather};
+use crate::train::layer::proj_forward;
 use rayon::prelude::*;
 
 /// Keys and values of the positions seen so far, per layer.
@@ -27,25 +28,7 @@ impl KvCache {
     }
 }
 
-/// y [n, out] += scale · (x [n, in] · Aᵀ) · Bᵀ
-pub fn lora_add(x: &[f32], n: usize, p: &LoraPair, scale: f32, y: &mut [f32]) {
-    let mut t = vec![0.0f32; n * p.rank]; // [n, rank]
-    for i in 0..n {
-        let xi = &x[i * p.in_dim..(i + 1) * p.in_dim];
-        for r in 0..p.rank {
-            t[i * p.rank + r] = cpu::dot(xi, &p.a[r * p.in_dim..(r + 1) * p.in_dim]) * scale;
-        }
-    }
-    y.par_chunks_mut(p.out_dim)
-        .zip(t.par_chunks(p.rank))
-        .for_each(|(yi, ti)| {
-            for (o, yo) in yi.iter_mut().enumerate() {
-                *yo += cpu::dot(ti, &p.b[o * p.rank..(o + 1) * p.rank]);
-            }
-        });
-}
-
-/// A projection with optional LoRA: y [n, w.rows] = x · Wᵀ (+ bias) (+ LoRA).
+/// A projection with optional bias and LoRA (the training path's, without dropout).
 fn project(
     x: &[f32],
     n: usize,
@@ -53,21 +36,11 @@ fn project(
     bias: Option<&[f32]>,
     lora: Option<(&LoraSet, usize, Target)>,
 ) -> Vec<f32> {
-    let mut y = vec![0.0f32; n * w.rows];
-    cpu::matmul_wt(x, n, w, &mut y);
-    if let Some(b) = bias {
-        for row in y.chunks_exact_mut(w.rows) {
-            for (v, bb) in row.iter_mut().zip(b) {
-                *v += bb;
-            }
-        }
-    }
-    if let Some((set, layer, t)) = lora {
-        if let Some(p) = set.get(layer, t) {
-            lora_add(x, n, p, set.scale, &mut y);
-        }
-    }
-    y
+    let (pair, scale) = match lora {
+        Some((set, layer, t)) => (set.get(layer, t), set.scale),
+        None => (None, 1.0),
+    };
+    proj_forward(x, n, w, bias, pair, scale, &mut None).0
 }
 
 impl Model {
@@ -145,16 +118,9 @@ impl Model {
                 .into_par_iter()
                 .map(|head| {
                     let g = head / group;
-                    let pick = |m: &[f32], stride: usize, col: usize, rows: usize| -> Vec<f32> {
-                        (0..rows)
-                            .flat_map(|r| {
-                                m[r * stride + col..r * stride + col + hd].iter().copied()
-                            })
-                            .collect()
-                    };
-                    let qh = pick(&q, qd, head * hd, n); // [n, hd]
-                    let kh = pick(kc, kvd, g * hd, start + n); // [L, hd]
-                    let vh = pick(vc, kvd, g * hd, start + n); // [L, hd]
+                    let qh = gather(&q, qd, 0, n, head * hd, hd); // [n, hd]
+                    let kh = gather(kc, kvd, 0, start + n, g * hd, hd); // [L, hd]
+                    let vh = gather(vc, kvd, 0, start + n, g * hd, hd); // [L, hd]
                     attend_head(&qh, &kh, &vh, n, hd).0
                 })
                 .collect();

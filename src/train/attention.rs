@@ -34,7 +34,7 @@ impl AttnShape {
 }
 
 /// Copy column block `col..col+w` of rows `r0..r0+n` of a row-major [*, stride] matrix.
-fn gather(src: &[f32], stride: usize, r0: usize, n: usize, col: usize, w: usize) -> Vec<f32> {
+pub fn gather(src: &[f32], stride: usize, r0: usize, n: usize, col: usize, w: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n * w);
     for r in r0..r0 + n {
         out.extend_from_slice(&src[r * stride + col..r * stride + col + w]);

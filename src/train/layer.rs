@@ -86,7 +86,9 @@ pub struct Acts {
     lora: [Option<LoraActs>; 7],
 }
 
-fn proj_forward(
+/// A projection with optional bias and LoRA: y [T, w.rows] = x · Wᵀ (+ b) (+ scale·B·A·x).
+/// Inference calls it too, with no dropout, and drops the saved LoRA activations.
+pub fn proj_forward(
     x: &[f32],
     t: usize,
     w: &QMatrix,
