@@ -1,10 +1,10 @@
 //! Which instruction set the kernels use: detected once per process, overridable with
-//! `EDGE_SFT_ISA=scalar|avx2|avx512|avx512bf16|neon|neonfp16` (for benchmarking and for
-//! reproducing a user's numbers).
+//! `EDGE_SFT_ISA=scalar|avx2|avx512|avx2f16|avx512bf16|neon|neonfp16` (for benchmarking and
+//! for reproducing a user's numbers).
 //!
-//! Reduced-precision paths (`Avx512Bf16`, `NeonFp16`) change numerics — GEMM operands are
-//! rounded to bf16 (8 significant bits) or weights to f16 (11 bits) before an f32-accumulated
-//! product — so automatic selection never
+//! Reduced-precision paths (`Avx2F16`, `Avx512Bf16`, `NeonFp16`) change numerics — GEMM
+//! operands are rounded to bf16 (8 significant bits) or weights to f16 (11 bits) before an
+//! f32-accumulated product — so automatic selection never
 //! picks them: `available_isas` lists them when the CPU has them, and only `EDGE_SFT_ISA`
 //! (or a `*_with` call) turns them on.
 
@@ -21,6 +21,11 @@ pub enum Isa {
     Avx512,
     /// AArch64 Advanced SIMD (every AArch64 CPU has it).
     Neon,
+    /// `Avx2` with the frozen weights of tiled products (n > 16 output columns) kept as f16
+    /// panels and widened in registers (F16C `vcvtph2ps`), accumulating in f32 with FMA;
+    /// every other kernel is the `Avx2` one. Needs nothing beyond `Avx2` (which already
+    /// requires F16C). Opt-in only (different numerics).
+    Avx2F16,
     /// `Avx512` plus AVX512-BF16: tiled GEMM products (n > 16 output columns) round both
     /// operands to bf16 and accumulate in f32 with `vdpbf16ps`; every other kernel is the
     /// `Avx512` one. Opt-in only (different numerics).
@@ -37,6 +42,7 @@ impl Isa {
     /// (itself for the f32 paths).
     pub fn f32_isa(self) -> Isa {
         match self {
+            Isa::Avx2F16 => Isa::Avx2,
             Isa::Avx512Bf16 => Isa::Avx512,
             Isa::NeonFp16 => Isa::Neon,
             other => other,
@@ -56,6 +62,7 @@ pub fn isa_name(isa: Isa) -> &'static str {
         Isa::Avx2 => "avx2",
         Isa::Avx512 => "avx512",
         Isa::Neon => "neon",
+        Isa::Avx2F16 => "avx2f16",
         Isa::Avx512Bf16 => "avx512bf16",
         Isa::NeonFp16 => "neonfp16",
     }
@@ -69,17 +76,22 @@ fn detect() -> Vec<Isa> {
         let avx2 = is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c");
+        let avx512 = avx2
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl");
         if avx2 {
             v.push(Isa::Avx2);
-            if is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-            {
-                v.push(Isa::Avx512);
-                if is_x86_feature_detected!("avx512bf16") {
-                    v.push(Isa::Avx512Bf16);
-                }
-            }
+        }
+        if avx512 {
+            v.push(Isa::Avx512);
+        }
+        // The reduced-precision paths after every f32 one.
+        if avx2 {
+            v.push(Isa::Avx2F16);
+        }
+        if avx512 && is_x86_feature_detected!("avx512bf16") {
+            v.push(Isa::Avx512Bf16);
         }
     }
     #[cfg(target_arch = "aarch64")]
@@ -150,13 +162,13 @@ fn choose(want: Option<&str>, available: &[Isa]) -> (Isa, Option<String>) {
         "avx2" => Isa::Avx2,
         "avx512" => Isa::Avx512,
         "neon" => Isa::Neon,
+        "avx2f16" => Isa::Avx2F16,
         "avx512bf16" => Isa::Avx512Bf16,
         "neonfp16" => Isa::NeonFp16,
         _ => {
             let msg = format!(
-                "EDGE_SFT_ISA={want} is not one of scalar, avx2, avx512, avx512bf16, neon, \
-                 neonfp16, auto; \
-                 using '{}'",
+                "EDGE_SFT_ISA={want} is not one of scalar, avx2, avx512, avx2f16, avx512bf16, \
+                 neon, neonfp16, auto; using '{}'",
                 isa_name(best)
             );
             return (best, Some(msg));
@@ -200,6 +212,11 @@ mod tests {
         let (isa, msg) = choose(Some("avx512bf16"), &all);
         assert_eq!(isa, Isa::Avx512);
         assert!(msg.unwrap().contains("not supported by this CPU"));
+        let f16 = [Isa::Scalar, Isa::Avx2, Isa::Avx2F16];
+        assert_eq!(choose(None, &f16), (Isa::Avx2, None));
+        assert_eq!(choose(Some("avx2f16"), &f16), (Isa::Avx2F16, None));
+        assert_eq!(Isa::Avx2F16.f32_isa(), Isa::Avx2);
+        assert!(Isa::Avx2F16.reduced_precision());
         let arm = [Isa::Scalar, Isa::Neon, Isa::NeonFp16];
         assert_eq!(choose(None, &arm), (Isa::Neon, None));
         assert_eq!(choose(Some("neonfp16"), &arm), (Isa::NeonFp16, None));

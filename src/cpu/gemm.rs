@@ -134,7 +134,13 @@ pub(crate) fn gemm(
         && n > super::arm::neon::NR
         && matches!(src, BSrc::Wt { .. } | BSrc::W { .. })
     {
-        super::gemm_f16::gemm(m, n, k, a, rsa, csa, src, c, accumulate);
+        super::gemm_f16::gemm(isa, m, n, k, a, rsa, csa, src, c, accumulate);
+        return;
+    }
+    // Its x86 twin: f16 weight panels widened by F16C, f32 FMA (same policy as above).
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2F16 && n > avx2::NR && matches!(src, BSrc::Wt { .. } | BSrc::W { .. }) {
+        super::gemm_f16::gemm(isa, m, n, k, a, rsa, csa, src, c, accumulate);
         return;
     }
     let kern = kern_for(isa, n);

@@ -1,13 +1,13 @@
-//! The tiled GEMM driver of the AArch64 fp16 path (`Isa::NeonFp16`), for products with a
-//! frozen weight (x·Wᵀ, dy·W): the same task split as `gemm.rs` (tasks of MC rows × NB
-//! columns over rayon, k in chunks of KC), with each chunk's weight panel dequantized by the
-//! `Neon` packers and stored as f16, then widened in the microkernel (`arm::fp16`) and
-//! multiplied with the f32 activations, accumulating in f32.
+//! The tiled GEMM driver of the f16-weight paths (`Isa::NeonFp16` on AArch64, `Isa::Avx2F16`
+//! on x86-64), for products with a frozen weight (x·Wᵀ, dy·W): the same task split as
+//! `gemm.rs` (tasks of MC rows × NB columns over rayon, k in chunks of KC), with each chunk's
+//! weight panel dequantized by the path's f32 packers a few k rows at a time (so the f32
+//! staging stays in L1) and stored as f16, then widened in the microkernel (`arm::fp16`,
+//! `x86::f16c`) and multiplied with the f32 activations, accumulating in f32.
 //!
 //! Numerics: each product is A(i,p)·f16(W) — only the weight is rounded (relative error
 //! ≤ 2⁻¹¹) — summed in f32 in a fixed order: deterministic, whatever the thread count.
 
-use super::arm::fp16;
 use super::dispatch::Isa;
 use super::panel::{pack_b, BSrc};
 use super::par;
@@ -17,8 +17,58 @@ use std::cell::RefCell;
 const MC_MAX: usize = 512;
 /// Columns per task at most; halved down to 32 until each thread has 8 tasks.
 const NB_MAX: usize = 128;
-/// Depth of one panel (a multiple of 32 so quant blocks never straddle chunks).
-const KC: usize = 256;
+/// Depth of one f16 panel (a multiple of 32 so quant blocks never straddle chunks): twice the
+/// f32 driver's 256, for the same panel bytes (128 × 512 × 2 B = 128 KiB).
+const KC: usize = 512;
+/// k rows dequantized into the f32 staging buffer at a time before the f16 conversion
+/// (a multiple of 32; [32, 128] f32 = 16 KiB).
+const KS: usize = 32;
+
+/// Converts kc rows of an f32 panel (ldb wide, a multiple of NR) to f16 bits.
+type PackFn = unsafe fn(*const f32, usize, usize, *mut u16);
+/// The f16-panel microkernel; the contract of `arm::fp16::kernel` / `x86::f16c::kernel`.
+type KernelFn =
+    unsafe fn(usize, *const f32, usize, usize, *const u16, usize, *mut f32, usize, usize, bool);
+
+/// One f16 path's pieces.
+#[derive(Clone, Copy)]
+struct Kern {
+    mr: usize,
+    nr: usize,
+    /// The f32 ISA whose packers dequantize the weight panel.
+    base: Isa,
+    pack: PackFn,
+    run: KernelFn,
+}
+
+fn kern_for(isa: Isa) -> Kern {
+    match isa {
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonFp16 => Kern {
+            mr: super::arm::fp16::MR,
+            nr: super::arm::fp16::NR,
+            base: Isa::Neon,
+            pack: super::arm::fp16::pack_f16,
+            run: super::arm::fp16::kernel,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2F16 => Kern {
+            mr: super::x86::f16c::MR,
+            nr: super::x86::f16c::NR,
+            base: Isa::Avx2,
+            pack: super::x86::f16c::pack_f16,
+            run: super::x86::f16c::kernel,
+        },
+        _ => unreachable!("gemm_f16: {isa:?} is not an f16-panel path"),
+    }
+}
+
+/// The part of `buf` that starts on a 64-byte boundary (`buf` has 32 spare values), so the
+/// microkernel's NR-wide f16 loads never straddle a cache line.
+fn aligned16(buf: &mut [u16]) -> &mut [u16] {
+    let off = buf.as_ptr().align_offset(64).min(32);
+    &mut buf[off..]
+}
 
 #[derive(Clone, Copy)]
 struct CPtr(*mut f32);
@@ -28,17 +78,18 @@ unsafe impl Send for CPtr {}
 unsafe impl Sync for CPtr {}
 
 thread_local! {
-    /// f32 scratch: B panel, dequantization rows, a C edge tile.
+    /// f32 scratch: KS staged panel rows, dequantization rows, a C edge tile.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The f16 panel.
     static SCRATCH16: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
-/// C[m, n] (+)= A·B as `gemm::gemm`, with B rounded to f16. The caller ran
-/// `check(Isa::NeonFp16)`, checked that every A(i, p) lies in `a` and c.len() == m*n, and
-/// m, n, k > 0.
+/// C[m, n] (+)= A·B as `gemm::gemm`, with B rounded to f16, on `isa` (`NeonFp16` or
+/// `Avx2F16`). The caller ran `check(isa)`, checked that every A(i, p) lies in `a` and
+/// c.len() == m*n, and m, n, k > 0.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
+    isa: Isa,
     m: usize,
     n: usize,
     k: usize,
@@ -49,7 +100,8 @@ pub(crate) fn gemm(
     c: &mut [f32],
     accumulate: bool,
 ) {
-    let (mr, nr) = (fp16::MR, fp16::NR);
+    let kern = kern_for(isa);
+    let (mr, nr) = (kern.mr, kern.nr);
     let n_ib = m.div_ceil(MC_MAX);
     let mc = m.div_ceil(n_ib).div_ceil(mr) * mr;
     let n_ib = m.div_ceil(mc);
@@ -72,23 +124,30 @@ pub(crate) fn gemm(
             SCRATCH16.with(|s16| {
                 let mut s = s.borrow_mut();
                 let mut s16 = s16.borrow_mut();
-                let need = KC * ldb + 8 * KC + mr * nr;
+                let need = KS * ldb + 8 * KS + mr * nr;
                 if s.len() < need {
                     s.resize(need, 0.0);
                 }
-                if s16.len() < KC * ldb {
-                    s16.resize(KC * ldb, 0);
+                if s16.len() < KC * ldb + 32 {
+                    s16.resize(KC * ldb + 32, 0);
                 }
-                let (panel, rest) = s.split_at_mut(KC * ldb);
-                let (tmp, ctile) = rest.split_at_mut(8 * KC);
+                let s16 = aligned16(&mut s16);
+                let (stage, rest) = s.split_at_mut(KS * ldb);
+                let (tmp, ctile) = rest.split_at_mut(8 * KS);
                 let ctile = &mut ctile[..mr * nr];
                 let cp = cptr;
                 for p0 in (0..k).step_by(KC) {
                     let kc = KC.min(k - p0);
-                    pack_b(Isa::Neon, src, p0, kc, j0, nbt, panel, ldb, tmp);
-                    // SAFETY: panel holds kc rows of ldb (a multiple of 8) f32 and s16 room
-                    // for KC·ldb u16; NEON fp16 was checked by the public caller.
-                    unsafe { fp16::pack_f16(panel.as_ptr(), kc, ldb, s16.as_mut_ptr()) };
+                    for q0 in (0..kc).step_by(KS) {
+                        let ks = KS.min(kc - q0);
+                        pack_b(kern.base, src, p0 + q0, ks, j0, nbt, stage, ldb, tmp);
+                        // SAFETY: stage holds ks rows of ldb (a multiple of NR, itself of 8)
+                        // f32; s16 has room for KC·ldb ≥ (q0 + ks)·ldb u16; the path's CPU
+                        // features were checked by the public caller.
+                        unsafe {
+                            (kern.pack)(stage.as_ptr(), ks, ldb, s16.as_mut_ptr().add(q0 * ldb))
+                        };
+                    }
                     let overwrite = !accumulate && p0 == 0;
                     for jr in (0..nbt).step_by(nr) {
                         let ncols = nr.min(nbt - jr);
@@ -103,7 +162,7 @@ pub(crate) fn gemm(
                                 let bp = s16.as_ptr().add(jr);
                                 let cij = cp.0.add(i * ldc + j);
                                 if ncols == nr {
-                                    fp16::kernel(
+                                    (kern.run)(
                                         kc, ap, rsa, csa, bp, ldb, cij, ldc, rows, overwrite,
                                     );
                                 } else {
@@ -116,9 +175,7 @@ pub(crate) fn gemm(
                                         }
                                     }
                                     let tp = ctile.as_mut_ptr();
-                                    fp16::kernel(
-                                        kc, ap, rsa, csa, bp, ldb, tp, nr, rows, overwrite,
-                                    );
+                                    (kern.run)(kc, ap, rsa, csa, bp, ldb, tp, nr, rows, overwrite);
                                     for r in 0..rows {
                                         for q in 0..ncols {
                                             *cij.add(r * ldc + q) = ctile[r * nr + q];

@@ -21,7 +21,8 @@
 //! (few-row f32 products), `vecops` (vector kernels), `scalar` and `x86/*` (per-ISA code),
 //! `reference` (f64 references for tests), `par` (when to go parallel), `arm/neon` (AArch64),
 //! `gemm_bf16` + `x86/bf16` (the opt-in reduced-precision GEMM, `Isa::Avx512Bf16`),
-//! `gemm_f16` + `arm/fp16` (the opt-in fp16-weight GEMM, `Isa::NeonFp16`).
+//! `gemm_f16` + `arm/fp16` / `x86/f16c` (the opt-in f16-weight GEMM, `Isa::NeonFp16` /
+//! `Isa::Avx2F16`).
 
 #[cfg(target_arch = "aarch64")]
 mod arm;
@@ -29,7 +30,7 @@ mod dispatch;
 mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod gemm_bf16;
-#[cfg(target_arch = "aarch64")]
+#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 mod gemm_f16;
 mod gemv;
 mod matmul;
@@ -38,6 +39,7 @@ mod par;
 pub mod reference;
 mod scalar;
 mod small;
+mod swiglu;
 mod vecops;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -45,9 +47,10 @@ mod x86;
 pub use dispatch::{active_isa, available_isas, isa_name, Isa};
 pub use matmul::{
     matmul_f32_nn, matmul_f32_nn_with, matmul_f32_nt, matmul_f32_nt_with, matmul_f32_tn,
-    matmul_f32_tn_with, matmul_w, matmul_w_with, matmul_wt, matmul_wt_range, matmul_wt_range_with,
-    matmul_wt_with,
+    matmul_f32_tn_with, matmul_w, matmul_w_into, matmul_w_with, matmul_wt, matmul_wt_range,
+    matmul_wt_range_with, matmul_wt_with,
 };
+pub use swiglu::{swiglu_backward, swiglu_backward_with};
 pub use vecops::{
     axpy, axpy_with, dequantize_row_with, dot, dot_with, exp_sub_inplace, exp_sub_inplace_with,
     logsumexp, logsumexp_with, max, max_with, rmsnorm, rmsnorm_with, scale, scale_with, silu_mul,

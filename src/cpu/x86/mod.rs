@@ -2,6 +2,7 @@
 //! dispatchers call them only after `dispatch::check` confirmed the CPU has the features.
 
 pub(crate) mod avx2;
+pub(crate) mod f16c;
 pub(crate) mod gemv_avx2;
 pub(crate) mod pack;
 // AVX-512 intrinsics are stable since Rust 1.89 (the crate's declared MSRV is older).
