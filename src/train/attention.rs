@@ -1,17 +1,41 @@
-//! Causal grouped-query attention, tiled: queries are processed in blocks of `BLOCK` rows, each
-//! block's scores [BLOCK, visible keys] computed with a GEMM, so no [seq × seq] matrix per head is
-//! ever stored. Forward keeps only the per-(row, head) log-sum-exp; backward recomputes the
-//! probabilities block by block.
+//! Causal grouped-query attention for training, tiled and balanced over rayon's threads.
 //!
-//! The same kernel serves training (queries = keys of one packed segment) and inference with a
-//! KV cache (the n new queries are the last n of L cached keys: `offset = L − n`).
+//! Queries are processed in blocks of `BLOCK` rows and keys in tiles of `KEY_TILE`, each
+//! score tile [BLOCK, KEY_TILE] computed with a GEMM, so no [seq × seq] matrix per head is
+//! ever stored. Forward keeps only the per-(row, head) log-sum-exp (online softmax across key
+//! tiles); backward recomputes the probabilities tile by tile.
+//!
+//! Work split (2 threads must both stay busy on one 256-token record with 9 heads):
+//! - forward: one task per (segment, head, query block), owning its output rows;
+//! - backward: one task per (segment, kv head, query chunk), the chunks cut so that each has
+//!   about the same causal work. A task owns dQ of its query rows and accumulates dK, dV of the
+//!   keys it sees into its own partial buffer; a second pass sums the partials of each key row
+//!   in chunk order. Every output element is thus reduced in a fixed order whatever the thread
+//!   count or schedule: results are deterministic.
+//!
+//! Tasks are handed out largest first to whichever thread is free (`run_tasks`). Buffers come
+//! from per-thread free lists (`with_scratch`) that keep their capacity across calls, so the
+//! steady state allocates nothing. K and V are copied head-major once per call; query-side rows
+//! are gathered per block.
+//!
+//! The same block kernel serves inference with a KV cache (`attend_head`: the n new queries are
+//! the last n of L cached keys, `offset = L − n`).
 
 use super::batch::Segment;
 use crate::cpu;
 use rayon::prelude::*;
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Query rows per tile.
 pub const BLOCK: usize = 64;
+/// Keys per score tile: a [BLOCK, KEY_TILE] f32 tile is 128 KiB, so backward's P and dP
+/// tiles stay in L2.
+const KEY_TILE: usize = 512;
+/// Most query chunks per (segment, kv head) in backward: each chunk costs a partial dK/dV
+/// buffer as long as the keys it sees.
+const MAX_CHUNKS: usize = 4;
 
 /// Shapes of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -35,48 +59,205 @@ impl AttnShape {
 
 /// Copy column block `col..col+w` of rows `r0..r0+n` of a row-major [*, stride] matrix.
 pub fn gather(src: &[f32], stride: usize, r0: usize, n: usize, col: usize, w: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n * w);
-    for r in r0..r0 + n {
-        out.extend_from_slice(&src[r * stride + col..r * stride + col + w]);
-    }
+    let mut out = vec![0.0; n * w];
+    gather_into(src, stride, r0, n, col, w, &mut out);
     out
 }
 
-/// Masked, scaled scores → probabilities in place for a tile of rows `i0..i0+bq` of queries at
-/// key offset `offset`; returns nothing, fills `lse` for those rows when given.
-fn softmax_tile(
-    s: &mut [f32],
-    bq: usize,
-    kend: usize,
-    i0: usize,
-    offset: usize,
-    scale: f32,
-    lse: Option<&mut [f32]>,
+/// `gather` into `dst` [n, w].
+fn gather_into(
+    src: &[f32],
+    stride: usize,
+    r0: usize,
+    n: usize,
+    col: usize,
+    w: usize,
+    dst: &mut [f32],
 ) {
-    let mut lse = lse;
+    for (i, d) in dst[..n * w].chunks_exact_mut(w).enumerate() {
+        let r = r0 + i;
+        d.copy_from_slice(&src[r * stride + col..r * stride + col + w]);
+    }
+}
+
+thread_local! {
+    /// Buffers this thread has used before, kept with their capacity. A list, not one buffer:
+    /// a task waiting inside a GEMM's fork may run another task on the same thread.
+    static FREE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    /// Task lists, reused likewise.
+    static TASKS: RefCell<Vec<Vec<Task>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on `len` floats of scratch (contents unspecified) from this thread's free list.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = FREE.with(|l| l.borrow_mut().pop()).unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    FREE.with(|l| l.borrow_mut().push(buf));
+    r
+}
+
+/// Run `f` on an empty task list from this thread's free list.
+fn with_tasks<R>(f: impl FnOnce(&mut Vec<Task>) -> R) -> R {
+    let mut list = TASKS.with(|l| l.borrow_mut().pop()).unwrap_or_default();
+    list.clear();
+    let r = f(&mut list);
+    TASKS.with(|l| l.borrow_mut().push(list));
+    r
+}
+
+/// One unit of parallel work. Forward: `head` is a query head and `b0..b1` one query block;
+/// backward: `head` is a kv head, `b0..b1` a chunk of query blocks and `poff` where its
+/// partial dK, dV go; reduction: `head` is a kv head.
+#[derive(Debug, Clone, Copy)]
+struct Task {
+    seg: usize,
+    head: usize,
+    b0: usize,
+    b1: usize,
+    poff: usize,
+    /// Causal (query, key) pairs, to order tasks largest first.
+    work: usize,
+}
+
+/// Run `run(task)` for every task, largest first, on every pool thread that is free: a thread
+/// takes the next task when it finishes one, which balances uneven (causal) tasks. Each task
+/// writes only its own outputs, so results never depend on which thread ran what.
+fn run_tasks(tasks: &mut [Task], run: impl Fn(&Task) + Sync) {
+    tasks.sort_unstable_by_key(|t| std::cmp::Reverse(t.work));
+    let tasks = &*tasks;
+    let next = AtomicUsize::new(0);
+    let worker = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        match tasks.get(i) {
+            Some(t) => run(t),
+            None => break,
+        }
+    };
+    let workers = rayon::current_num_threads().min(tasks.len());
+    if workers <= 1 {
+        worker();
+    } else {
+        (0..workers).into_par_iter().for_each(|_| worker());
+    }
+}
+
+/// A buffer that parallel tasks write into, each task to its own disjoint ranges.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _buf: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: tasks write disjoint ranges only (see `write`), and the exclusive borrow held through
+// `_buf` keeps every other access out while a `Shared` lives.
+unsafe impl Send for Shared<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Shared<'_> {}
+
+impl<'a> Shared<'a> {
+    fn new(buf: &'a mut [f32]) -> Self {
+        Shared {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            _buf: PhantomData,
+        }
+    }
+
+    /// Copy `src` to `off..off + src.len()`.
+    ///
+    /// # Safety
+    /// No other task writes that range while this `Shared` is in use.
+    unsafe fn write(&self, off: usize, src: &[f32]) {
+        assert!(
+            off + src.len() <= self.len,
+            "attention: write out of bounds"
+        );
+        // SAFETY: in bounds (asserted); the range belongs to the calling task (caller's
+        // contract) and `src` is a different buffer.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(off), src.len()) }
+    }
+}
+
+/// Copy k and v [T, kvd] head-major into `kh`, `vh` [n_kv_heads, T, hd], so each head's keys
+/// are the contiguous [*, hd] operand the GEMMs take.
+fn split_heads(s: AttnShape, k: &[f32], v: &[f32], kh: &mut [f32], vh: &mut [f32]) {
+    let (kvd, hd) = (s.kvd(), s.head_dim);
+    let t = k.len() / kvd;
+    for g in 0..s.n_kv_heads {
+        gather_into(
+            k,
+            kvd,
+            0,
+            t,
+            g * hd,
+            hd,
+            &mut kh[g * t * hd..(g + 1) * t * hd],
+        );
+        gather_into(
+            v,
+            kvd,
+            0,
+            t,
+            g * hd,
+            hd,
+            &mut vh[g * t * hd..(g + 1) * t * hd],
+        );
+    }
+}
+
+/// Scratch floats `forward_block` needs for `bq` rows.
+fn forward_scratch(bq: usize) -> usize {
+    bq * KEY_TILE + 2 * bq
+}
+
+/// One query block against its visible keys, online softmax over key tiles.
+/// qs [bq, hd] holds the queries already multiplied by 1/√hd; k, v [≥ first + bq, hd]; row r
+/// sees keys 0..=first + r. Writes o [bq, hd] and lse [bq] (of the scaled scores).
+#[allow(clippy::too_many_arguments)]
+fn forward_block(
+    qs: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bq: usize,
+    first: usize,
+    hd: usize,
+    o: &mut [f32],
+    lse: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let kend = first + bq;
+    let (st, rest) = scratch.split_at_mut(bq * KEY_TILE);
+    let (m, l) = rest.split_at_mut(bq); // running max and sum per row
+    for j0 in (0..kend).step_by(KEY_TILE) {
+        let kt = KEY_TILE.min(kend - j0);
+        let st = &mut st[..bq * kt]; // scores, then probabilities [bq, kt]
+        cpu::matmul_f32_nt(qs, &k[j0 * hd..(j0 + kt) * hd], st, bq, hd, kt, false);
+        for (r, row) in st.chunks_exact_mut(kt).enumerate() {
+            let vis = (first + r + 1).saturating_sub(j0).min(kt);
+            if j0 == 0 {
+                m[r] = cpu::max(&row[..vis]);
+                l[r] = cpu::exp_sub_inplace(&mut row[..vis], m[r]);
+            } else {
+                let m_new = m[r].max(cpu::max(&row[..vis]));
+                let alpha = (m[r] - m_new).exp();
+                l[r] = l[r] * alpha + cpu::exp_sub_inplace(&mut row[..vis], m_new);
+                if alpha != 1.0 {
+                    cpu::scale(alpha, &mut o[r * hd..(r + 1) * hd]);
+                }
+                m[r] = m_new;
+            }
+            row[vis..].fill(0.0);
+        }
+        let ob = &mut o[..bq * hd];
+        cpu::matmul_f32_nn(st, &v[j0 * hd..(j0 + kt) * hd], ob, bq, kt, hd, j0 > 0);
+    }
     for r in 0..bq {
-        let visible = offset + i0 + r + 1;
-        let row = &mut s[r * kend..(r + 1) * kend];
-        for v in row[..visible].iter_mut() {
-            *v *= scale;
-        }
-        let mx = row[..visible]
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for v in row[..visible].iter_mut() {
-            *v = (*v - mx).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        for v in row[..visible].iter_mut() {
-            *v *= inv;
-        }
-        row[visible..].fill(0.0);
-        if let Some(l) = lse.as_deref_mut() {
-            l[r] = mx + sum.ln();
-        }
+        cpu::scale(1.0 / l[r], &mut o[r * hd..(r + 1) * hd]);
+        lse[r] = m[r] + l[r].ln();
     }
 }
 
@@ -88,39 +269,18 @@ pub fn attend_head(q: &[f32], k: &[f32], v: &[f32], n: usize, hd: usize) -> (Vec
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0.0f32; n * hd];
     let mut lse = vec![0.0f32; n];
-    let mut s = Vec::new();
-    for i0 in (0..n).step_by(BLOCK) {
-        let bq = BLOCK.min(n - i0);
-        let kend = offset + i0 + bq;
-        s.resize(bq * kend, 0.0);
-        cpu::matmul_f32_nt(
-            &q[i0 * hd..(i0 + bq) * hd],
-            &k[..kend * hd],
-            &mut s,
-            bq,
-            hd,
-            kend,
-            false,
-        );
-        softmax_tile(
-            &mut s,
-            bq,
-            kend,
-            i0,
-            offset,
-            scale,
-            Some(&mut lse[i0..i0 + bq]),
-        );
-        cpu::matmul_f32_nn(
-            &s,
-            &v[..kend * hd],
-            &mut out[i0 * hd..(i0 + bq) * hd],
-            bq,
-            kend,
-            hd,
-            false,
-        );
-    }
+    let bmax = BLOCK.min(n);
+    with_scratch(bmax * hd + forward_scratch(bmax), |buf| {
+        let (qs, rest) = buf.split_at_mut(bmax * hd);
+        for i0 in (0..n).step_by(BLOCK) {
+            let bq = BLOCK.min(n - i0);
+            let qs = &mut qs[..bq * hd];
+            qs.copy_from_slice(&q[i0 * hd..(i0 + bq) * hd]);
+            cpu::scale(scale, qs);
+            let (o, ls) = (&mut out[i0 * hd..(i0 + bq) * hd], &mut lse[i0..i0 + bq]);
+            forward_block(qs, k, v, bq, offset + i0, hd, o, ls, rest);
+        }
+    });
     (out, lse)
 }
 
@@ -135,26 +295,151 @@ pub fn attention_forward(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    let (qd, kvd, hd, nh) = (s.qd(), s.kvd(), s.head_dim, s.n_heads);
-    let tasks: Vec<(usize, usize)> = (0..segs.len())
-        .flat_map(|g| (0..nh).map(move |h| (g, h)))
-        .collect();
-    let results: Vec<(Vec<f32>, Vec<f32>)> = tasks
-        .par_iter()
-        .map(|&(si, head)| {
-            let seg = segs[si];
-            let kvh = head / s.group();
-            let qh = gather(q, qd, seg.start, seg.len, head * hd, hd);
-            let kh = gather(k, kvd, seg.start, seg.len, kvh * hd, hd);
-            let vh = gather(v, kvd, seg.start, seg.len, kvh * hd, hd);
-            attend_head(&qh, &kh, &vh, seg.len, hd)
-        })
-        .collect();
-    for (&(si, head), (o, l)) in tasks.iter().zip(results) {
-        let seg = segs[si];
-        for i in 0..seg.len {
-            out[(seg.start + i) * qd + head * hd..][..hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
-            lse[(seg.start + i) * nh + head] = l[i];
+    let (qd, hd, nh) = (s.qd(), s.head_dim, s.n_heads);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let t = k.len() / s.kvd();
+    let (out, lse_all) = (Shared::new(out), Shared::new(lse));
+    with_scratch(2 * t * s.kvd(), |kv| {
+        let (kh, vh) = kv.split_at_mut(t * s.kvd());
+        split_heads(s, k, v, kh, vh);
+        let (kh, vh) = (&*kh, &*vh);
+        with_tasks(|tasks| {
+            for (si, seg) in segs.iter().enumerate() {
+                for head in 0..nh {
+                    for b in 0..seg.len.div_ceil(BLOCK) {
+                        let kend = ((b + 1) * BLOCK).min(seg.len);
+                        let (b0, b1, poff) = (b, b + 1, 0);
+                        let work = kend * (kend - b * BLOCK);
+                        tasks.push(Task {
+                            seg: si,
+                            head,
+                            b0,
+                            b1,
+                            poff,
+                            work,
+                        });
+                    }
+                }
+            }
+            run_tasks(tasks, |task| {
+                let seg = segs[task.seg];
+                let (head, i0) = (task.head, task.b0 * BLOCK);
+                let bq = BLOCK.min(seg.len - i0);
+                let g = head / s.group();
+                let kseg = &kh[(g * t + seg.start) * hd..(g * t + seg.start + seg.len) * hd];
+                let vseg = &vh[(g * t + seg.start) * hd..(g * t + seg.start + seg.len) * hd];
+                with_scratch(2 * bq * hd + bq + forward_scratch(bq), |buf| {
+                    let (qs, rest) = buf.split_at_mut(bq * hd);
+                    let (o, rest) = rest.split_at_mut(bq * hd);
+                    let (ls, rest) = rest.split_at_mut(bq);
+                    gather_into(q, qd, seg.start + i0, bq, head * hd, hd, qs);
+                    cpu::scale(scale, qs);
+                    forward_block(qs, kseg, vseg, bq, i0, hd, o, ls, rest);
+                    for r in 0..bq {
+                        let row = seg.start + i0 + r;
+                        // SAFETY: rows i0..i0+bq of this segment at this head's columns
+                        // belong to this task only.
+                        unsafe {
+                            out.write(row * qd + head * hd, &o[r * hd..(r + 1) * hd]);
+                            lse_all.write(row * nh + head, &ls[r..r + 1]);
+                        }
+                    }
+                });
+            });
+        });
+    });
+}
+
+/// Query-block boundaries of the backward chunks of an `n`-row segment: up to MAX_CHUNKS
+/// chunks of about equal causal work (blocks 0..b hold ∝ b² pairs, so boundaries sit at
+/// nb·√(c/C)). Fixed by `n` alone, so the reduction order never depends on the thread count.
+fn chunk_bounds(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    let nb = n.div_ceil(BLOCK);
+    let c = nb.min(MAX_CHUNKS);
+    let bound = move |i: usize| ((nb as f64) * (i as f64 / c as f64).sqrt()).round() as usize;
+    (0..c)
+        .map(move |i| (bound(i), bound(i + 1)))
+        .filter(|(b0, b1)| b1 > b0)
+}
+
+/// Backward of one chunk of query blocks `b0..b1` of kv head `g` (all heads of its group):
+/// writes dq of those rows, and dK, dV of keys 0..end into `dkp`, `dvp` [end, hd] (partial:
+/// these queries' share only). `kseg`, `vseg` [n, hd] are the segment's keys of head g.
+#[allow(clippy::too_many_arguments)]
+fn backward_chunk(
+    s: AttnShape,
+    seg: Segment,
+    g: usize,
+    (b0, b1): (usize, usize),
+    (kseg, vseg): (&[f32], &[f32]),
+    (q, out, lse, dout): (&[f32], &[f32], &[f32], &[f32]),
+    dq: Shared,
+    (dkp, dvp): (&mut [f32], &mut [f32]),
+    scratch: &mut [f32],
+) {
+    let (qd, hd, nh) = (s.qd(), s.head_dim, s.n_heads);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (qs, rest) = scratch.split_at_mut(BLOCK * hd); // scaled queries [bq, hd]
+    let (dob, rest) = rest.split_at_mut(BLOCK * hd); // dO [bq, hd]
+    let (dqb, rest) = rest.split_at_mut(BLOCK * hd); // dQ [bq, hd], O [bq, hd] before
+    let (di, rest) = rest.split_at_mut(BLOCK); // rowsum(dO ⊙ O)
+    let (li, rest) = rest.split_at_mut(BLOCK); // lse
+    let (p, dp) = rest.split_at_mut(BLOCK * KEY_TILE); // P, then dP and dS [bq, kt]
+    dkp.fill(0.0);
+    dvp.fill(0.0);
+    for head in g * s.group()..(g + 1) * s.group() {
+        for b in b0..b1 {
+            let i0 = b * BLOCK;
+            let bq = BLOCK.min(seg.len - i0);
+            let kend = i0 + bq;
+            let (qs, dob, dqb) = (&mut qs[..bq * hd], &mut dob[..bq * hd], &mut dqb[..bq * hd]);
+            let row0 = seg.start + i0;
+            gather_into(q, qd, row0, bq, head * hd, hd, qs);
+            cpu::scale(scale, qs);
+            gather_into(dout, qd, row0, bq, head * hd, hd, dob);
+            gather_into(out, qd, row0, bq, head * hd, hd, dqb);
+            for r in 0..bq {
+                di[r] = cpu::dot(&dob[r * hd..(r + 1) * hd], &dqb[r * hd..(r + 1) * hd]);
+                li[r] = lse[(row0 + r) * nh + head];
+            }
+            for j0 in (0..kend).step_by(KEY_TILE) {
+                let kt = KEY_TILE.min(kend - j0);
+                let (kt_k, kt_v) = (
+                    &kseg[j0 * hd..(j0 + kt) * hd],
+                    &vseg[j0 * hd..(j0 + kt) * hd],
+                );
+                // P = exp(scale·QKᵀ − lse), masked: [bq, kt]
+                let p = &mut p[..bq * kt];
+                cpu::matmul_f32_nt(qs, kt_k, p, bq, hd, kt, false);
+                for (r, row) in p.chunks_exact_mut(kt).enumerate() {
+                    let vis = (i0 + r + 1).saturating_sub(j0).min(kt);
+                    cpu::exp_sub_inplace(&mut row[..vis], li[r]);
+                    row[vis..].fill(0.0);
+                }
+                // dP = dO Vᵀ; dS' = P ⊙ (dP − D) (dS without the scale, which qs carries)
+                let dp = &mut dp[..bq * kt];
+                cpu::matmul_f32_nt(dob, kt_v, dp, bq, hd, kt, false);
+                for (r, (dr, pr)) in dp.chunks_exact_mut(kt).zip(p.chunks_exact(kt)).enumerate() {
+                    let d = di[r];
+                    for (x, &pv) in dr.iter_mut().zip(pr) {
+                        *x = pv * (*x - d);
+                    }
+                }
+                // dV += Pᵀ dO; dK += dS'ᵀ (scale·Q); dQ (+)= dS' K (scaled below)
+                let (dvt, dkt) = (
+                    &mut dvp[j0 * hd..(j0 + kt) * hd],
+                    &mut dkp[j0 * hd..(j0 + kt) * hd],
+                );
+                cpu::matmul_f32_tn(p, dob, dvt, kt, bq, hd, true);
+                cpu::matmul_f32_tn(dp, qs, dkt, kt, bq, hd, true);
+                cpu::matmul_f32_nn(dp, kt_k, dqb, bq, kt, hd, j0 > 0);
+            }
+            cpu::scale(scale, dqb);
+            for r in 0..bq {
+                // SAFETY: rows i0..i0+bq of this segment at this head's columns belong to
+                // this task only (its chunk of query blocks).
+                unsafe { dq.write((row0 + r) * qd + head * hd, &dqb[r * hd..(r + 1) * hd]) };
+            }
         }
     }
 }
@@ -174,81 +459,106 @@ pub fn attention_backward(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
-    let (qd, kvd, hd, nh) = (s.qd(), s.kvd(), s.head_dim, s.n_heads);
-    let scale = 1.0 / (hd as f32).sqrt();
-    // One task per (segment, kv head): dk/dv of that head are summed by one task in a fixed
-    // order (deterministic), over the query heads of its group.
-    let tasks: Vec<(usize, usize)> = (0..segs.len())
-        .flat_map(|g| (0..s.n_kv_heads).map(move |h| (g, h)))
-        .collect();
-    type Grads = (Vec<f32>, Vec<f32>, Vec<f32>);
-    let results: Vec<Grads> = tasks
-        .par_iter()
-        .map(|&(si, kvh)| {
-            let seg = segs[si];
-            let n = seg.len;
-            let kh = gather(k, kvd, seg.start, n, kvh * hd, hd); // [n, hd]
-            let vh = gather(v, kvd, seg.start, n, kvh * hd, hd); // [n, hd]
-            let mut dqg = vec![0.0f32; s.group() * n * hd]; // [group, n, hd]
-            let mut dkh = vec![0.0f32; n * hd];
-            let mut dvh = vec![0.0f32; n * hd];
-            let (mut p, mut dp) = (Vec::new(), Vec::new());
-            for gi in 0..s.group() {
-                let head = kvh * s.group() + gi;
-                let qh = gather(q, qd, seg.start, n, head * hd, hd);
-                let oh = gather(out, qd, seg.start, n, head * hd, hd);
-                let doh = gather(dout, qd, seg.start, n, head * hd, hd);
-                for i0 in (0..n).step_by(BLOCK) {
-                    let bq = BLOCK.min(n - i0);
-                    let kend = i0 + bq;
-                    let (qb, dob) = (&qh[i0 * hd..kend * hd], &doh[i0 * hd..kend * hd]);
-                    // P = exp(scale·QKᵀ − lse), masked: [bq, kend]
-                    p.resize(bq * kend, 0.0);
-                    cpu::matmul_f32_nt(qb, &kh[..kend * hd], &mut p, bq, hd, kend, false);
-                    for r in 0..bq {
-                        let li = lse[(seg.start + i0 + r) * nh + head];
-                        let row = &mut p[r * kend..(r + 1) * kend];
-                        let visible = i0 + r + 1;
-                        for x in row[..visible].iter_mut() {
-                            *x = (*x * scale - li).exp();
-                        }
-                        row[visible..].fill(0.0);
+    let (kvd, hd) = (s.kvd(), s.head_dim);
+    let t = k.len() / kvd;
+    let (dq, dk, dv) = (Shared::new(dq), Shared::new(dk), Shared::new(dv));
+    with_tasks(|tasks| {
+        with_tasks(|sums| {
+            // Chunk tasks, each with a partial [end, hd] dK then dV at `poff`; the chunks of
+            // one (segment, kv head) lie in chunk order from the `poff` of its sum task.
+            let mut plen = 0;
+            for (si, seg) in segs.iter().enumerate() {
+                for g in 0..s.n_kv_heads {
+                    let work = seg.len;
+                    sums.push(Task {
+                        seg: si,
+                        head: g,
+                        b0: 0,
+                        b1: 0,
+                        poff: plen,
+                        work,
+                    });
+                    for (b0, b1) in chunk_bounds(seg.len) {
+                        let end = (b1 * BLOCK).min(seg.len);
+                        let start = b0 * BLOCK;
+                        let work = (end * end - start * start) / 2 * s.group();
+                        tasks.push(Task {
+                            seg: si,
+                            head: g,
+                            b0,
+                            b1,
+                            poff: plen,
+                            work,
+                        });
+                        plen += 2 * end * hd;
                     }
-                    // dP = dO Vᵀ; dS = P ⊙ (dP − rowsum(dO ⊙ O)), folded with the scale.
-                    dp.resize(bq * kend, 0.0);
-                    cpu::matmul_f32_nt(dob, &vh[..kend * hd], &mut dp, bq, hd, kend, false);
-                    for r in 0..bq {
-                        let di = cpu::dot(
-                            &dob[r * hd..(r + 1) * hd],
-                            &oh[(i0 + r) * hd..(i0 + r + 1) * hd],
-                        );
-                        for c in 0..kend {
-                            dp[r * kend + c] = p[r * kend + c] * (dp[r * kend + c] - di) * scale;
-                        }
-                    }
-                    // dV += Pᵀ dO; dQ = dS K; dK += dSᵀ Q
-                    cpu::matmul_f32_tn(&p, dob, &mut dvh[..kend * hd], kend, bq, hd, true);
-                    let dqb = &mut dqg[(gi * n + i0) * hd..(gi * n + kend) * hd];
-                    cpu::matmul_f32_nn(&dp, &kh[..kend * hd], dqb, bq, kend, hd, false);
-                    cpu::matmul_f32_tn(&dp, qb, &mut dkh[..kend * hd], kend, bq, hd, true);
                 }
             }
-            (dqg, dkh, dvh)
-        })
-        .collect();
-    for (&(si, kvh), (dqg, dkh, dvh)) in tasks.iter().zip(results) {
-        let seg = segs[si];
-        let n = seg.len;
-        for i in 0..n {
-            let row = seg.start + i;
-            for gi in 0..s.group() {
-                let head = kvh * s.group() + gi;
-                dq[row * qd + head * hd..][..hd].copy_from_slice(&dqg[(gi * n + i) * hd..][..hd]);
-            }
-            dk[row * kvd + kvh * hd..][..hd].copy_from_slice(&dkh[i * hd..(i + 1) * hd]);
-            dv[row * kvd + kvh * hd..][..hd].copy_from_slice(&dvh[i * hd..(i + 1) * hd]);
-        }
-    }
+            with_scratch(2 * t * kvd + plen, |buf| {
+                let (kh, rest) = buf.split_at_mut(t * kvd);
+                let (vh, partial) = rest.split_at_mut(t * kvd);
+                split_heads(s, k, v, kh, vh);
+                let (kh, vh) = (&*kh, &*vh);
+                let parts = Shared::new(partial);
+                run_tasks(tasks, |task| {
+                    let seg = segs[task.seg];
+                    let g = task.head;
+                    let end = (task.b1 * BLOCK).min(seg.len);
+                    let keys = (g * t + seg.start) * hd..(g * t + seg.start + seg.len) * hd;
+                    let need = 2 * end * hd + 3 * BLOCK * hd + 2 * BLOCK + 2 * BLOCK * KEY_TILE;
+                    with_scratch(need, |buf| {
+                        let (dkp, rest) = buf.split_at_mut(end * hd);
+                        let (dvp, rest) = rest.split_at_mut(end * hd);
+                        backward_chunk(
+                            s,
+                            seg,
+                            g,
+                            (task.b0, task.b1),
+                            (&kh[keys.clone()], &vh[keys]),
+                            (q, out, lse, dout),
+                            dq,
+                            (dkp, dvp),
+                            rest,
+                        );
+                        // SAFETY: poff..poff + 2·end·hd was reserved for this task alone.
+                        unsafe {
+                            parts.write(task.poff, dkp);
+                            parts.write(task.poff + end * hd, dvp);
+                        }
+                    });
+                });
+                let partial = &*partial;
+                // dK, dV of each key row = Σ over the chunks that saw it, in chunk order.
+                run_tasks(sums, |task| {
+                    let seg = segs[task.seg];
+                    let n = seg.len;
+                    with_scratch(2 * n * hd, |acc| {
+                        acc.fill(0.0);
+                        let (ak, av) = acc.split_at_mut(n * hd);
+                        let mut off = task.poff;
+                        for (_, b1) in chunk_bounds(n) {
+                            let end = (b1 * BLOCK).min(n);
+                            let pk = &partial[off..off + end * hd];
+                            let pv = &partial[off + end * hd..off + 2 * end * hd];
+                            ak[..end * hd].iter_mut().zip(pk).for_each(|(a, b)| *a += b);
+                            av[..end * hd].iter_mut().zip(pv).for_each(|(a, b)| *a += b);
+                            off += 2 * end * hd;
+                        }
+                        let col = task.head * hd;
+                        for j in 0..n {
+                            let at = (seg.start + j) * kvd + col;
+                            // SAFETY: this segment's rows at kv head `task.head`'s columns
+                            // belong to this task only.
+                            unsafe {
+                                dk.write(at, &ak[j * hd..(j + 1) * hd]);
+                                dv.write(at, &av[j * hd..(j + 1) * hd]);
+                            }
+                        }
+                    });
+                });
+            });
+        });
+    });
 }
 
 #[cfg(test)]
@@ -380,6 +690,182 @@ mod tests {
         );
         for (a, b) in out[3 * s.qd()..].iter().zip(&out2) {
             assert!((a - b).abs() < 1e-6);
+        }
+    }
+
+    /// Plain softmax attention with segments and GQA in f64, forward and backward, written
+    /// from the definitions: returns (out, lse, dq, dk, dv) for the loss Σ out ⊙ dout.
+    #[allow(clippy::type_complexity)]
+    fn reference(
+        s: AttnShape,
+        segs: &[Segment],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dout: &[f32],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (qd, kvd, hd, nh) = (s.qd(), s.kvd(), s.head_dim, s.n_heads);
+        let t = q.len() / qd;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let (mut out, mut lse) = (vec![0.0; t * qd], vec![0.0; t * nh]);
+        let (mut dq, mut dk, mut dv) = (vec![0.0; t * qd], vec![0.0; t * kvd], vec![0.0; t * kvd]);
+        let qa = |r: usize, h: usize, c: usize| q[r * qd + h * hd + c] as f64;
+        let ka = |r: usize, g: usize, c: usize| k[r * kvd + g * hd + c] as f64;
+        let va = |r: usize, g: usize, c: usize| v[r * kvd + g * hd + c] as f64;
+        let da = |r: usize, h: usize, c: usize| dout[r * qd + h * hd + c] as f64;
+        for seg in segs {
+            for h in 0..nh {
+                let g = h / s.group();
+                for i in seg.start..seg.start + seg.len {
+                    let keys = seg.start..=i;
+                    let sc: Vec<f64> = keys
+                        .clone()
+                        .map(|j| (0..hd).map(|c| qa(i, h, c) * ka(j, g, c)).sum::<f64>() * scale)
+                        .collect();
+                    let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
+                    lse[i * nh + h] = mx + z.ln();
+                    let p: Vec<f64> = sc.iter().map(|x| (x - mx).exp() / z).collect();
+                    for (pj, j) in p.iter().zip(keys.clone()) {
+                        for c in 0..hd {
+                            out[i * qd + h * hd + c] += pj * va(j, g, c);
+                            dv[j * kvd + g * hd + c] += pj * da(i, h, c);
+                        }
+                    }
+                    // dP_ij = dO_i · v_j; dS = P ⊙ (dP − Σ_j P dP)
+                    let dp: Vec<f64> = keys
+                        .clone()
+                        .map(|j| (0..hd).map(|c| da(i, h, c) * va(j, g, c)).sum::<f64>())
+                        .collect();
+                    let dsum: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                    for ((pj, dpj), j) in p.iter().zip(&dp).zip(keys) {
+                        let ds = pj * (dpj - dsum) * scale;
+                        for c in 0..hd {
+                            dq[i * qd + h * hd + c] += ds * ka(j, g, c);
+                            dk[j * kvd + g * hd + c] += ds * qa(i, h, c);
+                        }
+                    }
+                }
+            }
+        }
+        (out, lse, dq, dk, dv)
+    }
+
+    /// |got − want| ≤ 1e-5 · max(|want|, mean |want|) element by element (the mean guards
+    /// entries that cancel to near zero).
+    fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let mean = want.iter().map(|x| x.abs()).sum::<f64>() / want.len().max(1) as f64;
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            let tol = 1e-5 * b.abs().max(mean);
+            assert!(
+                (*a as f64 - b).abs() <= tol,
+                "{what}[{i}]: {a} vs reference {b} (tolerance {tol:e})"
+            );
+        }
+    }
+
+    fn run_all(
+        s: AttnShape,
+        segs: &[Segment],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dout: &[f32],
+    ) -> [Vec<f32>; 5] {
+        let t = q.len() / s.qd();
+        // Start from garbage: every element of the outputs must be written.
+        let (mut out, mut lse) = (vec![7.0; t * s.qd()], vec![7.0; t * s.n_heads]);
+        attention_forward(s, segs, q, k, v, &mut out, &mut lse);
+        let (mut dq, mut dk, mut dv) = (vec![7.0; q.len()], vec![7.0; k.len()], vec![7.0; v.len()]);
+        attention_backward(
+            s, segs, q, k, v, &out, &lse, dout, &mut dq, &mut dk, &mut dv,
+        );
+        [out, lse, dq, dk, dv]
+    }
+
+    #[test]
+    fn forward_and_backward_match_scalar_reference_on_segment_layouts() {
+        // Lengths off every tile size (BLOCK, KEY_TILE) and chunk count: single rows, a
+        // partial block, several chunks, more keys than one key tile.
+        let layouts: [&[usize]; 5] = [
+            &[1],
+            &[37],
+            &[BLOCK * 3 + 5, 2, BLOCK + 1],
+            &[KEY_TILE + BLOCK + 9],
+            &[5, KEY_TILE - 3, 1, 70],
+        ];
+        let shapes = [
+            AttnShape {
+                n_heads: 6,
+                n_kv_heads: 2,
+                head_dim: 8,
+            },
+            AttnShape {
+                n_heads: 2,
+                n_kv_heads: 2,
+                head_dim: 16,
+            },
+        ];
+        let mut seed = 5;
+        for sh in shapes {
+            for lens in layouts {
+                let mut segs = Vec::new();
+                let mut start = 0;
+                for &len in lens {
+                    segs.push(Segment { start, len });
+                    start += len;
+                }
+                let t = start;
+                let q = rnd(&mut seed, t * sh.qd());
+                let k = rnd(&mut seed, t * sh.kvd());
+                let v = rnd(&mut seed, t * sh.kvd());
+                let dout = rnd(&mut seed, t * sh.qd());
+                let got = run_all(sh, &segs, &q, &k, &v, &dout);
+                let want = reference(sh, &segs, &q, &k, &v, &dout);
+                let want = [want.0, want.1, want.2, want.3, want.4];
+                for ((name, g), w) in ["out", "lse", "dq", "dk", "dv"].iter().zip(&got).zip(&want) {
+                    assert_close(&format!("{sh:?} {lens:?} {name}"), g, w);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_thread_count() {
+        let s = AttnShape {
+            n_heads: 9,
+            n_kv_heads: 3,
+            head_dim: 64,
+        };
+        let segs = [
+            Segment { start: 0, len: 300 },
+            Segment { start: 300, len: 3 },
+            Segment {
+                start: 303,
+                len: KEY_TILE + 77,
+            },
+        ];
+        let t = 303 + KEY_TILE + 77;
+        let mut seed = 9;
+        let q = rnd(&mut seed, t * s.qd());
+        let k = rnd(&mut seed, t * s.kvd());
+        let v = rnd(&mut seed, t * s.kvd());
+        let dout = rnd(&mut seed, t * s.qd());
+        let runs: Vec<[Vec<f32>; 5]> = [1, 2, 3]
+            .iter()
+            .map(|&n| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .unwrap();
+                pool.install(|| run_all(s, &segs, &q, &k, &v, &dout))
+            })
+            .collect();
+        for r in &runs[1..] {
+            for (a, b) in r.iter().zip(&runs[0]) {
+                assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
         }
     }
 }
