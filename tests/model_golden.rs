@@ -2,6 +2,10 @@
 //! fixtures in tests/golden/tiny, written by tests/reference/make_tiny_models.py): logits per
 //! position for HF folders in F32/BF16/F16 and GGUF files in Q8_0/Q4_0/Q4_1, with and without a
 //! PEFT adapter, and per-record Σ log Pr(y|x) through the whole data pipeline.
+//! Tolerances come from the active kernel path (tests/common): f32 on the f32 paths, the
+//! documented bf16/f16 bounds on the reduced-precision ones.
+
+mod common;
 
 use edge_sft::data::{build_example, parse_record, Built, DataOptions, LossOn, TemplateMode};
 use edge_sft::eval::score_example;
@@ -18,10 +22,17 @@ fn f(v: &Value) -> f64 {
     v.as_f64().expect("number")
 }
 
-/// Both sides run float32 on identical (dequantized) weights, so only summation order differs.
-const TOL: f64 = 1e-4;
-
-fn check_variant(arch: &str, variant: &str, g: &Value, subset: &[usize]) {
+fn check_variant(
+    arch: &str,
+    variant: &str,
+    g: &Value,
+    subset: &[usize],
+    worst: &mut common::Worst,
+) {
+    // On the f32 paths both sides run float32 on identical (dequantized) weights, so only
+    // summation order differs: 1e-4 (common::F32).
+    let tol = common::tol();
+    let on = common::path_label();
     let (base, adapter) = match variant.split_once('+') {
         Some((b, _)) => (b, true),
         None => (variant, false),
@@ -52,23 +63,40 @@ fn check_variant(arch: &str, variant: &str, g: &Value, subset: &[usize]) {
             let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
             let lse = mx + row.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln();
             let want = f(&seq["logsumexp"][t]);
+            let err = (lse - want).abs() / want.abs().max(1.0);
+            worst.see("logsumexp (relative to max(1,|x|))", err);
             assert!(
-                (lse - want).abs() < TOL * want.abs().max(1.0),
-                "{arch}/{variant} seq {si} pos {t}: logsumexp {lse} vs {want}"
+                err < tol.lse,
+                "{arch}/{variant} on {on} seq {si} pos {t}: logsumexp {lse} vs {want}"
+            );
+            // The subset's logits as a vector: ‖ours − theirs‖₂ / ‖theirs‖₂ per position.
+            let (mut d2, mut w2) = (0f64, 0f64);
+            for (k, &col) in subset.iter().enumerate() {
+                let want = f(&seq["logits_subset"][t][k]);
+                d2 += (row[col] as f64 - want).powi(2);
+                w2 += want * want;
+            }
+            let row_err = (d2 / w2).sqrt();
+            worst.see("logit row L2 (relative)", row_err);
+            assert!(
+                row_err < tol.logit_row,
+                "{arch}/{variant} on {on} seq {si} pos {t}: logits off by {row_err:.2e} of their L2"
             );
             for (k, &col) in subset.iter().enumerate() {
                 let want = f(&seq["logits_subset"][t][k]);
                 let got = row[col] as f64;
+                let err = (got - want).abs() / want.abs().max(1.0);
+                worst.see("logit (relative to max(1,|x|))", err);
                 assert!(
-                    (got - want).abs() < TOL * want.abs().max(1.0),
-                    "{arch}/{variant} seq {si} pos {t} logit {col}: {got} vs {want}"
+                    err < tol.logit,
+                    "{arch}/{variant} on {on} seq {si} pos {t} logit {col}: {got} vs {want}"
                 );
             }
             let am = edge_sft::infer::sampling::argmax(row);
             let want_am = seq["argmax"][t].as_u64().unwrap() as usize;
             assert!(
-                am == want_am || (row[am] - row[want_am]).abs() < 1e-5,
-                "{arch}/{variant}: argmax {am} vs {want_am}"
+                am == want_am || ((row[am] - row[want_am]).abs() as f64) < tol.argmax_tie,
+                "{arch}/{variant} on {on}: argmax {am} vs {want_am}"
             );
         }
     }
@@ -113,9 +141,11 @@ fn check_variant(arch: &str, variant: &str, g: &Value, subset: &[usize]) {
             let s = score_example(&lm.model, &ex, lora.as_ref()).unwrap();
             let want = f(&rec[key_lp]);
             assert_eq!(s.scored_tokens as u64, rec[key_n].as_u64().unwrap());
+            let err = (s.sum_logprob - want).abs() / want.abs().max(1.0);
+            worst.see("record sum log p (relative)", err);
             assert!(
-                (s.sum_logprob - want).abs() < 1e-4 * want.abs().max(1.0),
-                "{arch}/{variant} record {ri} {key_lp}: {} vs {want}",
+                err < tol.lse,
+                "{arch}/{variant} on {on} record {ri} {key_lp}: {} vs {want}",
                 s.sum_logprob
             );
         }
@@ -138,9 +168,11 @@ fn run_arch(arch: &str) {
         variants.len() >= 6,
         "expected F32/BF16/F16 folders and Q8_0/Q4_0/Q4_1 GGUF variants"
     );
+    let mut worst = common::Worst::default();
     for (name, v) in variants {
-        check_variant(arch, name, v, &subset);
+        check_variant(arch, name, v, &subset, &mut worst);
     }
+    worst.print(&format!("forward {arch}"));
 }
 
 #[test]

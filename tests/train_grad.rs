@@ -1,5 +1,14 @@
 //! Training backward checks on the tiny Llama/Qwen2 fixtures: whole-model finite differences of
 //! the LoRA gradients, packing invariance, and gradient checkpointing equivalence.
+//!
+//! On a reduced-precision kernel path (tests/common) the finite-difference tests are skipped:
+//! the loss is then a piecewise-constant function of the parameters at the scale of a bf16
+//! rounding step, and measured at eps = 1e-2 (avx512bf16, tiny models) it jumps by 3e-4 … 3e-3
+//! between nearby points, so (L(θ+ε) − L(θ−ε))/2ε carries noise of 0.02 … 0.15 against
+//! gradients of ~0.005: the difference quotient measures rounding, not the derivative.
+//! tests/train_golden.rs checks the same gradients against PyTorch on those paths instead.
+
+mod common;
 
 use edge_sft::data::{load_jsonl, DataOptions, Example, LossOn, TemplateMode};
 use edge_sft::loaded::LoadedModel;
@@ -44,6 +53,13 @@ fn loss_and_grads(lm: &LoadedModel, batch: &Batch, lora: &LoraSet, ckpt: bool) -
 }
 
 fn finite_differences(arch: &str, variant: &str) {
+    if common::precision() != common::Precision::F32 {
+        eprintln!(
+            "{arch}/{variant}: finite differences skipped on {} (see the file comment)",
+            common::path_label()
+        );
+        return;
+    }
     let (lm, exs, lora) = setup(arch, variant);
     let batch = Batch::from_examples(exs.iter());
     let (_, g) = loss_and_grads(&lm, &batch, &lora, false);
