@@ -8,11 +8,22 @@
 //! bf16 operands, `neonfp16`: f16 weight panels; both accumulate in f32) beside the f32 paths.
 //! `f32 nn/nt` rows time activation·activation products (attention, weight gradients) at the
 //! model shapes, which the bf16 path also covers.
+//!
+//! First it measures the machine's peak per path (`peak`: register-only FMA loops on 1 thread
+//! and on all threads); every row then shows its GFLOP/s as a percentage of its path's
+//! all-thread f32 FMA peak (`avx512bf16`: also of the `vdpbf16ps` peak; gemm-crate rows: of the
+//! best f32 peak). At the end, a markdown table sums up the model's shapes at 256 tokens.
+
+#[path = "kernels/load.rs"]
+mod load;
+#[path = "kernels/peak.rs"]
+mod peak;
 
 use edge_sft::cpu::{self, Isa};
 use edge_sft::model::weights::{Backing, QMatrix};
 use edge_sft::quant::GgmlType;
 use half::f16;
+use peak::Peaks;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,12 +77,87 @@ fn time(mut f: impl FnMut()) -> Duration {
     best
 }
 
-fn report(label: &str, flops: f64, t: Duration) {
-    println!(
-        "{label:<46} {:>9.1} us {:>8.1} GFLOP/s",
-        t.as_secs_f64() * 1e6,
-        flops / t.as_secs_f64() / 1e9
-    );
+/// A row timed while other processes took more than this many cores is timed again (at most
+/// 3 times in all, after a 0.5 s pause) and, if every try was disturbed, flagged.
+const BUSY: f64 = 0.25;
+
+/// The filter, the measured peaks, and every row timed so far (for the summary).
+struct Bench {
+    filter: Vec<String>,
+    peaks: Peaks,
+    /// (label, GFLOP/s, disturbed)
+    results: Vec<(String, f64, bool)>,
+    /// Time spent waiting before retries (at most a minute per run).
+    paused: Duration,
+}
+
+impl Bench {
+    /// True if the command line's FILTER words select `label` (any word as a substring).
+    fn want(&self, label: &str) -> bool {
+        self.filter.is_empty() || self.filter.iter().any(|f| label.contains(f.as_str()))
+    }
+
+    /// Time `f` (a product of `flops` flops on path `isa`; None: the gemm crate) and print its
+    /// row, if the filter wants `label`.
+    fn run(&mut self, label: &str, isa: Option<Isa>, flops: f64, mut f: impl FnMut()) {
+        if !self.want(label) {
+            return;
+        }
+        let (mut best, mut others) = (Duration::MAX, None);
+        for attempt in 0..3 {
+            if attempt > 0 && self.paused < Duration::from_secs(60) {
+                // Let a short burst of other work (a compiler job) pass before retrying.
+                std::thread::sleep(Duration::from_millis(500));
+                self.paused += Duration::from_millis(500);
+            }
+            let sample = load::Sample::now();
+            let t = time(&mut f);
+            let o = sample.others();
+            if t < best {
+                (best, others) = (t, o);
+            }
+            if o.is_none_or(|o| o < BUSY) {
+                break;
+            }
+        }
+        self.report(label, isa, flops, best, others);
+    }
+
+    /// Print one row: time, GFLOP/s, % of the peak of `isa`, and the cores other processes
+    /// took meanwhile if that was more than `BUSY`.
+    fn report(
+        &mut self,
+        label: &str,
+        isa: Option<Isa>,
+        flops: f64,
+        t: Duration,
+        others: Option<f64>,
+    ) {
+        let gflops = flops / t.as_secs_f64() / 1e9;
+        let busy = others.is_some_and(|o| o >= BUSY);
+        println!(
+            "{label:<46} {:>9.1} us {gflops:>8.1} GFLOP/s {}{}",
+            t.as_secs_f64() * 1e6,
+            self.peaks.percent(isa, gflops),
+            if busy {
+                format!(
+                    "  [disturbed: others used {:.2} cores]",
+                    others.unwrap_or(0.0)
+                )
+            } else {
+                String::new()
+            }
+        );
+        self.results.push((label.to_string(), gflops, busy));
+    }
+
+    /// GFLOP/s of a row run earlier, and whether it was disturbed.
+    fn result(&self, label: &str) -> Option<(f64, bool)> {
+        self.results
+            .iter()
+            .find(|(l, ..)| l == label)
+            .map(|r| (r.1, r.2))
+    }
 }
 
 fn gemm_crate(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], b_trans: bool) {
@@ -128,7 +214,7 @@ fn main() {
 }
 
 /// LoRA-shaped f32 products (rank 16): x·Aᵀ, u·Bᵀ, and the gradient GEMMs.
-fn bench_lora(want: &dyn Fn(&str) -> bool) {
+fn bench_lora(bench: &mut Bench) {
     let (t, d, r) = (256, 576, 16);
     let mut s = 3u64;
     let x: Vec<f32> = (0..t * d).map(|_| rand_f32(&mut s)).collect();
@@ -141,26 +227,23 @@ fn bench_lora(want: &dyn Fn(&str) -> bool) {
     for isa in cpu::available_isas() {
         let name = cpu::isa_name(isa);
         let label = format!("lora nt x·Aᵀ {t}x{d}x{r} {name}");
-        if want(&label) {
-            let tm = time(|| cpu::matmul_f32_nt_with(isa, &x, &a, &mut tr, t, d, r, false));
-            report(&label, flops, tm);
-        }
+        bench.run(&label, Some(isa), flops, || {
+            cpu::matmul_f32_nt_with(isa, &x, &a, &mut tr, t, d, r, false)
+        });
         let label = format!("lora nt u·Bᵀ {t}x{r}x{d} {name}");
-        if want(&label) {
-            let tm = time(|| cpu::matmul_f32_nt_with(isa, &u, &a, &mut td, t, r, d, false));
-            report(&label, flops, tm);
-        }
+        bench.run(&label, Some(isa), flops, || {
+            cpu::matmul_f32_nt_with(isa, &u, &a, &mut td, t, r, d, false)
+        });
         let label = format!("lora tn uᵀ·x {r}x{t}x{d} {name}");
-        if want(&label) {
-            let tm = time(|| cpu::matmul_f32_tn_with(isa, &u, &x, &mut rd, r, t, d, true));
-            report(&label, flops, tm);
-        }
+        bench.run(&label, Some(isa), flops, || {
+            cpu::matmul_f32_tn_with(isa, &u, &x, &mut rd, r, t, d, true)
+        });
     }
 }
 
 /// f32·f32 products at the model shapes (m = 256 tokens): c[m, n] = a[m, k]·b[k, n] (nn)
 /// and a[m, k]·b[n, k]ᵀ (nt).
-fn bench_f32_products(want: &dyn Fn(&str) -> bool) {
+fn bench_f32_products(bench: &mut Bench) {
     for (m, k, n) in [(256, 576, 576), (256, 576, 1536), (256, 1536, 576)] {
         let mut s = 9u64;
         let a: Vec<f32> = (0..m * k).map(|_| rand_f32(&mut s)).collect();
@@ -170,21 +253,19 @@ fn bench_f32_products(want: &dyn Fn(&str) -> bool) {
         for isa in cpu::available_isas() {
             let name = cpu::isa_name(isa);
             let label = format!("f32 nn {m}x{k}x{n} {name}");
-            if want(&label) {
-                let tm = time(|| cpu::matmul_f32_nn_with(isa, &a, &b, &mut c, m, k, n, false));
-                report(&label, flops, tm);
-            }
+            bench.run(&label, Some(isa), flops, || {
+                cpu::matmul_f32_nn_with(isa, &a, &b, &mut c, m, k, n, false)
+            });
             let label = format!("f32 nt {m}x{k}x{n} {name}");
-            if want(&label) {
-                let tm = time(|| cpu::matmul_f32_nt_with(isa, &a, &b, &mut c, m, k, n, false));
-                report(&label, flops, tm);
-            }
+            bench.run(&label, Some(isa), flops, || {
+                cpu::matmul_f32_nt_with(isa, &a, &b, &mut c, m, k, n, false)
+            });
         }
     }
 }
 
 /// Attention of one new token against a 1024-token cache (one head, hd 64): q·Kᵀ and p·V.
-fn bench_attn_gen(want: &dyn Fn(&str) -> bool) {
+fn bench_attn_gen(bench: &mut Bench) {
     let (l, hd) = (1024, 64);
     let mut s = 5u64;
     let q: Vec<f32> = (0..hd).map(|_| rand_f32(&mut s)).collect();
@@ -196,16 +277,41 @@ fn bench_attn_gen(want: &dyn Fn(&str) -> bool) {
     for isa in cpu::available_isas() {
         let name = cpu::isa_name(isa);
         let label = format!("attn-gen nt q·Kᵀ 1x{hd}x{l} {name}");
-        if want(&label) {
-            let tm = time(|| cpu::matmul_f32_nt_with(isa, &q, &kv, &mut sc, 1, hd, l, false));
-            report(&label, flops, tm);
-        }
+        bench.run(&label, Some(isa), flops, || {
+            cpu::matmul_f32_nt_with(isa, &q, &kv, &mut sc, 1, hd, l, false)
+        });
         let label = format!("attn-gen nn p·V 1x{l}x{hd} {name}");
-        if want(&label) {
-            let tm = time(|| cpu::matmul_f32_nn_with(isa, &p, &kv, &mut o, 1, l, hd, false));
-            report(&label, flops, tm);
-        }
+        bench.run(&label, Some(isa), flops, || {
+            cpu::matmul_f32_nn_with(isa, &p, &kv, &mut o, 1, l, hd, false)
+        });
     }
+}
+
+/// The CPU's model name and the /proc/cpuinfo flags that matter to the kernels (Linux only).
+fn machine() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name").unwrap_or_else(|| "unknown CPU".into());
+    let flags = field("flags")
+        .or_else(|| field("Features"))
+        .unwrap_or_default();
+    let relevant: Vec<&str> = flags
+        .split_whitespace()
+        .filter(|f| {
+            [
+                "fma", "f16c", "avx2", "asimd", "fphp", "asimdhp", "bf16", "i8mm", "sve",
+            ]
+            .contains(f)
+                || f.starts_with("avx512")
+                || f.starts_with("amx")
+        })
+        .collect();
+    format!("{model}; {}", relevant.join(" "))
 }
 
 fn bench_all() {
@@ -213,15 +319,27 @@ fn bench_all() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let want = |label: &str| filter.is_empty() || filter.iter().any(|f| label.contains(f.as_str()));
+    println!("machine: {}", machine());
     println!(
         "threads: {}, ISAs: {:?}",
         rayon::current_num_threads(),
         cpu::available_isas()
     );
+    let whole = load::Sample::now();
+    let peaks = Peaks::measure();
+    peaks.print();
+    println!();
+    let mut bench = Bench {
+        filter,
+        peaks,
+        results: Vec::new(),
+        paused: Duration::ZERO,
+    };
+    let bench = &mut bench;
     // (n tokens, rows = out features, cols = in features)
     let shapes = [
         (256, 576, 576),
+        (256, 192, 576),
         (256, 1536, 576),
         (256, 576, 1536),
         (1, 576, 576),
@@ -234,9 +352,9 @@ fn bench_all() {
         (1, 49152, 576),
         (32, 49152, 576),
     ];
-    bench_lora(&want);
-    bench_attn_gen(&want);
-    bench_f32_products(&want);
+    bench_lora(bench);
+    bench_attn_gen(bench);
+    bench_f32_products(bench);
     let isas: Vec<Isa> = cpu::available_isas();
     let types = [GgmlType::F32, GgmlType::Q8_0, GgmlType::Q4_1];
     for &(n, rows, cols) in &shapes {
@@ -255,8 +373,10 @@ fn bench_all() {
             }
             v
         };
-        let wanted = |ty: Option<GgmlType>| labels(ty).iter().any(|l| want(l));
-        if !types.iter().any(|&t| wanted(Some(t))) && !wanted(None) {
+        let wanted = |ty: Option<GgmlType>| labels(ty).iter().any(|l| bench.want(l));
+        let want_types: Vec<GgmlType> = types.into_iter().filter(|&t| wanted(Some(t))).collect();
+        let want_crate = wanted(None);
+        if want_types.is_empty() && !want_crate {
             continue; // skip building the data (the vocab shapes are big)
         }
         let flops = 2.0 * (n * rows * cols) as f64;
@@ -265,37 +385,115 @@ fn bench_all() {
         let dy: Vec<f32> = (0..n * rows).map(|_| rand_f32(&mut s)).collect();
         let mut y = vec![0.0f32; n * rows];
         let mut dx = vec![0.0f32; n * cols];
-        for ty in types {
-            if !wanted(Some(ty)) {
-                continue;
-            }
+        for ty in want_types {
             let w = matrix(ty, rows, cols);
             for &isa in &isas {
                 let label = format!("wt {n}x{rows}x{cols} {} {}", ty.name(), cpu::isa_name(isa));
-                if want(&label) {
-                    let t = time(|| cpu::matmul_wt_with(isa, black_box(&x), n, &w, &mut y));
-                    report(&label, flops, t);
-                }
+                bench.run(&label, Some(isa), flops, || {
+                    cpu::matmul_wt_with(isa, black_box(&x), n, &w, &mut y)
+                });
                 let label = format!("w  {n}x{rows}x{cols} {} {}", ty.name(), cpu::isa_name(isa));
-                if want(&label) {
-                    let t = time(|| cpu::matmul_w_with(isa, black_box(&dy), n, &w, &mut dx));
-                    report(&label, flops, t);
-                }
+                bench.run(&label, Some(isa), flops, || {
+                    cpu::matmul_w_with(isa, black_box(&dy), n, &w, &mut dx)
+                });
             }
         }
-        if !wanted(None) {
+        if !want_crate {
             continue;
         }
         let wf: Vec<f32> = (0..rows * cols).map(|_| rand_f32(&mut s)).collect();
         let label = format!("wt {n}x{rows}x{cols} F32 gemm-crate");
-        if want(&label) {
-            let t = time(|| gemm_crate(n, cols, rows, black_box(&x), &wf, &mut y, true));
-            report(&label, flops, t);
-        }
+        bench.run(&label, None, flops, || {
+            gemm_crate(n, cols, rows, black_box(&x), &wf, &mut y, true)
+        });
         let label = format!("w  {n}x{rows}x{cols} F32 gemm-crate");
-        if want(&label) {
-            let t = time(|| gemm_crate(n, rows, cols, black_box(&dy), &wf, &mut dx, false));
-            report(&label, flops, t);
+        bench.run(&label, None, flops, || {
+            gemm_crate(n, rows, cols, black_box(&dy), &wf, &mut dx, false)
+        });
+    }
+    summary(bench, &isas);
+    if let Some(o) = whole.others() {
+        println!();
+        println!(
+            "Other processes used {o:.2} cores on average during the bench; † marks a row \
+             measured 3 times while they used more than {BUSY} cores (its best time is shown)."
+        );
+    }
+}
+
+/// Markdown table of the model's projections at 256 tokens: GFLOP/s and % of peak per path,
+/// beside the gemm crate (f32 weights) and the peaks themselves.
+fn summary(bench: &Bench, isas: &[Isa]) {
+    // (rows = out, cols = in, which projections)
+    let shapes = [
+        (576, 576, "q, o"),
+        (192, 576, "k, v"),
+        (1536, 576, "gate, up"),
+        (576, 1536, "down"),
+    ];
+    let n = 256;
+    let threads = bench.peaks.threads;
+    println!();
+    println!(
+        "## GEMM at the model's shapes, {n} tokens, {threads} threads: GFLOP/s (% of the path's \
+         measured {threads}-thread f32 FMA peak)"
+    );
+    println!();
+    let mut head = String::from("| product | weights |");
+    let mut rule = String::from("|---|---|");
+    for &isa in isas {
+        head += &format!(" {} |", cpu::isa_name(isa));
+        rule += "---:|";
+    }
+    println!("{head} gemm crate (f32 weights) |");
+    println!("{rule}---:|");
+    let mut peak_row = format!("| **peak**, {threads} threads | |");
+    for &isa in isas {
+        peak_row += &match bench.peaks.of(isa) {
+            Some((f, Some(l))) => format!(" {f:.0} f32, {l:.0} {} |", peak::low_word(isa)),
+            Some((f, None)) => format!(" {f:.0} |"),
+            None => " – |".into(),
+        };
+    }
+    println!("{peak_row} {:.0} (best f32) |", bench.peaks.best_f32());
+    for (rows, cols, what) in shapes {
+        for (dir, dir_label) in [("wt", "y = x·Wᵀ"), ("w ", "dx = dy·W")] {
+            let shape = format!("{dir} {n}x{rows}x{cols}");
+            for ty in [GgmlType::Q4_1, GgmlType::F32] {
+                let mut line = format!(
+                    "| {what} {dir_label} [{n}×{cols}]·W[{rows}×{cols}] | {} |",
+                    ty.name()
+                );
+                for &isa in isas {
+                    let label = format!("{shape} {} {}", ty.name(), cpu::isa_name(isa));
+                    line += &cell(bench, Some(isa), bench.result(&label));
+                }
+                line += &cell(
+                    bench,
+                    None,
+                    bench.result(&format!("{shape} F32 gemm-crate")),
+                );
+                println!("{line}");
+            }
         }
+    }
+}
+
+/// " 104.2 (88%) |", " 104.2 (88%)† |" if disturbed, or " – |" if the row was not run.
+fn cell(bench: &Bench, isa: Option<Isa>, result: Option<(f64, bool)>) -> String {
+    let Some((g, busy)) = result else {
+        return " – |".into();
+    };
+    let mark = if busy { "†" } else { "" };
+    let pct = |p: f64| 100.0 * g / p;
+    match isa.and_then(|i| bench.peaks.of(i)) {
+        Some((f, Some(l))) => format!(
+            " {g:.1} ({:.0}% f32, {:.0}% {}){mark} |",
+            pct(f),
+            pct(l),
+            peak::low_word(isa.unwrap())
+        ),
+        Some((f, None)) => format!(" {g:.1} ({:.0}%){mark} |", pct(f)),
+        None => format!(" {g:.1} ({:.0}% best){mark} |", pct(bench.peaks.best_f32())),
     }
 }
