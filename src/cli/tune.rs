@@ -139,6 +139,21 @@ impl TrainHooks for CliHooks {
             None => eprintln!("step {}/{} {msg}", r.step, r.total_steps),
         }
     }
+    fn on_arena(&mut self, bytes: usize, table: &[(&'static str, usize)]) {
+        let parts: Vec<String> = table
+            .iter()
+            .map(|(name, n)| format!("{name} {:.1}", (4 * n) as f64 / 1e6))
+            .collect();
+        let line = format!(
+            "activation arena: {:.1} MB, allocated once ({} MB)",
+            bytes as f64 / 1e6,
+            parts.join(", ")
+        );
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
     fn on_eval(&mut self, step: usize, e: &EvalReport) {
         self.last_eval = Some(e.mean_nll);
         let line = format!(

@@ -81,6 +81,16 @@ fn kern_for(isa: Isa, n: usize) -> Kern {
     }
 }
 
+/// f32 values in one cache line: panels start on a line so full-width SIMD loads of a panel
+/// row never straddle two lines.
+pub(crate) const ALIGN_F32: usize = 16;
+
+/// The part of `buf` that starts on a 64-byte boundary (`buf` has ALIGN_F32 spare values).
+pub(crate) fn aligned(buf: &mut [f32]) -> &mut [f32] {
+    let off = buf.as_ptr().align_offset(64).min(ALIGN_F32);
+    &mut buf[off..]
+}
+
 /// A raw C pointer that tasks share; each task writes a disjoint tile.
 #[derive(Clone, Copy)]
 struct CPtr(*mut f32);
@@ -164,10 +174,11 @@ pub(crate) fn gemm(
         let ldb = nbt.div_ceil(kern.nr) * kern.nr;
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
-            let need = KC * ldb + 8 * KC + kern.mr * kern.nr;
+            let need = KC * ldb + 8 * KC + kern.mr * kern.nr + ALIGN_F32;
             if s.len() < need {
                 s.resize(need, 0.0);
             }
+            let s = aligned(&mut s);
             let (panel, rest) = s.split_at_mut(KC * ldb);
             let (tmp, ctile) = rest.split_at_mut(8 * KC);
             let ctile = &mut ctile[..kern.mr * kern.nr];

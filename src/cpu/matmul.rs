@@ -70,6 +70,23 @@ pub fn matmul_w(dy: &[f32], n: usize, w: &QMatrix, dx: &mut [f32]) {
 }
 
 pub fn matmul_w_with(isa: Isa, dy: &[f32], n: usize, w: &QMatrix, dx: &mut [f32]) {
+    matmul_w_into_with(isa, dy, n, w, dx, false)
+}
+
+/// dx[n, w.cols] (+)= dy[n, w.rows] · W: `accumulate` adds into dx (several projections
+/// reading one input sum their gradients without a temporary).
+pub fn matmul_w_into(dy: &[f32], n: usize, w: &QMatrix, dx: &mut [f32], accumulate: bool) {
+    matmul_w_into_with(active_isa(), dy, n, w, dx, accumulate)
+}
+
+pub fn matmul_w_into_with(
+    isa: Isa,
+    dy: &[f32],
+    n: usize,
+    w: &QMatrix,
+    dx: &mut [f32],
+    accumulate: bool,
+) {
     check(isa);
     assert_eq!(
         dy.len(),
@@ -95,7 +112,7 @@ pub fn matmul_w_with(isa: Isa, dy: &[f32], n: usize, w: &QMatrix, dx: &mut [f32]
         1,
         BSrc::W { w },
         dx,
-        false,
+        accumulate,
     );
 }
 

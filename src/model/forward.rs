@@ -8,7 +8,7 @@ use super::Model;
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::train::attention::{attend_head, gather};
-use crate::train::layer::proj_forward;
+use crate::train::layer::proj_forward_infer;
 use rayon::prelude::*;
 
 /// Keys and values of the positions seen so far, per layer.
@@ -40,7 +40,7 @@ fn project(
         Some((set, layer, t)) => (set.get(layer, t), set.scale),
         None => (None, 1.0),
     };
-    proj_forward(x, n, w, bias, pair, scale, &mut None).0
+    proj_forward_infer(x, n, w, bias, pair, scale)
 }
 
 impl Model {
@@ -51,8 +51,19 @@ impl Model {
 
     /// Embedding rows for `tokens`: [n, d_model].
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut x = vec![0.0f32; tokens.len() * self.config.d_model];
+        self.embed_into(tokens, &mut x)?;
+        Ok(x)
+    }
+
+    /// Embedding rows for `tokens` into x [n, d_model].
+    pub fn embed_into(&self, tokens: &[u32], x: &mut [f32]) -> Result<()> {
         let d = self.config.d_model;
-        let mut x = vec![0.0f32; tokens.len() * d];
+        assert_eq!(
+            x.len(),
+            tokens.len() * d,
+            "embed_into: x must be [n, d_model]"
+        );
         for (i, &t) in tokens.iter().enumerate() {
             if t as usize >= self.config.vocab_size {
                 return Err(Error::Usage(format!(
@@ -63,7 +74,7 @@ impl Model {
             self.tok_embd
                 .dequantize_row(t as usize, &mut x[i * d..(i + 1) * d]);
         }
-        Ok(x)
+        Ok(())
     }
 
     /// Run `tokens` at positions `cache.len..`; returns the final-normed hidden states

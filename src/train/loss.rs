@@ -7,6 +7,7 @@
 
 use crate::cpu;
 use crate::model::weights::QMatrix;
+use rayon::prelude::*;
 
 /// Vocabulary columns per chunk: [rows, CHUNK] logits live at a time.
 pub const CHUNK: usize = 2048;
@@ -17,9 +18,65 @@ pub struct NllOutput {
     pub nll: Vec<f64>,
 }
 
+/// Reusable buffers of the fused kernel (grown to the largest call, then kept).
+#[derive(Default)]
+pub struct NllScratch {
+    tile: Vec<f32>, // [m, chunk] logits, then exp(l − max)
+    g: Vec<f32>,    // [m, d] Σ exp(l − max) W_v
+    max: Vec<f32>,  // [m]
+    sum: Vec<f64>,  // [m]
+    tgt: Vec<f32>,  // [m] the target's logit
+    wy: Vec<f32>,   // [m, d] the target's output row
+}
+
+impl NllScratch {
+    /// Buffers for up to `m` rows of width `d` and a vocabulary of `vocab`.
+    pub fn for_rows(m: usize, d: usize, vocab: usize) -> Self {
+        NllScratch {
+            tile: vec![0.0; m * CHUNK.min(vocab)],
+            g: vec![0.0; m * d],
+            max: vec![0.0; m],
+            sum: vec![0.0; m],
+            tgt: vec![0.0; m],
+            wy: vec![0.0; m * d],
+        }
+    }
+
+    /// Size in f32 values (the f64 sums count twice).
+    pub fn values(&self) -> usize {
+        self.tile.len()
+            + self.g.len()
+            + self.max.len()
+            + 2 * self.sum.len()
+            + self.tgt.len()
+            + self.wy.len()
+    }
+}
+
+fn fit<T: Clone>(v: &mut Vec<T>, n: usize, fill: T) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, fill.clone());
+    }
+    let s = &mut v[..n];
+    s.fill(fill);
+    s
+}
+
 /// For hidden rows `h` [m, d] and their `targets`, compute each row's NLL and write
 /// `dh` [m, d] = `grad_scale` · ∂(Σ_i nll_i)/∂h_i. `w` is the output projection [vocab, d].
 pub fn fused_nll(
+    h: &[f32],
+    targets: &[u32],
+    w: &QMatrix,
+    grad_scale: f32,
+    dh: &mut [f32],
+) -> NllOutput {
+    fused_nll_in(&mut NllScratch::default(), h, targets, w, grad_scale, dh)
+}
+
+/// [`fused_nll`] with caller-kept scratch (the trainer's arena): no allocation once warm.
+pub fn fused_nll_in(
+    sc: &mut NllScratch,
     h: &[f32],
     targets: &[u32],
     w: &QMatrix,
@@ -35,12 +92,12 @@ pub fn fused_nll(
         return NllOutput { nll: Vec::new() };
     }
     let chunk = CHUNK.min(vocab);
-    let mut tile = vec![0.0f32; m * chunk]; // [m, chunk] logits, then exp(l − m)
-    let mut g = vec![0.0f32; m * d]; // [m, d] Σ exp(l − max) W_v
-    let mut tmp = vec![0.0f32; m * d]; // [m, d]
-    let mut max = vec![f32::NEG_INFINITY; m];
-    let mut sum = vec![0.0f64; m];
-    let mut tgt = vec![0.0f32; m];
+    let tile = fit(&mut sc.tile, m * chunk, 0.0);
+    let g = fit(&mut sc.g, m * d, 0.0);
+    let max = fit(&mut sc.max, m, f32::NEG_INFINITY);
+    let sum = fit(&mut sc.sum, m, 0.0);
+    let tgt = fit(&mut sc.tgt, m, 0.0);
+    let wy = fit(&mut sc.wy, m * d, 0.0);
 
     let mut c0 = 0;
     while c0 < vocab {
@@ -49,40 +106,46 @@ pub fn fused_nll(
         let wchunk = w.slice_rows(c0, c1);
         let t = &mut tile[..m * wc];
         cpu::matmul_wt(h, m, &wchunk, t);
-        for i in 0..m {
-            let row = &mut t[i * wc..(i + 1) * wc];
-            let target = targets[i] as usize;
-            if (c0..c1).contains(&target) {
-                tgt[i] = row[target - c0];
-            }
-            let cmax = cpu::max(row);
-            if cmax > max[i] {
-                let f = (max[i] - cmax).exp(); // 0 on the first chunk
-                sum[i] *= f as f64;
-                cpu::scale(f, &mut g[i * d..(i + 1) * d]);
-                max[i] = cmax;
-            }
-            sum[i] += cpu::exp_sub_inplace(row, max[i]) as f64;
-        }
+        // Rows are independent: online max/rescale/exp per row, spread over the pool.
+        t.par_chunks_mut(wc)
+            .zip(g.par_chunks_mut(d))
+            .zip(max.par_iter_mut().zip(sum.par_iter_mut()))
+            .zip(tgt.par_iter_mut().zip(targets.par_iter()))
+            .with_min_len(8)
+            .for_each(|(((row, gi), (mi, si)), (ti, &target))| {
+                let target = target as usize;
+                if (c0..c1).contains(&target) {
+                    *ti = row[target - c0];
+                }
+                let cmax = cpu::max(row);
+                if cmax > *mi {
+                    let f = (*mi - cmax).exp(); // 0 on the first chunk
+                    *si *= f as f64;
+                    cpu::scale(f, gi);
+                    *mi = cmax;
+                }
+                *si += cpu::exp_sub_inplace(row, *mi) as f64;
+            });
         // g += exp-tile [m, wc] · W_chunk [wc, d]
-        cpu::matmul_w(t, m, &wchunk, &mut tmp);
-        for (gv, tv) in g.iter_mut().zip(&tmp) {
-            *gv += tv;
-        }
+        cpu::matmul_w_into(t, m, &wchunk, g, true);
         c0 = c1;
     }
 
-    let mut wy = vec![0.0f32; d];
     let mut nll = Vec::with_capacity(m);
     for i in 0..m {
         nll.push(-(tgt[i] as f64 - max[i] as f64 - sum[i].ln()));
-        w.dequantize_row(targets[i] as usize, &mut wy);
-        let inv = (1.0 / sum[i]) as f32;
-        let (gi, di) = (&g[i * d..(i + 1) * d], &mut dh[i * d..(i + 1) * d]);
-        for k in 0..d {
-            di[k] = grad_scale * (gi[k] * inv - wy[k]);
-        }
     }
+    dh.par_chunks_mut(d)
+        .zip(wy.par_chunks_mut(d))
+        .enumerate()
+        .for_each(|(i, (di, wyi))| {
+            w.dequantize_row(targets[i] as usize, wyi);
+            let inv = (1.0 / sum[i]) as f32;
+            let gi = &g[i * d..(i + 1) * d];
+            for k in 0..d {
+                di[k] = grad_scale * (gi[k] * inv - wyi[k]);
+            }
+        });
     NllOutput { nll }
 }
 

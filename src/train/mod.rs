@@ -1,5 +1,6 @@
 //! LoRA supervised fine-tuning: packing, forward/backward, fused NLL, AdamW, checkpoints.
 
+pub mod arena;
 pub mod attention;
 pub mod batch;
 pub mod checkpoint;

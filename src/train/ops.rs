@@ -1,33 +1,102 @@
-//! Small element-wise pieces of the backward pass: RMSNorm and SwiGLU gradients.
+//! Element-wise pieces of a block: RMSNorm (fused with the residual add) and its gradient,
+//! SwiGLU's gradient. Rows are spread over the rayon pool when there are enough of them.
+
+use crate::cpu;
+use rayon::prelude::*;
+
+/// Rows per parallel piece: enough work (a few thousand values) to beat the fork cost.
+fn rows_per_piece(d: usize) -> usize {
+    (16384 / d.max(1)).max(1)
+}
 
 /// 1 / sqrt(mean(x²) + eps) per row of x [n, d].
 pub fn inv_rms(x: &[f32], d: usize, eps: f32) -> Vec<f32> {
-    x.chunks_exact(d)
-        .map(|row| {
-            let ss: f32 = row.iter().map(|v| v * v).sum();
-            1.0 / (ss / d as f32 + eps).sqrt()
-        })
-        .collect()
+    x.chunks_exact(d).map(|row| row_inv_rms(row, eps)).collect()
+}
+
+fn row_inv_rms(row: &[f32], eps: f32) -> f32 {
+    let ss = cpu::dot(row, row);
+    1.0 / (ss / row.len() as f32 + eps).sqrt()
+}
+
+/// h [n, d] = rmsnorm(x) · w and r [n] = 1/rms of each row of x [n, d].
+pub fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32, h: &mut [f32], r: &mut [f32]) {
+    let d = w.len();
+    let rp = rows_per_piece(d);
+    h.par_chunks_mut(rp * d)
+        .zip(r.par_chunks_mut(rp))
+        .zip(x.par_chunks(rp * d))
+        .for_each(|((hc, rc), xc)| {
+            for (ri, xr) in rc.iter_mut().zip(xc.chunks_exact(d)) {
+                *ri = row_inv_rms(xr, eps);
+            }
+            cpu::rmsnorm(xc, w, eps, d, hc);
+        });
+}
+
+/// x_mid = x + o, then h = rmsnorm(x_mid) · w and r = 1/rms(x_mid), in one pass over rows.
+pub fn add_rmsnorm(
+    x: &[f32],
+    o: &[f32],
+    w: &[f32],
+    eps: f32,
+    x_mid: &mut [f32],
+    r: &mut [f32],
+    h: &mut [f32],
+) {
+    let d = w.len();
+    let rp = rows_per_piece(d);
+    x_mid
+        .par_chunks_mut(rp * d)
+        .zip(h.par_chunks_mut(rp * d))
+        .zip(r.par_chunks_mut(rp))
+        .zip(x.par_chunks(rp * d).zip(o.par_chunks(rp * d)))
+        .for_each(|(((mc, hc), rc), (xc, oc))| {
+            for ((m, &a), &b) in mc.iter_mut().zip(xc).zip(oc) {
+                *m = a + b;
+            }
+            for (ri, mr) in rc.iter_mut().zip(mc.chunks_exact(d)) {
+                *ri = row_inv_rms(mr, eps);
+            }
+            cpu::rmsnorm(mc, w, eps, d, hc);
+        });
+}
+
+/// out = a + b.
+pub fn residual_add(a: &[f32], b: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(16384)
+        .zip(a.par_chunks(16384).zip(b.par_chunks(16384)))
+        .for_each(|(oc, (ac, bc))| {
+            for ((o, &x), &y) in oc.iter_mut().zip(ac).zip(bc) {
+                *o = x + y;
+            }
+        });
 }
 
 /// y = x · r · w  ⇒  dx += r · (dy⊙w) − x · r³ · (Σ (dy⊙w)⊙x) / d, per row.
 pub fn rmsnorm_backward(x: &[f32], w: &[f32], r: &[f32], dy: &[f32], dx: &mut [f32]) {
     let d = w.len();
-    for (i, ((xr, dyr), dxr)) in x
-        .chunks_exact(d)
-        .zip(dy.chunks_exact(d))
-        .zip(dx.chunks_exact_mut(d))
-        .enumerate()
-    {
-        let ri = r[i];
-        let dot: f32 = (0..d).map(|k| dyr[k] * w[k] * xr[k]).sum();
-        let c = ri * ri * ri * dot / d as f32;
-        for k in 0..d {
-            dxr[k] += ri * dyr[k] * w[k] - xr[k] * c;
-        }
-    }
+    let rp = rows_per_piece(d);
+    dx.par_chunks_mut(rp * d)
+        .zip(r.par_chunks(rp))
+        .zip(x.par_chunks(rp * d).zip(dy.par_chunks(rp * d)))
+        .for_each(|((dxc, rc), (xc, dyc))| {
+            for (((xr, dyr), dxr), &ri) in xc
+                .chunks_exact(d)
+                .zip(dyc.chunks_exact(d))
+                .zip(dxc.chunks_exact_mut(d))
+                .zip(rc)
+            {
+                let dot: f32 = (0..d).map(|k| dyr[k] * w[k] * xr[k]).sum();
+                let c = ri * ri * ri * dot / d as f32;
+                for k in 0..d {
+                    dxr[k] += ri * dyr[k] * w[k] - xr[k] * c;
+                }
+            }
+        });
 }
 
+#[cfg(test)]
 #[inline]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -41,13 +110,13 @@ pub fn swiglu_backward(
     d_gate: &mut [f32],
     d_up: &mut [f32],
 ) {
-    for i in 0..gate.len() {
-        let g = gate[i];
-        let s = sigmoid(g);
-        let silu = g * s;
-        d_up[i] = d_act[i] * silu;
-        d_gate[i] = d_act[i] * up[i] * (s * (1.0 + g * (1.0 - s)));
-    }
+    const PIECE: usize = 16384;
+    d_gate
+        .par_chunks_mut(PIECE)
+        .zip(d_up.par_chunks_mut(PIECE))
+        .zip(gate.par_chunks(PIECE))
+        .zip(up.par_chunks(PIECE).zip(d_act.par_chunks(PIECE)))
+        .for_each(|(((dg, du), g), (u, da))| cpu::swiglu_backward(g, u, da, dg, du));
 }
 
 #[cfg(test)]

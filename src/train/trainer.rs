@@ -1,12 +1,13 @@
 //! The training loop as a library function: a config, data, an output folder and hooks in;
 //! an adapter and metrics out. The CLI and the daemon both call `tune`.
 
+use super::arena::{size_table, Arena};
 use super::batch::{pack_indices, Batch};
 use super::checkpoint::{self, State};
 use super::layer::Dropout;
 use super::optim::{global_norm, lr_at, AdamW, Schedule};
-use super::params::{init_lora, zeros_like};
-use super::step::forward_backward;
+use super::params::{for_each_tensor_mut, init_lora, zeros_like};
+use super::step::forward_backward_in;
 use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::eval::{score_all, EvalReport};
@@ -140,6 +141,9 @@ pub trait TrainHooks {
     fn on_step(&mut self, _r: &StepReport) {}
     fn on_eval(&mut self, _step: usize, _e: &EvalReport) {}
     fn on_checkpoint(&mut self, _step: usize) {}
+    /// Once before the first step: the activation arena's bytes and its size table
+    /// (buffer group, f32 values).
+    fn on_arena(&mut self, _bytes: usize, _table: &[(&'static str, usize)]) {}
     /// Polled between steps; true writes a checkpoint and returns.
     fn should_stop(&self) -> bool {
         false
@@ -314,6 +318,32 @@ pub fn tune(
 
     let mut grads = zeros_like(&params);
     let mut steps = epoch_steps(&state.epoch_order, &lens, opts);
+    // Buffers for the longest micro-batch any step can pack (records are never split).
+    let total: usize = lens.iter().sum();
+    let t_max = lens
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(opts.batch_tokens.min(total));
+    let dropout_on = opts.dropout > 0.0;
+    let mut arena = Arena::new(
+        &model.config,
+        &params,
+        t_max,
+        opts.grad_checkpoint,
+        dropout_on,
+    );
+    hooks.on_arena(
+        arena.bytes(),
+        &size_table(
+            &model.config,
+            &params,
+            t_max,
+            opts.grad_checkpoint,
+            dropout_on,
+        ),
+    );
     let mut final_eval = None;
     let mut interrupted = false;
     while state.step < total_steps {
@@ -337,7 +367,7 @@ pub fn tune(
         // accumulation micro-steps (what PEFT/TRL do).
         let scored: usize = batches.iter().map(|b| b.scored.len()).sum();
         let tokens: usize = batches.iter().map(|b| b.len()).sum();
-        grads = zeros_like(&grads);
+        for_each_tensor_mut(&mut grads, |g| g.fill(0.0));
         let mut nll = 0.0f64;
         if scored > 0 {
             let scale = 1.0 / scored as f32;
@@ -346,7 +376,8 @@ pub fn tune(
                     p: opts.dropout,
                     rng: Rng::new(opts.seed ^ ((state.step as u64) << 20) ^ mi as u64 ^ 0xD50F),
                 });
-                let o = forward_backward(
+                let o = forward_backward_in(
+                    &mut arena,
                     model,
                     &params,
                     b,

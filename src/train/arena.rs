@@ -1,0 +1,263 @@
+//! The activation arena: every buffer a training step needs, allocated once from a size table
+//! (llm.c style) for the longest batch, then reused step after step, so the hot path does no
+//! heap allocation and peak memory is known before the first step.
+//!
+//! Buffers hold `t_max` rows; a batch of T ≤ t_max tokens uses the first T rows of each (the
+//! `*_t` accessors). A longer batch grows the arena once.
+
+use crate::format::peft::target_dims;
+use crate::model::config::ModelConfig;
+use crate::model::lora::{LoraSet, Target};
+use crate::train::loss::{NllScratch, CHUNK};
+
+/// What one adapted projection keeps for backward.
+#[derive(Default)]
+pub struct LoraBuf {
+    /// [T, in]: 0 or 1/(1−p) per input value; empty without dropout.
+    pub keep: Vec<f32>,
+    /// [T, rank] = scale · (dropout(x) · Aᵀ)
+    pub us: Vec<f32>,
+}
+
+/// Saved activations of one block (its input lives in `Arena::inputs`).
+#[derive(Default)]
+pub struct LayerActs {
+    pub r1: Vec<f32>,    // [T] 1/rms of the block input
+    pub q: Vec<f32>,     // [T, q_dim] after RoPE
+    pub k: Vec<f32>,     // [T, kv_dim] after RoPE
+    pub v: Vec<f32>,     // [T, kv_dim]
+    pub lse: Vec<f32>,   // [T, heads] attention log-sum-exp
+    pub att: Vec<f32>,   // [T, q_dim] attention output
+    pub x_mid: Vec<f32>, // [T, d] residual stream after attention
+    pub r2: Vec<f32>,    // [T]
+    pub gate: Vec<f32>,  // [T, ffn]
+    pub up: Vec<f32>,    // [T, ffn]
+    /// Indexed by `Target::index()`; `None` where the projection has no adapter.
+    pub lora: [Option<LoraBuf>; 7],
+}
+
+/// Temporaries of one block's forward or backward; never live across blocks.
+#[derive(Default)]
+pub struct Scratch {
+    pub h1: Vec<f32>,     // [T, d] rmsnorm(x_in)
+    pub h2: Vec<f32>,     // [T, d] rmsnorm(x_mid)
+    pub act: Vec<f32>,    // [T, ffn] silu(gate)·up
+    pub d_act: Vec<f32>,  // [T, ffn]
+    pub d_gate: Vec<f32>, // [T, ffn]
+    pub d_up: Vec<f32>,   // [T, ffn]
+    pub dh: Vec<f32>,     // [T, d] gradient w.r.t. a normed input
+    pub d_att: Vec<f32>,  // [T, q_dim]
+    pub dq: Vec<f32>,     // [T, q_dim]
+    pub dk: Vec<f32>,     // [T, kv_dim]
+    pub dv: Vec<f32>,     // [T, kv_dim]
+    pub o: Vec<f32>,      // [T, max(d, ffn)] a projection output before the residual add
+    pub du: Vec<f32>,     // [T, rank] LoRA: scale · dy · B
+    pub xd: Vec<f32>,     // [T, max in] LoRA input after dropout (dropout only)
+    pub hf: Vec<f32>,     // [T, d] final-norm output, then its gradient
+    pub hs: Vec<f32>,     // [T, d] the rows that predict scored tokens
+    pub dhs: Vec<f32>,    // [T, d] their gradient
+    pub rf: Vec<f32>,     // [T] 1/rms of the final norm
+    pub grad: Vec<f32>,   // [T, d] ∂L/∂(residual stream), carried down the blocks
+    pub nll: NllScratch,  // the fused loss's [T, CHUNK] tile and row accumulators
+}
+
+/// All buffers of a step.
+pub struct Arena {
+    pub t_max: usize,
+    /// Input of every block, then the last block's output: n_layers + 1 × [T, d].
+    pub inputs: Vec<Vec<f32>>,
+    /// One entry per block, or a single reused entry under gradient checkpointing.
+    pub acts: Vec<LayerActs>,
+    pub scratch: Scratch,
+    checkpoint: bool,
+    dropout: bool,
+}
+
+/// (name, f32 values) of every buffer, for `t` rows: the size table the arena is built from.
+pub fn size_table(
+    c: &ModelConfig,
+    lora: &LoraSet,
+    t: usize,
+    checkpoint: bool,
+    dropout: bool,
+) -> Vec<(&'static str, usize)> {
+    let (d, qd, kvd, ffn) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
+    let saved_blocks = if checkpoint { 1 } else { c.n_layers };
+    let rank = lora.rank;
+    // LoRA buffers of one block: us for every adapted target, keep masks with dropout.
+    let mut lora_vals = 0;
+    let mut max_in = 0;
+    for tg in &lora.targets {
+        let (din, _) = target_dims(c, *tg);
+        lora_vals += t * rank + if dropout { t * din } else { 0 };
+        max_in = max_in.max(din);
+    }
+    let per_block = 2 * t + t * (qd + 2 * kvd) + t * c.n_heads + t * qd + t * d + 2 * t * ffn;
+    vec![
+        ("block inputs", (c.n_layers + 1) * t * d),
+        ("saved block activations", saved_blocks * per_block),
+        ("saved LoRA activations", saved_blocks * lora_vals),
+        (
+            "block scratch",
+            3 * t * d + 4 * t * ffn + 2 * t * qd + 2 * t * kvd,
+        ),
+        (
+            "projection scratch",
+            t * d.max(ffn) + t * rank + if dropout { t * max_in } else { 0 },
+        ),
+        ("loss scratch", 4 * t * d + t),
+        ("loss tile", t * CHUNK.min(c.vocab_size) + 2 * t * d + 4 * t),
+    ]
+}
+
+fn buf(n: usize) -> Vec<f32> {
+    vec![0.0; n]
+}
+
+impl Arena {
+    pub fn new(
+        c: &ModelConfig,
+        lora: &LoraSet,
+        t_max: usize,
+        checkpoint: bool,
+        dropout: bool,
+    ) -> Arena {
+        let t = t_max.max(1);
+        let (d, qd, kvd, ffn) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let saved_blocks = if checkpoint { 1 } else { c.n_layers };
+        let mut max_in = 0;
+        let acts = (0..saved_blocks)
+            .map(|_| LayerActs {
+                r1: buf(t),
+                q: buf(t * qd),
+                k: buf(t * kvd),
+                v: buf(t * kvd),
+                lse: buf(t * c.n_heads),
+                att: buf(t * qd),
+                x_mid: buf(t * d),
+                r2: buf(t),
+                gate: buf(t * ffn),
+                up: buf(t * ffn),
+                lora: std::array::from_fn(|i| {
+                    let tg = Target::ALL[i];
+                    lora.targets.contains(&tg).then(|| {
+                        let (din, _) = target_dims(c, tg);
+                        max_in = max_in.max(din);
+                        LoraBuf {
+                            keep: if dropout { buf(t * din) } else { Vec::new() },
+                            us: buf(t * lora.rank),
+                        }
+                    })
+                }),
+            })
+            .collect();
+        let scratch = Scratch {
+            h1: buf(t * d),
+            h2: buf(t * d),
+            act: buf(t * ffn),
+            d_act: buf(t * ffn),
+            d_gate: buf(t * ffn),
+            d_up: buf(t * ffn),
+            dh: buf(t * d),
+            d_att: buf(t * qd),
+            dq: buf(t * qd),
+            dk: buf(t * kvd),
+            dv: buf(t * kvd),
+            o: buf(t * d.max(ffn)),
+            du: buf(t * lora.rank),
+            xd: if dropout { buf(t * max_in) } else { Vec::new() },
+            hf: buf(t * d),
+            hs: buf(t * d),
+            dhs: buf(t * d),
+            rf: buf(t),
+            grad: buf(t * d),
+            nll: NllScratch::for_rows(t, d, c.vocab_size),
+        };
+        Arena {
+            t_max: t,
+            inputs: (0..=c.n_layers).map(|_| buf(t * d)).collect(),
+            acts,
+            scratch,
+            checkpoint,
+            dropout,
+        }
+    }
+
+    /// Bytes held by the arena's buffers.
+    pub fn bytes(&self) -> usize {
+        let l = |v: &Vec<f32>| v.len();
+        let acts: usize = self
+            .acts
+            .iter()
+            .map(|a| {
+                [
+                    &a.r1, &a.q, &a.k, &a.v, &a.lse, &a.att, &a.x_mid, &a.r2, &a.gate, &a.up,
+                ]
+                .iter()
+                .map(|v| v.len())
+                .sum::<usize>()
+                    + a.lora
+                        .iter()
+                        .flatten()
+                        .map(|b| b.keep.len() + b.us.len())
+                        .sum::<usize>()
+            })
+            .sum();
+        let s = &self.scratch;
+        let scratch: usize = [
+            &s.h1, &s.h2, &s.act, &s.d_act, &s.d_gate, &s.d_up, &s.dh, &s.d_att, &s.dq, &s.dk,
+            &s.dv, &s.o, &s.du, &s.xd, &s.hf, &s.hs, &s.dhs, &s.rf, &s.grad,
+        ]
+        .iter()
+        .map(|v| l(v))
+        .sum();
+        let inputs: usize = self.inputs.iter().map(l).sum();
+        4 * (acts + scratch + s.nll.values() + inputs)
+    }
+
+    /// True if this arena fits a batch of `t` tokens with these settings.
+    pub fn fits(&self, t: usize, checkpoint: bool, dropout: bool) -> bool {
+        t <= self.t_max && checkpoint == self.checkpoint && dropout == self.dropout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{Arch, ModelConfig, RopeStyle};
+    use crate::train::params::init_lora;
+
+    fn config() -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Llama,
+            n_layers: 3,
+            d_model: 16,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 4,
+            ffn_dim: 40,
+            vocab_size: 50,
+            rope_theta: 10000.0,
+            rope_style: RopeStyle::Half,
+            rms_eps: 1e-5,
+            max_positions: 64,
+            tied_embeddings: true,
+            qkv_bias: false,
+        }
+    }
+
+    #[test]
+    fn size_table_matches_the_allocated_buffers() {
+        let c = config();
+        for (ckpt, drop) in [(false, false), (true, false), (false, true), (true, true)] {
+            let lora = init_lora(&c, 4, 8.0, &Target::ALL, 1);
+            let a = Arena::new(&c, &lora, 24, ckpt, drop);
+            let table: usize = size_table(&c, &lora, 24, ckpt, drop)
+                .iter()
+                .map(|(_, n)| n)
+                .sum();
+            assert_eq!(a.bytes(), 4 * table, "checkpoint {ckpt} dropout {drop}");
+            assert!(a.fits(24, ckpt, drop) && !a.fits(25, ckpt, drop));
+        }
+    }
+}
