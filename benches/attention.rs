@@ -53,6 +53,8 @@ fn best_of(min_runs: usize, budget: Duration, fs: &mut [&mut dyn FnMut()]) -> Ve
 
 fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    // For profiling the current code alone: ATTN_BENCH_NEW_ONLY=1 skips the old one.
+    let run_old = std::env::var_os("ATTN_BENCH_NEW_ONLY").is_none();
     let s = AttnShape {
         n_heads: 9,
         n_kv_heads: 3,
@@ -108,7 +110,9 @@ fn main() {
                     budget,
                     &mut [
                         &mut || {
-                            old::attention_forward(s, &segs, &q, &k, &v, &mut out0, &mut lse0);
+                            if run_old {
+                                old::attention_forward(s, &segs, &q, &k, &v, &mut out0, &mut lse0);
+                            }
                             black_box(&out0);
                         },
                         &mut || {
@@ -122,9 +126,12 @@ fn main() {
                     budget,
                     &mut [
                         &mut || {
-                            old::attention_backward(
-                                s, &segs, &q, &k, &v, out, lse, &dout, &mut dq0, &mut dk0, &mut dv0,
-                            );
+                            if run_old {
+                                old::attention_backward(
+                                    s, &segs, &q, &k, &v, out, lse, &dout, &mut dq0, &mut dk0,
+                                    &mut dv0,
+                                );
+                            }
                             black_box(&dq0);
                         },
                         &mut || {

@@ -215,16 +215,18 @@ fn forward_scratch(bq: usize) -> usize {
 }
 
 /// One query block against its visible keys, online softmax over key tiles.
-/// qs [bq, hd] holds the queries already multiplied by 1/√hd; k, v [≥ first + bq, hd]; row r
-/// sees keys 0..=first + r. Writes o [bq, hd] and lse [bq] (of the scaled scores).
+/// q [bq, hd]; k, v [≥ first + bq, hd]; row r sees keys 0..=first + r; scores are scaled by
+/// `scale` (1/√hd) after the product, like the reference implementations do. Writes o [bq, hd]
+/// and lse [bq] (of the scaled scores).
 #[allow(clippy::too_many_arguments)]
 fn forward_block(
-    qs: &[f32],
+    q: &[f32],
     k: &[f32],
     v: &[f32],
     bq: usize,
     first: usize,
     hd: usize,
+    scale: f32,
     o: &mut [f32],
     lse: &mut [f32],
     scratch: &mut [f32],
@@ -235,9 +237,10 @@ fn forward_block(
     for j0 in (0..kend).step_by(KEY_TILE) {
         let kt = KEY_TILE.min(kend - j0);
         let st = &mut st[..bq * kt]; // scores, then probabilities [bq, kt]
-        cpu::matmul_f32_nt(qs, &k[j0 * hd..(j0 + kt) * hd], st, bq, hd, kt, false);
+        cpu::matmul_f32_nt(q, &k[j0 * hd..(j0 + kt) * hd], st, bq, hd, kt, false);
         for (r, row) in st.chunks_exact_mut(kt).enumerate() {
             let vis = (first + r + 1).saturating_sub(j0).min(kt);
+            cpu::scale(scale, &mut row[..vis]);
             if j0 == 0 {
                 m[r] = cpu::max(&row[..vis]);
                 l[r] = cpu::exp_sub_inplace(&mut row[..vis], m[r]);
@@ -270,15 +273,12 @@ pub fn attend_head(q: &[f32], k: &[f32], v: &[f32], n: usize, hd: usize) -> (Vec
     let mut out = vec![0.0f32; n * hd];
     let mut lse = vec![0.0f32; n];
     let bmax = BLOCK.min(n);
-    with_scratch(bmax * hd + forward_scratch(bmax), |buf| {
-        let (qs, rest) = buf.split_at_mut(bmax * hd);
+    with_scratch(forward_scratch(bmax), |buf| {
         for i0 in (0..n).step_by(BLOCK) {
             let bq = BLOCK.min(n - i0);
-            let qs = &mut qs[..bq * hd];
-            qs.copy_from_slice(&q[i0 * hd..(i0 + bq) * hd]);
-            cpu::scale(scale, qs);
+            let qb = &q[i0 * hd..(i0 + bq) * hd];
             let (o, ls) = (&mut out[i0 * hd..(i0 + bq) * hd], &mut lse[i0..i0 + bq]);
-            forward_block(qs, k, v, bq, offset + i0, hd, o, ls, rest);
+            forward_block(qb, k, v, bq, offset + i0, hd, scale, o, ls, buf);
         }
     });
     (out, lse)
@@ -333,8 +333,7 @@ pub fn attention_forward(
                     let (o, rest) = rest.split_at_mut(bq * hd);
                     let (ls, rest) = rest.split_at_mut(bq);
                     gather_into(q, qd, seg.start + i0, bq, head * hd, hd, qs);
-                    cpu::scale(scale, qs);
-                    forward_block(qs, kseg, vseg, bq, i0, hd, o, ls, rest);
+                    forward_block(qs, kseg, vseg, bq, i0, hd, scale, o, ls, rest);
                     for r in 0..bq {
                         let row = seg.start + i0 + r;
                         // SAFETY: rows i0..i0+bq of this segment at this head's columns
@@ -350,13 +349,20 @@ pub fn attention_forward(
     });
 }
 
-/// Query-block boundaries of the backward chunks of an `n`-row segment: up to MAX_CHUNKS
-/// chunks of about equal causal work (blocks 0..b hold ∝ b² pairs, so boundaries sit at
-/// nb·√(c/C)). Fixed by `n` alone, so the reduction order never depends on the thread count.
+/// Query-block boundaries of the backward chunks of an `n`-row segment: one block per chunk
+/// up to MAX_CHUNKS blocks, else MAX_CHUNKS chunks of about equal causal work (blocks 0..b
+/// hold ∝ b² pairs, so boundaries sit at nb·√(c/C)). Fixed by `n` alone, so the reduction
+/// order never depends on the thread count.
 fn chunk_bounds(n: usize) -> impl Iterator<Item = (usize, usize)> {
     let nb = n.div_ceil(BLOCK);
     let c = nb.min(MAX_CHUNKS);
-    let bound = move |i: usize| ((nb as f64) * (i as f64 / c as f64).sqrt()).round() as usize;
+    let bound = move |i: usize| {
+        if nb <= MAX_CHUNKS {
+            i
+        } else {
+            ((nb as f64) * (i as f64 / c as f64).sqrt()).round() as usize
+        }
+    };
     (0..c)
         .map(move |i| (bound(i), bound(i + 1)))
         .filter(|(b0, b1)| b1 > b0)
@@ -379,7 +385,7 @@ fn backward_chunk(
 ) {
     let (qd, hd, nh) = (s.qd(), s.head_dim, s.n_heads);
     let scale = 1.0 / (hd as f32).sqrt();
-    let (qs, rest) = scratch.split_at_mut(BLOCK * hd); // scaled queries [bq, hd]
+    let (qs, rest) = scratch.split_at_mut(BLOCK * hd); // queries [bq, hd]
     let (dob, rest) = rest.split_at_mut(BLOCK * hd); // dO [bq, hd]
     let (dqb, rest) = rest.split_at_mut(BLOCK * hd); // dQ [bq, hd], O [bq, hd] before
     let (di, rest) = rest.split_at_mut(BLOCK); // rowsum(dO ⊙ O)
@@ -395,7 +401,6 @@ fn backward_chunk(
             let (qs, dob, dqb) = (&mut qs[..bq * hd], &mut dob[..bq * hd], &mut dqb[..bq * hd]);
             let row0 = seg.start + i0;
             gather_into(q, qd, row0, bq, head * hd, hd, qs);
-            cpu::scale(scale, qs);
             gather_into(dout, qd, row0, bq, head * hd, hd, dob);
             gather_into(out, qd, row0, bq, head * hd, hd, dqb);
             for r in 0..bq {
@@ -413,10 +418,11 @@ fn backward_chunk(
                 cpu::matmul_f32_nt(qs, kt_k, p, bq, hd, kt, false);
                 for (r, row) in p.chunks_exact_mut(kt).enumerate() {
                     let vis = (i0 + r + 1).saturating_sub(j0).min(kt);
+                    cpu::scale(scale, &mut row[..vis]);
                     cpu::exp_sub_inplace(&mut row[..vis], li[r]);
                     row[vis..].fill(0.0);
                 }
-                // dP = dO Vᵀ; dS' = P ⊙ (dP − D) (dS without the scale, which qs carries)
+                // dP = dO Vᵀ; dS' = P ⊙ (dP − D) (dS = scale·dS', scaled at the end)
                 let dp = &mut dp[..bq * kt];
                 cpu::matmul_f32_nt(dob, kt_v, dp, bq, hd, kt, false);
                 for (r, (dr, pr)) in dp.chunks_exact_mut(kt).zip(p.chunks_exact(kt)).enumerate() {
@@ -425,7 +431,7 @@ fn backward_chunk(
                         *x = pv * (*x - d);
                     }
                 }
-                // dV += Pᵀ dO; dK += dS'ᵀ (scale·Q); dQ (+)= dS' K (scaled below)
+                // dV += Pᵀ dO; dK += dS'ᵀ Q; dQ (+)= dS' K
                 let (dvt, dkt) = (
                     &mut dvp[j0 * hd..(j0 + kt) * hd],
                     &mut dkp[j0 * hd..(j0 + kt) * hd],
@@ -442,6 +448,7 @@ fn backward_chunk(
             }
         }
     }
+    cpu::scale(scale, dkp);
 }
 
 /// Gradients dq [T, qd], dk, dv [T, kvd] (overwritten) from dout [T, qd].
