@@ -1,6 +1,9 @@
-//! How much CPU *other* processes took while a measurement ran (Linux: /proc/stat and
-//! /proc/self/stat), so that the bench can re-time and flag rows measured on a busy machine.
-//! On other systems every figure is None and nothing is flagged.
+//! Whether a measurement shared the CPUs (Linux only; elsewhere every figure is None and
+//! nothing is flagged):
+//! - `waited`: how long this process's threads were ready to run but waited for a CPU
+//!   (/proc/self/task/*/schedstat): the direct measure of a disturbed timing;
+//! - `others`: how much CPU other processes used meanwhile (/proc/stat minus our own
+//!   /proc/self/stat), which includes cores our threads left idle.
 
 use std::time::Instant;
 
@@ -8,11 +11,13 @@ use std::time::Instant;
 /// configuration in practice).
 const TICKS_PER_S: f64 = 100.0;
 
-/// Machine-wide busy ticks and this process's own ticks at one moment.
+/// Machine-wide busy ticks, this process's own ticks and its threads' run-queue wait at one
+/// moment.
 pub struct Sample {
     at: Instant,
     busy: Option<u64>,
     own: Option<u64>,
+    wait_ns: Option<u64>,
 }
 
 impl Sample {
@@ -21,7 +26,16 @@ impl Sample {
             at: Instant::now(),
             busy: machine_busy(),
             own: own_ticks(),
+            wait_ns: wait_ns(),
         }
+    }
+
+    /// Cores' worth of time this process's threads spent runnable but not running since this
+    /// sample (0.5: on average half a core's time was taken from us).
+    pub fn waited(&self) -> Option<f64> {
+        let wall = self.at.elapsed().as_secs_f64();
+        let ns = wait_ns()?.saturating_sub(self.wait_ns?);
+        Some(ns as f64 * 1e-9 / wall.max(1e-6))
     }
 
     /// Cores (CPU seconds per wall second) that other processes used since this sample.
@@ -56,4 +70,19 @@ fn own_ticks() -> Option<u64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state): utime is field 14 → index 11.
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Run-queue wait of every thread of this process, ns (the second field of
+/// /proc/self/task/TID/schedstat). A thread that exits takes its share along; the bench's
+/// threads (main and the rayon pool) live as long as the process.
+fn wait_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let Ok(stat) = std::fs::read_to_string(path) else {
+            continue; // the thread exited meanwhile
+        };
+        total += stat.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }

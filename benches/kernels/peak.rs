@@ -20,7 +20,7 @@
 //!   need the unstable `f16` type).
 
 use super::load::Sample;
-use super::BUSY;
+use super::WAITED;
 use edge_sft::cpu::{self, Isa};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -32,7 +32,8 @@ pub struct Roof {
     pub name: &'static str,
     pub one_thread: f64,
     pub all_threads: f64,
-    /// Other processes kept taking CPU time through every round: the figures may be low.
+    /// In every round our threads waited for a CPU or the all-thread figure did not scale:
+    /// the figures may be low.
     pub disturbed: bool,
 }
 
@@ -124,7 +125,7 @@ impl Peaks {
                     r.one_thread,
                     r.all_threads,
                     if r.disturbed {
-                        "  [disturbed: other processes kept running; may be low]"
+                        "  [disturbed or not scaling; may be low]"
                     } else {
                         ""
                     }
@@ -172,7 +173,7 @@ fn roof(name: &'static str, flops_per_iter: f64, body: impl Fn(u64) + Sync) -> R
     let threads = rayon::current_num_threads();
     let (mut one, mut all, mut disturbed) = (0.0f64, 0.0f64, true);
     // Other processes on the machine can only slow a run down, so keep the best of several
-    // rounds; stop once a round ran while others took less than `BUSY` cores and the
+    // rounds; stop once our threads waited for a CPU less than `WAITED` cores in a round and the
     // all-thread figure is within 10% of threads × the one-thread one (a register-only loop
     // scales with threads), after at most 10 rounds.
     for round in 0..10 {
@@ -182,7 +183,7 @@ fn roof(name: &'static str, flops_per_iter: f64, body: impl Fn(u64) + Sync) -> R
             rayon::broadcast(|_| body(iters));
         });
         all = all.max(threads as f64 * flops / t.as_secs_f64() / 1e9);
-        let quiet = sample.others().is_none_or(|o| o < BUSY);
+        let quiet = sample.waited().is_none_or(|w| w < WAITED);
         if round >= 1 && quiet && all >= 0.9 * threads as f64 * one {
             disturbed = false;
             break;
