@@ -209,21 +209,23 @@ fn split_heads(s: AttnShape, k: &[f32], v: &[f32], kh: &mut [f32], vh: &mut [f32
     }
 }
 
-/// Scratch floats `forward_block` needs for `bq` rows.
-fn forward_scratch(bq: usize) -> usize {
-    bq * KEY_TILE + 2 * bq
+/// Scratch floats `forward_block` needs for `rows` query rows.
+fn forward_scratch(rows: usize) -> usize {
+    rows * KEY_TILE + 2 * rows
 }
 
 /// One query block against its visible keys, online softmax over key tiles.
-/// q [bq, hd]; k, v [≥ first + bq, hd]; row r sees keys 0..=first + r; scores are scaled by
-/// `scale` (1/√hd) after the product, like the reference implementations do. Writes o [bq, hd]
-/// and lse [bq] (of the scaled scores).
+/// q [rows, hd] stacks `rows / bq` heads' blocks of `bq` rows that share these keys (the query
+/// heads of one kv head), so each GEMM packs K and V once for all of them; k, v
+/// [≥ first + bq, hd]; row r of a block sees keys 0..=first + r. Scores are scaled by `scale`
+/// (1/√hd) after the product, like the reference implementations do. Writes o [rows, hd] and
+/// lse [rows] (of the scaled scores).
 #[allow(clippy::too_many_arguments)]
 fn forward_block(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    bq: usize,
+    (rows, bq): (usize, usize),
     first: usize,
     hd: usize,
     scale: f32,
@@ -232,14 +234,14 @@ fn forward_block(
     scratch: &mut [f32],
 ) {
     let kend = first + bq;
-    let (st, rest) = scratch.split_at_mut(bq * KEY_TILE);
-    let (m, l) = rest.split_at_mut(bq); // running max and sum per row
+    let (st, rest) = scratch.split_at_mut(rows * KEY_TILE);
+    let (m, l) = rest.split_at_mut(rows); // running max and sum per row
     for j0 in (0..kend).step_by(KEY_TILE) {
         let kt = KEY_TILE.min(kend - j0);
-        let st = &mut st[..bq * kt]; // scores, then probabilities [bq, kt]
-        cpu::matmul_f32_nt(q, &k[j0 * hd..(j0 + kt) * hd], st, bq, hd, kt, false);
+        let st = &mut st[..rows * kt]; // scores, then probabilities [rows, kt]
+        cpu::matmul_f32_nt(q, &k[j0 * hd..(j0 + kt) * hd], st, rows, hd, kt, false);
         for (r, row) in st.chunks_exact_mut(kt).enumerate() {
-            let vis = (first + r + 1).saturating_sub(j0).min(kt);
+            let vis = (first + r % bq + 1).saturating_sub(j0).min(kt);
             cpu::scale(scale, &mut row[..vis]);
             if j0 == 0 {
                 m[r] = cpu::max(&row[..vis]);
@@ -255,10 +257,10 @@ fn forward_block(
             }
             row[vis..].fill(0.0);
         }
-        let ob = &mut o[..bq * hd];
-        cpu::matmul_f32_nn(st, &v[j0 * hd..(j0 + kt) * hd], ob, bq, kt, hd, j0 > 0);
+        let ob = &mut o[..rows * hd];
+        cpu::matmul_f32_nn(st, &v[j0 * hd..(j0 + kt) * hd], ob, rows, kt, hd, j0 > 0);
     }
-    for r in 0..bq {
+    for r in 0..rows {
         cpu::scale(1.0 / l[r], &mut o[r * hd..(r + 1) * hd]);
         lse[r] = m[r] + l[r].ln();
     }
@@ -278,7 +280,7 @@ pub fn attend_head(q: &[f32], k: &[f32], v: &[f32], n: usize, hd: usize) -> (Vec
             let bq = BLOCK.min(n - i0);
             let qb = &q[i0 * hd..(i0 + bq) * hd];
             let (o, ls) = (&mut out[i0 * hd..(i0 + bq) * hd], &mut lse[i0..i0 + bq]);
-            forward_block(qb, k, v, bq, offset + i0, hd, scale, o, ls, buf);
+            forward_block(qb, k, v, (bq, bq), offset + i0, hd, scale, o, ls, buf);
         }
     });
     (out, lse)
@@ -305,14 +307,14 @@ pub fn attention_forward(
         let (kh, vh) = (&*kh, &*vh);
         with_tasks(|tasks| {
             for (si, seg) in segs.iter().enumerate() {
-                for head in 0..nh {
+                for g in 0..s.n_kv_heads {
                     for b in 0..seg.len.div_ceil(BLOCK) {
                         let kend = ((b + 1) * BLOCK).min(seg.len);
                         let (b0, b1, poff) = (b, b + 1, 0);
                         let work = kend * (kend - b * BLOCK);
                         tasks.push(Task {
                             seg: si,
-                            head,
+                            head: g,
                             b0,
                             b1,
                             poff,
@@ -323,24 +325,30 @@ pub fn attention_forward(
             }
             run_tasks(tasks, |task| {
                 let seg = segs[task.seg];
-                let (head, i0) = (task.head, task.b0 * BLOCK);
+                let (g, i0) = (task.head, task.b0 * BLOCK);
                 let bq = BLOCK.min(seg.len - i0);
-                let g = head / s.group();
+                let rows = s.group() * bq; // the group's heads stacked, [group, bq]
                 let kseg = &kh[(g * t + seg.start) * hd..(g * t + seg.start + seg.len) * hd];
                 let vseg = &vh[(g * t + seg.start) * hd..(g * t + seg.start + seg.len) * hd];
-                with_scratch(2 * bq * hd + bq + forward_scratch(bq), |buf| {
-                    let (qs, rest) = buf.split_at_mut(bq * hd);
-                    let (o, rest) = rest.split_at_mut(bq * hd);
-                    let (ls, rest) = rest.split_at_mut(bq);
-                    gather_into(q, qd, seg.start + i0, bq, head * hd, hd, qs);
-                    forward_block(qs, kseg, vseg, bq, i0, hd, scale, o, ls, rest);
-                    for r in 0..bq {
-                        let row = seg.start + i0 + r;
-                        // SAFETY: rows i0..i0+bq of this segment at this head's columns
-                        // belong to this task only.
-                        unsafe {
-                            out.write(row * qd + head * hd, &o[r * hd..(r + 1) * hd]);
-                            lse_all.write(row * nh + head, &ls[r..r + 1]);
+                with_scratch(2 * rows * hd + rows + forward_scratch(rows), |buf| {
+                    let (qs, rest) = buf.split_at_mut(rows * hd);
+                    let (o, rest) = rest.split_at_mut(rows * hd);
+                    let (ls, rest) = rest.split_at_mut(rows);
+                    let heads = g * s.group()..(g + 1) * s.group();
+                    for (gi, head) in heads.clone().enumerate() {
+                        let dst = &mut qs[gi * bq * hd..(gi + 1) * bq * hd];
+                        gather_into(q, qd, seg.start + i0, bq, head * hd, hd, dst);
+                    }
+                    forward_block(qs, kseg, vseg, (rows, bq), i0, hd, scale, o, ls, rest);
+                    for (gi, head) in heads.enumerate() {
+                        for r in 0..bq {
+                            let (row, x) = (seg.start + i0 + r, gi * bq + r);
+                            // SAFETY: rows i0..i0+bq of this segment at the group's heads'
+                            // columns belong to this task only.
+                            unsafe {
+                                out.write(row * qd + head * hd, &o[x * hd..(x + 1) * hd]);
+                                lse_all.write(row * nh + head, &ls[x..x + 1]);
+                            }
                         }
                     }
                 });
@@ -368,9 +376,16 @@ fn chunk_bounds(n: usize) -> impl Iterator<Item = (usize, usize)> {
         .filter(|(b0, b1)| b1 > b0)
 }
 
-/// Backward of one chunk of query blocks `b0..b1` of kv head `g` (all heads of its group):
-/// writes dq of those rows, and dK, dV of keys 0..end into `dkp`, `dvp` [end, hd] (partial:
-/// these queries' share only). `kseg`, `vseg` [n, hd] are the segment's keys of head g.
+/// Scratch floats `backward_chunk` needs besides the partials.
+fn backward_scratch(s: AttnShape) -> usize {
+    let rows = s.group() * BLOCK;
+    3 * rows * s.head_dim + 2 * rows + 2 * rows * KEY_TILE
+}
+
+/// Backward of one chunk of query blocks `b0..b1` of kv head `g`: writes dq of those rows for
+/// the group's heads, and dK, dV of keys 0..end into `dkp`, `dvp` [end, hd] (partial: these
+/// queries' share only). `kseg`, `vseg` [n, hd] are the segment's keys of head g. The group's
+/// heads are stacked into one [group·bq, *] operand per block, as in `forward_block`.
 #[allow(clippy::too_many_arguments)]
 fn backward_chunk(
     s: AttnShape,
@@ -383,68 +398,80 @@ fn backward_chunk(
     (dkp, dvp): (&mut [f32], &mut [f32]),
     scratch: &mut [f32],
 ) {
-    let (qd, hd, nh) = (s.qd(), s.head_dim, s.n_heads);
+    let (qd, hd, nh, group) = (s.qd(), s.head_dim, s.n_heads, s.group());
     let scale = 1.0 / (hd as f32).sqrt();
-    let (qs, rest) = scratch.split_at_mut(BLOCK * hd); // queries [bq, hd]
-    let (dob, rest) = rest.split_at_mut(BLOCK * hd); // dO [bq, hd]
-    let (dqb, rest) = rest.split_at_mut(BLOCK * hd); // dQ [bq, hd], O [bq, hd] before
-    let (di, rest) = rest.split_at_mut(BLOCK); // rowsum(dO ⊙ O)
-    let (li, rest) = rest.split_at_mut(BLOCK); // lse
-    let (p, dp) = rest.split_at_mut(BLOCK * KEY_TILE); // P, then dP and dS [bq, kt]
+    let rmax = group * BLOCK;
+    let (qs, rest) = scratch.split_at_mut(rmax * hd); // queries [rows, hd]
+    let (dob, rest) = rest.split_at_mut(rmax * hd); // dO [rows, hd]
+    let (dqb, rest) = rest.split_at_mut(rmax * hd); // dQ [rows, hd], O [rows, hd] before
+    let (di, rest) = rest.split_at_mut(rmax); // rowsum(dO ⊙ O)
+    let (li, rest) = rest.split_at_mut(rmax); // lse
+    let (p, dp) = rest.split_at_mut(rmax * KEY_TILE); // P, then dP and dS [rows, kt]
     dkp.fill(0.0);
     dvp.fill(0.0);
-    for head in g * s.group()..(g + 1) * s.group() {
-        for b in b0..b1 {
-            let i0 = b * BLOCK;
-            let bq = BLOCK.min(seg.len - i0);
-            let kend = i0 + bq;
-            let (qs, dob, dqb) = (&mut qs[..bq * hd], &mut dob[..bq * hd], &mut dqb[..bq * hd]);
-            let row0 = seg.start + i0;
-            gather_into(q, qd, row0, bq, head * hd, hd, qs);
-            gather_into(dout, qd, row0, bq, head * hd, hd, dob);
-            gather_into(out, qd, row0, bq, head * hd, hd, dqb);
+    let heads = g * group..(g + 1) * group;
+    for b in b0..b1 {
+        let i0 = b * BLOCK;
+        let bq = BLOCK.min(seg.len - i0);
+        let rows = group * bq;
+        let kend = i0 + bq;
+        let (qs, dob, dqb) = (
+            &mut qs[..rows * hd],
+            &mut dob[..rows * hd],
+            &mut dqb[..rows * hd],
+        );
+        let row0 = seg.start + i0;
+        for (gi, head) in heads.clone().enumerate() {
+            let at = gi * bq * hd..(gi + 1) * bq * hd;
+            gather_into(q, qd, row0, bq, head * hd, hd, &mut qs[at.clone()]);
+            gather_into(dout, qd, row0, bq, head * hd, hd, &mut dob[at.clone()]);
+            gather_into(out, qd, row0, bq, head * hd, hd, &mut dqb[at]);
             for r in 0..bq {
-                di[r] = cpu::dot(&dob[r * hd..(r + 1) * hd], &dqb[r * hd..(r + 1) * hd]);
-                li[r] = lse[(row0 + r) * nh + head];
+                let x = gi * bq + r;
+                di[x] = cpu::dot(&dob[x * hd..(x + 1) * hd], &dqb[x * hd..(x + 1) * hd]);
+                li[x] = lse[(row0 + r) * nh + head];
             }
-            for j0 in (0..kend).step_by(KEY_TILE) {
-                let kt = KEY_TILE.min(kend - j0);
-                let (kt_k, kt_v) = (
-                    &kseg[j0 * hd..(j0 + kt) * hd],
-                    &vseg[j0 * hd..(j0 + kt) * hd],
-                );
-                // P = exp(scale·QKᵀ − lse), masked: [bq, kt]
-                let p = &mut p[..bq * kt];
-                cpu::matmul_f32_nt(qs, kt_k, p, bq, hd, kt, false);
-                for (r, row) in p.chunks_exact_mut(kt).enumerate() {
-                    let vis = (i0 + r + 1).saturating_sub(j0).min(kt);
-                    cpu::scale(scale, &mut row[..vis]);
-                    cpu::exp_sub_inplace(&mut row[..vis], li[r]);
-                    row[vis..].fill(0.0);
-                }
-                // dP = dO Vᵀ; dS' = P ⊙ (dP − D) (dS = scale·dS', scaled at the end)
-                let dp = &mut dp[..bq * kt];
-                cpu::matmul_f32_nt(dob, kt_v, dp, bq, hd, kt, false);
-                for (r, (dr, pr)) in dp.chunks_exact_mut(kt).zip(p.chunks_exact(kt)).enumerate() {
-                    let d = di[r];
-                    for (x, &pv) in dr.iter_mut().zip(pr) {
-                        *x = pv * (*x - d);
-                    }
-                }
-                // dV += Pᵀ dO; dK += dS'ᵀ Q; dQ (+)= dS' K
-                let (dvt, dkt) = (
-                    &mut dvp[j0 * hd..(j0 + kt) * hd],
-                    &mut dkp[j0 * hd..(j0 + kt) * hd],
-                );
-                cpu::matmul_f32_tn(p, dob, dvt, kt, bq, hd, true);
-                cpu::matmul_f32_tn(dp, qs, dkt, kt, bq, hd, true);
-                cpu::matmul_f32_nn(dp, kt_k, dqb, bq, kt, hd, j0 > 0);
+        }
+        for j0 in (0..kend).step_by(KEY_TILE) {
+            let kt = KEY_TILE.min(kend - j0);
+            let (kt_k, kt_v) = (
+                &kseg[j0 * hd..(j0 + kt) * hd],
+                &vseg[j0 * hd..(j0 + kt) * hd],
+            );
+            // P = exp(scale·QKᵀ − lse), masked: [rows, kt]
+            let p = &mut p[..rows * kt];
+            cpu::matmul_f32_nt(qs, kt_k, p, rows, hd, kt, false);
+            for (x, row) in p.chunks_exact_mut(kt).enumerate() {
+                let vis = (i0 + x % bq + 1).saturating_sub(j0).min(kt);
+                cpu::scale(scale, &mut row[..vis]);
+                cpu::exp_sub_inplace(&mut row[..vis], li[x]);
+                row[vis..].fill(0.0);
             }
-            cpu::scale(scale, dqb);
+            // dP = dO Vᵀ; dS' = P ⊙ (dP − D) (dS = scale·dS', scaled at the end)
+            let dp = &mut dp[..rows * kt];
+            cpu::matmul_f32_nt(dob, kt_v, dp, rows, hd, kt, false);
+            for (x, (dr, pr)) in dp.chunks_exact_mut(kt).zip(p.chunks_exact(kt)).enumerate() {
+                let d = di[x];
+                for (y, &pv) in dr.iter_mut().zip(pr) {
+                    *y = pv * (*y - d);
+                }
+            }
+            // dV += Pᵀ dO; dK += dS'ᵀ Q; dQ (+)= dS' K
+            let (dvt, dkt) = (
+                &mut dvp[j0 * hd..(j0 + kt) * hd],
+                &mut dkp[j0 * hd..(j0 + kt) * hd],
+            );
+            cpu::matmul_f32_tn(p, dob, dvt, kt, rows, hd, true);
+            cpu::matmul_f32_tn(dp, qs, dkt, kt, rows, hd, true);
+            cpu::matmul_f32_nn(dp, kt_k, dqb, rows, kt, hd, j0 > 0);
+        }
+        cpu::scale(scale, dqb);
+        for (gi, head) in heads.clone().enumerate() {
             for r in 0..bq {
-                // SAFETY: rows i0..i0+bq of this segment at this head's columns belong to
-                // this task only (its chunk of query blocks).
-                unsafe { dq.write((row0 + r) * qd + head * hd, &dqb[r * hd..(r + 1) * hd]) };
+                let x = gi * bq + r;
+                // SAFETY: rows i0..i0+bq of this segment at the group's heads' columns
+                // belong to this task only (its chunk of query blocks).
+                unsafe { dq.write((row0 + r) * qd + head * hd, &dqb[x * hd..(x + 1) * hd]) };
             }
         }
     }
@@ -512,7 +539,7 @@ pub fn attention_backward(
                     let g = task.head;
                     let end = (task.b1 * BLOCK).min(seg.len);
                     let keys = (g * t + seg.start) * hd..(g * t + seg.start + seg.len) * hd;
-                    let need = 2 * end * hd + 3 * BLOCK * hd + 2 * BLOCK + 2 * BLOCK * KEY_TILE;
+                    let need = 2 * end * hd + backward_scratch(s);
                     with_scratch(need, |buf| {
                         let (dkp, rest) = buf.split_at_mut(end * hd);
                         let (dvp, rest) = rest.split_at_mut(end * hd);
