@@ -239,6 +239,12 @@ pub fn run(a: Args) -> Result<()> {
         .as_ref()
         .map(|p| load(p, &lm, &a.data_args))
         .transpose()?;
+    // Records are tokenized: the tokenizer's vocabulary and merge tables are not needed for
+    // training, and freeing them lowers the run's peak memory.
+    let LoadedModel {
+        model, tokenizer, ..
+    } = lm;
+    drop(tokenizer);
 
     let opts = TuneOptions {
         rank: a.rank,
@@ -296,7 +302,7 @@ pub fn run(a: Args) -> Result<()> {
         last_eval: None,
     };
     let outcome = tune(
-        &lm.model,
+        &model,
         &train.examples,
         eval.as_ref().map(|d| d.examples.as_slice()),
         &opts,

@@ -4,3 +4,4 @@ pub mod gguf;
 pub mod gguf_write;
 pub mod hf_dir;
 pub mod peft;
+pub mod safetensors_write;

@@ -2,6 +2,7 @@
 //! `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`, rows in Hugging Face order.
 
 use crate::error::{Error, Result};
+use crate::format::safetensors_write::{write_f32_safetensors, F32Tensor};
 use crate::model::config::{ModelConfig, RopeStyle};
 use crate::model::lora::{permute_rows, LoraPair, LoraSet, Target};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
@@ -188,24 +189,6 @@ pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
     })
 }
 
-/// Serialize named f32 tensors to safetensors bytes (shapes given per tensor).
-pub fn safetensors_bytes(tensors: &[(String, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            TensorView::new(Dtype::F32, shape.clone(), b)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| Error::Usage(format!("tensor {name}: {e}")))
-        })
-        .collect::<Result<_>>()?;
-    safetensors::serialize(views, None).map_err(|e| Error::Usage(format!("safetensors: {e}")))
-}
-
 /// Write a PEFT adapter folder (config + weights, each atomically), with B rows of q/k turned
 /// back into Hugging Face order so PEFT applies it to the original model.
 pub fn write_adapter(
@@ -216,30 +199,42 @@ pub fn write_adapter(
     dropout: f32,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    // Q/K B rows go back to HF order (a small copy each); everything else is streamed from
+    // the live parameters.
+    let mut permuted: Vec<Vec<f32>> = Vec::new();
+    for slots in &lora.layers {
+        for t in Target::ALL {
+            if let Some(p) = &slots[t.index()] {
+                if needs_permute(cfg, t) {
+                    permuted.push(permute_rows(&p.b, p.out_dim, p.rank, cfg.head_dim, false));
+                }
+            }
+        }
+    }
+    let mut tensors = Vec::new();
+    let mut next_permuted = permuted.iter();
     for (layer, slots) in lora.layers.iter().enumerate() {
         for t in Target::ALL {
             let Some(p) = &slots[t.index()] else { continue };
-            let b = if needs_permute(cfg, t) {
-                permute_rows(&p.b, p.out_dim, p.rank, cfg.head_dim, false)
+            let b: &[f32] = if needs_permute(cfg, t) {
+                next_permuted.next().expect("one permuted B per Q/K pair")
             } else {
-                p.b.clone()
+                &p.b
             };
-            owned.push((
-                peft_key(layer, t, "lora_A"),
-                vec![p.rank, p.in_dim],
-                p.a.clone(),
-            ));
-            owned.push((peft_key(layer, t, "lora_B"), vec![p.out_dim, p.rank], b));
+            tensors.push(F32Tensor {
+                name: peft_key(layer, t, "lora_A"),
+                shape: vec![p.rank, p.in_dim],
+                pieces: vec![&p.a],
+            });
+            tensors.push(F32Tensor {
+                name: peft_key(layer, t, "lora_B"),
+                shape: vec![p.out_dim, p.rank],
+                pieces: vec![b],
+            });
         }
     }
-    let refs: Vec<(String, Vec<usize>, &[f32])> = owned
-        .iter()
-        .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
-        .collect();
-    let bytes = safetensors_bytes(&refs)?;
     crate::format::gguf_write::write_atomic(&dir.join(WEIGHTS_FILE), |f| {
-        std::io::Write::write_all(f, &bytes)
+        write_f32_safetensors(f, &tensors)
     })?;
     let targets: Vec<&str> = lora.targets.iter().map(|t| t.hf_module()).collect();
     let config = serde_json::json!({

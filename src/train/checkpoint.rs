@@ -4,10 +4,10 @@
 //! the previous complete checkpoint in force.
 
 use super::optim::AdamW;
-use super::params::{flatten, unflatten};
+use super::params::{for_each_tensor, unflatten};
 use crate::error::{Error, Result};
 use crate::format::gguf_write::write_atomic;
-use crate::format::peft::safetensors_bytes;
+use crate::format::safetensors_write::{write_f32_safetensors, F32Tensor};
 use crate::model::lora::LoraSet;
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
@@ -45,15 +45,29 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
 pub fn save(out: &Path, state: &State, params: &LoraSet, opt: &AdamW) -> Result<()> {
     let dir = checkpoint_dir(out);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let p = flatten(params);
-    let n = p.len();
-    let bytes = safetensors_bytes(&[
-        ("params".to_string(), vec![n], &p),
-        ("adam_m".to_string(), vec![n], &opt.m),
-        ("adam_v".to_string(), vec![n], &opt.v),
-    ])?;
+    // Streamed from the live buffers: no flattened copy of the parameters or moments.
+    let mut pieces: Vec<&[f32]> = Vec::new();
+    for_each_tensor(params, |v| pieces.push(v));
+    let n = params.num_params();
+    let tensors = [
+        F32Tensor {
+            name: "params".into(),
+            shape: vec![n],
+            pieces,
+        },
+        F32Tensor {
+            name: "adam_m".into(),
+            shape: vec![n],
+            pieces: vec![&opt.m],
+        },
+        F32Tensor {
+            name: "adam_v".into(),
+            shape: vec![n],
+            pieces: vec![&opt.v],
+        },
+    ];
     let file = format!("train-{}.safetensors", state.step);
-    write_atomic(&dir.join(&file), |f| std::io::Write::write_all(f, &bytes))?;
+    write_atomic(&dir.join(&file), |f| write_f32_safetensors(f, &tensors))?;
     let mut st = state.clone();
     st.tensors_file = file.clone();
     st.adam_t = opt.t;

@@ -55,7 +55,7 @@ pub fn zeros_like(l: &LoraSet) -> LoraSet {
 }
 
 /// Visit every tensor (A then B of each pair, layers in order, targets in order).
-pub fn for_each_tensor(l: &LoraSet, mut f: impl FnMut(&[f32])) {
+pub fn for_each_tensor<'a>(l: &'a LoraSet, mut f: impl FnMut(&'a [f32])) {
     for slots in &l.layers {
         for p in slots.iter().flatten() {
             f(&p.a);
