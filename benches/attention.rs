@@ -17,8 +17,44 @@ mod old;
 
 use edge_sft::train::attention::{attention_backward, attention_forward, AttnShape};
 use edge_sft::train::batch::Segment;
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// The system allocator, counting allocations (all threads) so the bench can show that a call
+/// in steady state allocates nothing.
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Heap allocations made by `f`.
+fn allocations(f: impl FnOnce()) -> usize {
+    let before = ALLOCS.load(Ordering::SeqCst);
+    f();
+    ALLOCS.load(Ordering::SeqCst) - before
+}
 
 fn rnd(seed: &mut u64, n: usize) -> Vec<f32> {
     (0..n)
@@ -63,7 +99,7 @@ fn main() {
     let hd = s.head_dim;
     let cases: [(&str, usize, usize); 3] =
         [("seq256", 256, 1), ("seq1024", 1024, 1), ("4x256", 1024, 4)];
-    println!("| case | threads | pass | impl | best ms | GFLOP/s | µs/token | new/old time |\n|---|---|---|---|---|---|---|---|");
+    println!("| case | threads | pass | impl | best ms | GFLOP/s | µs/token | new/old time | allocs/call |\n|---|---|---|---|---|---|---|---|---|");
     for (name, t, nseg) in cases {
         let seg_len = t / nseg;
         let segs: Vec<Segment> = (0..nseg)
@@ -144,19 +180,67 @@ fn main() {
                 );
                 (fwd, bwd)
             });
+            if std::env::var_os("ATTN_BENCH_ALLOC_TRACE").is_some() {
+                let trace: Vec<usize> = pool.install(|| {
+                    (0..20)
+                        .map(|_| {
+                            allocations(|| {
+                                attention_backward(
+                                    s, &segs, &q, &k, &v, out, lse, &dout, &mut dq1, &mut dk1,
+                                    &mut dv1,
+                                )
+                            })
+                        })
+                        .collect()
+                });
+                eprintln!("{name} {threads}t backward allocations per call: {trace:?}");
+                let trace: Vec<usize> = pool.install(|| {
+                    (0..20)
+                        .map(|i| {
+                            if i % 5 == 4 {
+                                old::attention_forward(s, &segs, &q, &k, &v, &mut out0, &mut lse0);
+                            }
+                            allocations(|| {
+                                attention_forward(s, &segs, &q, &k, &v, &mut out1, &mut lse1)
+                            })
+                        })
+                        .collect()
+                });
+                eprintln!("{name} {threads}t forward allocations per call: {trace:?}");
+            }
+            // One more call of each after the timed ones (steady state).
+            let allocs = pool.install(|| {
+                [
+                    allocations(|| {
+                        old::attention_forward(s, &segs, &q, &k, &v, &mut out0, &mut lse0)
+                    }),
+                    allocations(|| attention_forward(s, &segs, &q, &k, &v, &mut out1, &mut lse1)),
+                    allocations(|| {
+                        old::attention_backward(
+                            s, &segs, &q, &k, &v, out, lse, &dout, &mut dq0, &mut dk0, &mut dv0,
+                        )
+                    }),
+                    allocations(|| {
+                        attention_backward(
+                            s, &segs, &q, &k, &v, out, lse, &dout, &mut dq1, &mut dk1, &mut dv1,
+                        )
+                    }),
+                ]
+            });
             let rows = [("old", fwd[0], bwd[0]), ("new", fwd[1], bwd[1])];
             for (pi, pass, products) in [(0, "fwd", 2.0), (1, "bwd", 5.0)] {
                 let time = |r: &(&str, Duration, Duration)| if pi == 0 { r.1 } else { r.2 };
                 let old_secs = time(&rows[0]).as_secs_f64();
-                for r in &rows {
+                for (ri, r) in rows.iter().enumerate() {
                     let secs = time(r).as_secs_f64();
                     println!(
-                        "| {name} | {threads} | {pass} | {} | {:.3} | {:.1} | {:.2} | {:.2} |",
+                        "| {name} | {threads} | {pass} | {} | {:.3} | {:.1} | {:.2} | {:.2} | {} |",
                         r.0,
                         secs * 1e3,
                         products * 2.0 * hd as f64 * pairs / secs / 1e9,
                         secs * 1e6 / t as f64,
-                        secs / old_secs
+                        secs / old_secs,
+                        allocs[2 * pi + ri]
                     );
                 }
             }

@@ -90,7 +90,16 @@ thread_local! {
 
 /// Run `f` on `len` floats of scratch (contents unspecified) from this thread's free list.
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut buf = FREE.with(|l| l.borrow_mut().pop()).unwrap_or_default();
+    // The smallest buffer that fits, else the largest (grown): once every nesting depth has
+    // seen its largest request, nothing is allocated any more.
+    let mut buf = FREE.with(|l| {
+        let mut l = l.borrow_mut();
+        let fits = (0..l.len())
+            .filter(|&i| l[i].len() >= len)
+            .min_by_key(|&i| l[i].len());
+        let pick = fits.or_else(|| (0..l.len()).max_by_key(|&i| l[i].len()));
+        pick.map(|i| l.swap_remove(i)).unwrap_or_default()
+    });
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
