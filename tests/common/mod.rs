@@ -99,18 +99,19 @@ pub const F32: Tol = Tol {
 
 /// bf16 tolerances (avx512bf16).
 ///
-/// Derivation. bf16 keeps 8 significant bits, so rounding an operand costs a relative error
-/// up to u = 2⁻⁸ ≈ 3.9e-3 (about 2⁻⁹·… on average), and a product of two rounded operands up
-/// to 2u ≈ 7.8e-3. A K-term dot product accumulated in f32 is then off by ≤ 2u·Σ|aᵢbᵢ|; the
-/// roundings are independent, so typically by ~u·√(Σ(aᵢbᵢ)²), i.e. 1e-3 … 1e-2 of the
-/// output's scale, more where the sum cancels. The tiny models chain 2 layers × 7 projections
+/// Derivation. bf16 keeps 8 significant bits (7 stored), so rounding an operand to nearest
+/// costs a relative error up to u = 2⁻⁸ ≈ 3.9e-3 (2⁻⁹ on average), and a product of two
+/// rounded operands up to 2u ≈ 7.8e-3. A K-term dot product accumulated in f32 is then off by
+/// ≤ 2u·Σ|aᵢbᵢ|; the roundings are independent, so typically by ~u·√(Σ(aᵢbᵢ)²), i.e.
+/// 1e-3 … 1e-2 of the output's scale, more where the sum cancels (f32 accumulation adds only
+/// ~K·2⁻²⁴). The tiny models chain 2 layers × 7 projections
 /// plus the LoRA products, forward and again backward, and their weights are drawn with
 /// std 0.15 (not 0.02) to keep logits far from uniform, which amplifies each layer's error:
 /// expect errors of 1e-2 … 1e-1 relative on individual logits and gradient elements, less on
 /// sums (loss, logsumexp, tensor norms), where independent errors cancel.
 ///
 /// Evidence that this is bf16 and not a kernel bug: PyTorch with the operands of every linear
-/// layer rounded to bf16 (f32 accumulation) deviates from its own f32 logits by up to 0.24
+/// layer rounded to bf16 (`F.linear(x.bfloat16().float(), w.bfloat16().float())`) deviates from its own f32 logits by up to 0.24
 /// (row L2, qwen2 + adapter), 0.10 (logsumexp) and 1.66 (one logit): more than our path,
 /// which rounds only the tiled products (n > 16 columns). A kernel bug (a dropped k pair, a
 /// transposed or mis-rounded panel) moves a whole product by O(1) relative.
