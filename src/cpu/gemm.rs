@@ -38,6 +38,8 @@ const MC_MAX: usize = 512;
 /// Halved (down to 32) until there are 8 tasks per thread: narrower tasks cost almost nothing
 /// (each W element is still dequantized once per row block) and balance the threads better.
 const NB_MAX: usize = 128;
+/// Rows per task at least when a narrow product is split over rows.
+const MIN_ROWS_NARROW: usize = 32;
 /// Depth of one B panel: a multiple of 32 so quant blocks never straddle chunks.
 const KC: usize = 256;
 
@@ -104,6 +106,40 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// A low-rank term folded into a product: C += U·V with U [m, r] row-major and
+/// V(p, j) = v[p*rs + j*cs] for p < r — LoRA's `us · Bᵀ` (forward) or `du · A` (backward).
+/// The driver adds it to each output tile right after the tile's main k loop, while the
+/// tile is still in cache, as one more (short) k chunk: no extra pass over C.
+#[derive(Clone, Copy)]
+pub(crate) struct LowRank<'a> {
+    pub u: &'a [f32],
+    pub r: usize,
+    pub v: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> LowRank<'a> {
+    fn check(&self, m: usize, n: usize) {
+        assert!(
+            self.u.len() >= m * self.r,
+            "low-rank term: U must be [{m}, {}]",
+            self.r
+        );
+        assert!(
+            self.r == 0 || n == 0 || (self.r - 1) * self.rs + (n - 1) * self.cs < self.v.len(),
+            "low-rank term: V too short"
+        );
+    }
+    fn src(&self) -> BSrc<'a> {
+        BSrc::F32 {
+            b: self.v,
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
+}
+
 /// C[m, n] (+)= A·B with A(i, p) = a[i*rsa + p*csa], B from `src`, C row-major (ldc = n).
 /// The caller has checked that every A(i, p) index lies inside `a` and `c.len() == m*n`.
 #[allow(clippy::too_many_arguments)]
@@ -119,22 +155,58 @@ pub(crate) fn gemm(
     c: &mut [f32],
     accumulate: bool,
 ) {
+    gemm_lr(isa, m, n, k, a, rsa, csa, src, c, accumulate, None)
+}
+
+/// [`gemm`] plus an optional low-rank term: C (+)= A·B + U·V.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_lr(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    src: BSrc,
+    c: &mut [f32],
+    accumulate: bool,
+    lr: Option<LowRank>,
+) {
     assert_eq!(c.len(), m * n, "gemm: output length");
     if m == 0 || n == 0 {
         return;
+    }
+    if let Some(l) = &lr {
+        l.check(m, n);
+        if l.r > KC {
+            // Ranks above one panel depth: not fused.
+            gemm_lr(isa, m, n, k, a, rsa, csa, src, c, accumulate, None);
+            gemm(isa, m, n, l.r, l.u, l.r, 1, l.src(), c, true);
+            return;
+        }
     }
     if k == 0 {
         if !accumulate {
             c.fill(0.0);
         }
+        if let Some(l) = lr {
+            gemm(isa, m, n, l.r, l.u, l.r, 1, l.src(), c, true);
+        }
         return;
     }
     assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: A too short");
+    // Drivers without the fused term add it in a second (f32) pass.
+    let unfused = |c: &mut [f32]| {
+        if let Some(l) = lr {
+            gemm(isa.f32_isa(), m, n, l.r, l.u, l.r, 1, l.src(), c, true);
+        }
+    };
     // The bf16 path pays off only on tiles of at least half its 32-wide micro-tile; narrow
     // outputs (LoRA ranks) stay in f32 like every non-GEMM kernel of that path.
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Bf16 && n > avx2::NR {
-        super::gemm_bf16::gemm(m, n, k, a, rsa, csa, src, c, accumulate);
+        super::gemm_bf16::gemm(m, n, k, a, rsa, csa, src, c, accumulate, lr);
         return;
     }
     // The fp16 path rounds only frozen weights (f32 products may hold gradients, which f16's
@@ -145,19 +217,28 @@ pub(crate) fn gemm(
         && matches!(src, BSrc::Wt { .. } | BSrc::W { .. })
     {
         super::gemm_f16::gemm(isa, m, n, k, a, rsa, csa, src, c, accumulate);
+        unfused(c);
         return;
     }
     // Its x86 twin: f16 weight panels widened by F16C, f32 FMA (same policy as above).
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2F16 && n > avx2::NR && matches!(src, BSrc::Wt { .. } | BSrc::W { .. }) {
         super::gemm_f16::gemm(isa, m, n, k, a, rsa, csa, src, c, accumulate);
+        unfused(c);
         return;
     }
     let kern = kern_for(isa, n);
-    let n_ib = m.div_ceil(MC_MAX);
+    let threads = rayon::current_num_threads();
+    // Narrow outputs (LoRA ranks: one column block) would be a single task: cut their rows
+    // instead, into about 4 tasks per thread of at least MIN_ROWS rows.
+    let row_tasks = if n <= NB_MAX / 2 {
+        (4 * threads).min(m / MIN_ROWS_NARROW).max(1)
+    } else {
+        1
+    };
+    let n_ib = m.div_ceil(MC_MAX).max(row_tasks);
     let mc = m.div_ceil(n_ib).div_ceil(kern.mr) * kern.mr;
     let n_ib = m.div_ceil(mc);
-    let threads = rayon::current_num_threads();
     let mut nb_task = NB_MAX;
     while nb_task > 32 && n_ib * n.div_ceil(nb_task) < 8 * threads {
         nb_task /= 2;
@@ -183,10 +264,16 @@ pub(crate) fn gemm(
             let (tmp, ctile) = rest.split_at_mut(8 * KC);
             let ctile = &mut ctile[..kern.mr * kern.nr];
             let cp = cptr;
-            for p0 in (0..k).step_by(KC) {
-                let kc = KC.min(k - p0);
+            // The k chunks of A·B, then (if any) the low-rank term as one more chunk.
+            let chunks = (0..k).step_by(KC).map(|p0| (p0, KC.min(k - p0), false));
+            let extra = lr.map(|l| (0, l.r, true)).filter(|&(_, r, _)| r > 0);
+            for (p0, kc, is_lr) in chunks.chain(extra) {
+                let (a, rsa, csa, src) = match (is_lr, lr) {
+                    (true, Some(l)) => (l.u, l.r, 1, l.src()),
+                    _ => (a, rsa, csa, src),
+                };
                 pack_b(isa, src, p0, kc, j0, nbt, panel, ldb, tmp);
-                let overwrite = !accumulate && p0 == 0;
+                let overwrite = !accumulate && p0 == 0 && !is_lr;
                 for jr in (0..nbt).step_by(kern.nr) {
                     let ncols = kern.nr.min(nbt - jr);
                     for ir in (0..mct).step_by(kern.mr) {

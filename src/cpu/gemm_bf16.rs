@@ -9,8 +9,10 @@
 //! order): deterministic, whatever the thread count.
 
 use super::dispatch::Isa;
+use super::gemm::LowRank;
 use super::panel::{pack_b, BSrc};
 use super::par;
+use super::x86::avx512;
 use super::x86::bf16;
 use std::cell::RefCell;
 
@@ -49,6 +51,7 @@ pub(crate) fn gemm(
     src: BSrc,
     c: &mut [f32],
     accumulate: bool,
+    lr: Option<LowRank>,
 ) {
     let (mr, nr) = (bf16::MR, bf16::NR);
     let n_ib = m.div_ceil(MC_MAX);
@@ -137,6 +140,47 @@ pub(crate) fn gemm(
                                     }
                                     let tp = ctile.as_mut_ptr();
                                     bf16::kernel(kp, ap, lda, bp, 2 * ldb, tp, nr, rows, overwrite);
+                                    for r in 0..rows {
+                                        for q in 0..ncols {
+                                            *cij.add(r * ldc + q) = ctile[r * nr + q];
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                // The low-rank term (LoRA), in f32 with the AVX-512 kernel: same 8×32 tile,
+                // so the f32 panel of this task serves it.
+                if let Some(l) = lr.filter(|l| l.r > 0) {
+                    let src = BSrc::F32 {
+                        b: l.v,
+                        rs: l.rs,
+                        cs: l.cs,
+                    };
+                    pack_b(Isa::Avx512, src, 0, l.r, j0, nbt, panel, ldb, tmp);
+                    for jr in (0..nbt).step_by(nr) {
+                        let ncols = nr.min(nbt - jr);
+                        for ir in (0..mct).step_by(mr) {
+                            let rows = mr.min(mct - ir);
+                            let (i, j) = (i0 + ir, j0 + jr);
+                            // SAFETY: U rows i..i+rows hold r values each (checked by
+                            // gemm_lr); the panel holds r ≤ KC rows of ldb ≥ jr + NR values;
+                            // C(i..i+rows, j..j+ncols) lies inside c and belongs to this task.
+                            unsafe {
+                                let up = l.u.as_ptr().add(i * l.r);
+                                let bp = panel.as_ptr().add(jr);
+                                let cij = cp.0.add(i * ldc + j);
+                                if ncols == nr {
+                                    avx512::kernel(l.r, up, l.r, 1, bp, ldb, cij, ldc, rows, false);
+                                } else {
+                                    for r in 0..rows {
+                                        for q in 0..ncols {
+                                            ctile[r * nr + q] = *cij.add(r * ldc + q);
+                                        }
+                                    }
+                                    let tp = ctile.as_mut_ptr();
+                                    avx512::kernel(l.r, up, l.r, 1, bp, ldb, tp, nr, rows, false);
                                     for r in 0..rows {
                                         for q in 0..ncols {
                                             *cij.add(r * ldc + q) = ctile[r * nr + q];

@@ -47,8 +47,8 @@ mod x86;
 pub use dispatch::{active_isa, available_isas, isa_name, Isa};
 pub use matmul::{
     matmul_f32_nn, matmul_f32_nn_with, matmul_f32_nt, matmul_f32_nt_with, matmul_f32_tn,
-    matmul_f32_tn_with, matmul_w, matmul_w_into, matmul_w_with, matmul_wt, matmul_wt_range,
-    matmul_wt_range_with, matmul_wt_with,
+    matmul_f32_tn_with, matmul_w, matmul_w_into, matmul_w_lora, matmul_w_with, matmul_wt,
+    matmul_wt_lora, matmul_wt_range, matmul_wt_range_with, matmul_wt_with,
 };
 pub use swiglu::{swiglu_backward, swiglu_backward_with};
 pub use vecops::{

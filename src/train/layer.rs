@@ -109,15 +109,18 @@ fn proj_forward(
     lb: Option<&mut LoraBuf>,
     xd: &mut [f32],
 ) {
-    cpu::matmul_wt(x, t, w, y);
-    if let Some(b) = bias {
-        for row in y.chunks_exact_mut(w.rows) {
-            for (v, bb) in row.iter_mut().zip(b) {
-                *v += bb;
+    let add_bias = |y: &mut [f32]| {
+        if let Some(b) = bias {
+            for row in y.chunks_exact_mut(w.rows) {
+                for (v, bb) in row.iter_mut().zip(b) {
+                    *v += bb;
+                }
             }
         }
-    }
+    };
     let (Some(p), Some(lb)) = (pair, lb) else {
+        cpu::matmul_wt(x, t, w, y);
+        add_bias(y);
         return;
     };
     let n_in = t * p.in_dim;
@@ -140,7 +143,9 @@ fn proj_forward(
     let us = &mut lb.us[..t * p.rank]; // [T, rank]
     cpu::matmul_f32_nt(xin, &p.a, us, t, p.in_dim, p.rank, false);
     cpu::scale(scale, us);
-    cpu::matmul_f32_nt(us, &p.b, y, t, p.rank, p.out_dim, true);
+    // y = x·Wᵀ + us·Bᵀ, the LoRA term added inside the GEMM's output tiles.
+    cpu::matmul_wt_lora(x, t, w, y, us, &p.b);
+    add_bias(y);
 }
 
 /// dx [T, in] (+)= dy · W (+ the LoRA path), and LoRA gradients into `grad`. `du` is
@@ -160,8 +165,8 @@ fn proj_backward(
     du: &mut [f32],
     xd: &mut [f32],
 ) {
-    cpu::matmul_w_into(dy, t, w, dx, accumulate);
     let (Some(p), Some(lb), Some(g)) = (pair, lb, grad) else {
+        cpu::matmul_w_into(dy, t, w, dx, accumulate);
         return;
     };
     let us = &lb.us[..t * p.rank];
@@ -173,10 +178,11 @@ fn proj_backward(
     cpu::scale(scale, du);
     let n_in = t * p.in_dim;
     if lb.keep.is_empty() {
-        // dA [rank, in] += duᵀ · x ; dx += du · A
+        // dA [rank, in] += duᵀ · x ; dx (+)= dy·W + du·A, the LoRA term fused in the GEMM.
         cpu::matmul_f32_tn(du, x, &mut g.a, p.rank, t, p.in_dim, true);
-        cpu::matmul_f32_nn(du, &p.a, dx, t, p.rank, p.in_dim, true);
+        cpu::matmul_w_lora(dy, t, w, dx, accumulate, du, &p.a);
     } else {
+        cpu::matmul_w_into(dy, t, w, dx, accumulate);
         let (keep, xd) = (&lb.keep[..n_in], &mut xd[..n_in]);
         for ((o, &v), &k) in xd.iter_mut().zip(x).zip(keep) {
             *o = v * k;
