@@ -1,9 +1,9 @@
 //! The tiled GEMM driver of the f16-weight paths (`Isa::NeonFp16` on AArch64, `Isa::Avx2F16`
 //! on x86-64), for products with a frozen weight (x·Wᵀ, dy·W): the same task split as
 //! `gemm.rs` (tasks of MC rows × NB columns over rayon, k in chunks of KC), with each chunk's
-//! weight panel dequantized by the path's f32 packers a few k rows at a time (so the f32
-//! staging stays in L1) and stored as f16, then widened in the microkernel (`arm::fp16`,
-//! `x86::f16c`) and multiplied with the f32 activations, accumulating in f32.
+//! weight panel dequantized by the path's f32 packers and stored as f16, then widened in the
+//! microkernel (`arm::fp16`, `x86::f16c`) and multiplied with the f32 activations,
+//! accumulating in f32.
 //!
 //! Numerics: each product is A(i,p)·f16(W) — only the weight is rounded (relative error
 //! ≤ 2⁻¹¹) — summed in f32 in a fixed order: deterministic, whatever the thread count.
@@ -23,9 +23,6 @@ const NB_MAX: usize = 128;
 /// A is not packed, and each task re-streams its [MC, KC] block of A once per NR columns,
 /// which at KC = 512 (512 KiB) no longer stays in L2 next to everything else.
 const KC: usize = 256;
-/// k rows dequantized into the f32 staging buffer at a time before the f16 conversion
-/// (a multiple of 32; [32, 128] f32 = 16 KiB).
-const KS: usize = 32;
 
 /// Converts kc rows of an f32 panel (ldb wide, a multiple of NR) to f16 bits.
 type PackFn = unsafe fn(*const f32, usize, usize, *mut u16);
@@ -81,7 +78,7 @@ unsafe impl Send for CPtr {}
 unsafe impl Sync for CPtr {}
 
 thread_local! {
-    /// f32 scratch: KS staged panel rows, dequantization rows, a C edge tile.
+    /// f32 scratch: the f32 panel, dequantization rows, a C edge tile.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The f16 panel.
     static SCRATCH16: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
@@ -127,7 +124,7 @@ pub(crate) fn gemm(
             SCRATCH16.with(|s16| {
                 let mut s = s.borrow_mut();
                 let mut s16 = s16.borrow_mut();
-                let need = KS * ldb + 8 * KS + mr * nr;
+                let need = KC * ldb + 8 * KC + mr * nr;
                 if s.len() < need {
                     s.resize(need, 0.0);
                 }
@@ -135,22 +132,19 @@ pub(crate) fn gemm(
                     s16.resize(KC * ldb + 32, 0);
                 }
                 let s16 = aligned16(&mut s16);
-                let (stage, rest) = s.split_at_mut(KS * ldb);
-                let (tmp, ctile) = rest.split_at_mut(8 * KS);
+                let (panel, rest) = s.split_at_mut(KC * ldb);
+                let (tmp, ctile) = rest.split_at_mut(8 * KC);
                 let ctile = &mut ctile[..mr * nr];
                 let cp = cptr;
                 for p0 in (0..k).step_by(KC) {
                     let kc = KC.min(k - p0);
-                    for q0 in (0..kc).step_by(KS) {
-                        let ks = KS.min(kc - q0);
-                        pack_b(kern.base, src, p0 + q0, ks, j0, nbt, stage, ldb, tmp);
-                        // SAFETY: stage holds ks rows of ldb (a multiple of NR, itself of 8)
-                        // f32; s16 has room for KC·ldb ≥ (q0 + ks)·ldb u16; the path's CPU
-                        // features were checked by the public caller.
-                        unsafe {
-                            (kern.pack)(stage.as_ptr(), ks, ldb, s16.as_mut_ptr().add(q0 * ldb))
-                        };
-                    }
+                    // Dequantizing into a smaller f32 stage (32 k rows, L1-resident) and
+                    // converting it piecewise measured slower (per-call packing overhead).
+                    pack_b(kern.base, src, p0, kc, j0, nbt, panel, ldb, tmp);
+                    // SAFETY: panel holds kc rows of ldb (a multiple of NR, itself of 8) f32
+                    // and s16 room for KC·ldb u16; the path's CPU features were checked by
+                    // the public caller.
+                    unsafe { (kern.pack)(panel.as_ptr(), kc, ldb, s16.as_mut_ptr()) };
                     let overwrite = !accumulate && p0 == 0;
                     for jr in (0..nbt).step_by(nr) {
                         let ncols = nr.min(nbt - jr);
