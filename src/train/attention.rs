@@ -1,12 +1,13 @@
 //! Causal grouped-query attention for training, tiled and balanced over rayon's threads.
 //!
-//! Queries are processed in blocks of `BLOCK` rows and keys in tiles of `KEY_TILE`, each
-//! score tile [BLOCK, KEY_TILE] computed with a GEMM, so no [seq × seq] matrix per head is
-//! ever stored. Forward keeps only the per-(row, head) log-sum-exp (online softmax across key
+//! Queries are processed in blocks of `BLOCK` rows and keys in tiles of `KEY_TILE`; the query
+//! heads that share a kv head are stacked, so each score tile [group·BLOCK, KEY_TILE] is one
+//! GEMM that packs K (and V) once for the group. No [seq × seq] matrix per head is ever
+//! stored. Forward keeps only the per-(row, head) log-sum-exp (online softmax across key
 //! tiles); backward recomputes the probabilities tile by tile.
 //!
 //! Work split (2 threads must both stay busy on one 256-token record with 9 heads):
-//! - forward: one task per (segment, head, query block), owning its output rows;
+//! - forward: one task per (segment, kv head, query block), owning its output rows;
 //! - backward: one task per (segment, kv head, query chunk), the chunks cut so that each has
 //!   about the same causal work. A task owns dQ of its query rows and accumulates dK, dV of the
 //!   keys it sees into its own partial buffer; a second pass sums the partials of each key row
@@ -28,10 +29,15 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Query rows per tile.
-pub const BLOCK: usize = 64;
-/// Keys per score tile: a [BLOCK, KEY_TILE] f32 tile is 128 KiB, so backward's P and dP
-/// tiles stay in L2.
+/// Query rows per tile in training. The query heads of one kv head are stacked (3 × 32 rows
+/// for SmolLM2), so K and V panels are still amortized over ~100 rows, while the masked half
+/// of the diagonal tile, computed and thrown away, stays small (32 rather than 64 wide: 10%
+/// faster at 256 tokens).
+pub const BLOCK: usize = 32;
+/// Query rows per tile for one head alone (`attend_head`, inference prefill).
+const HEAD_BLOCK: usize = 64;
+/// Keys per score tile: a [3·BLOCK, KEY_TILE] f32 tile is 192 KiB, so backward's P and dP
+/// tiles and the K, V tiles stay in a 1–2 MiB L2.
 const KEY_TILE: usize = 512;
 /// Most query chunks per (segment, kv head) in backward: each chunk costs a partial dK/dV
 /// buffer as long as the keys it sees.
@@ -283,10 +289,10 @@ pub fn attend_head(q: &[f32], k: &[f32], v: &[f32], n: usize, hd: usize) -> (Vec
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0.0f32; n * hd];
     let mut lse = vec![0.0f32; n];
-    let bmax = BLOCK.min(n);
+    let bmax = HEAD_BLOCK.min(n);
     with_scratch(forward_scratch(bmax), |buf| {
-        for i0 in (0..n).step_by(BLOCK) {
-            let bq = BLOCK.min(n - i0);
+        for i0 in (0..n).step_by(HEAD_BLOCK) {
+            let bq = HEAD_BLOCK.min(n - i0);
             let qb = &q[i0 * hd..(i0 + bq) * hd];
             let (o, ls) = (&mut out[i0 * hd..(i0 + bq) * hd], &mut lse[i0..i0 + bq]);
             forward_block(qb, k, v, (bq, bq), offset + i0, hd, scale, o, ls, buf);
@@ -656,7 +662,14 @@ mod tests {
     fn tiled_head_matches_naive_across_blocks_and_offsets() {
         let hd = 8;
         let mut seed = 11;
-        for (l, n) in [(BLOCK * 2 + 5, BLOCK * 2 + 5), (150, 3), (70, 70), (9, 1)] {
+        let b = HEAD_BLOCK;
+        for (l, n) in [
+            (b * 2 + 5, b * 2 + 5),
+            (150, 3),
+            (70, 70),
+            (9, 1),
+            (KEY_TILE + 70, 70),
+        ] {
             let q = rnd(&mut seed, n * hd);
             let k = rnd(&mut seed, l * hd);
             let v = rnd(&mut seed, l * hd);
