@@ -1,7 +1,7 @@
 //! The tiled GEMM driver of the reduced-precision x86 path (`Isa::Avx512Bf16`): the same
 //! task split as `gemm.rs` (tasks of MC rows × NB columns over rayon, k in chunks of KC),
 //! but each chunk's B panel is dequantized to f32 by the `Avx512` packers and then rounded to
-//! bf16 k-pairs, and the task's A rows are rounded to bf16 once per chunk; the microkernel
+//! bf16 k-pairs; A is rounded to bf16 once per call, shared by all tasks; the microkernel
 //! (`x86::bf16`) multiplies bf16 pairs and accumulates in f32.
 //!
 //! Numerics: every product A(i,p)·B(p,j) uses bf16(A)·bf16(B) (each with relative rounding
@@ -25,6 +25,14 @@ const KC: usize = 256;
 
 #[derive(Clone, Copy)]
 struct CPtr(*mut f32);
+
+/// The shared packed-A buffer; tasks write disjoint row ranges of it.
+#[derive(Clone, Copy)]
+struct APtr(*mut u16);
+// SAFETY: packing tasks write disjoint ranges (see `gemm`), so sharing the pointer is sound.
+unsafe impl Send for APtr {}
+// SAFETY: as above.
+unsafe impl Sync for APtr {}
 // SAFETY: tasks only write disjoint C tiles, so sharing the pointer is sound.
 unsafe impl Send for CPtr {}
 // SAFETY: as above.
@@ -33,8 +41,10 @@ unsafe impl Sync for CPtr {}
 thread_local! {
     /// f32 scratch: B panel, dequantization rows, a C edge tile.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// bf16 scratch: packed B pairs, packed A rows.
+    /// bf16 scratch: packed B pairs.
     static SCRATCH16: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    /// bf16 A of one product, all chunks (see `gemm`).
+    static APACK: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
 /// C[m, n] (+)= A·B as `gemm::gemm`, with bf16 operands. The caller ran
@@ -65,15 +75,16 @@ pub(crate) fn gemm(
     let n_jb = n.div_ceil(nb_task);
     let cptr = CPtr(c.as_mut_ptr());
     let ldc = n;
+    // Packed A rows: KC rounded to even bf16 each.
+    let lda = KC;
+    let n_chunks = k.div_ceil(KC);
 
-    let task = |t: usize| {
+    let task = |apk_all: &[u16], t: usize| {
         let (jb, ib) = (t / n_ib, t % n_ib);
         let (i0, j0) = (ib * mc, jb * nb_task);
         let mct = mc.min(m - i0);
         let nbt = nb_task.min(n - j0);
         let ldb = nbt.div_ceil(nr) * nr;
-        // Packed A rows: KC rounded to even bf16 each.
-        let lda = KC;
         SCRATCH.with(|s| {
             SCRATCH16.with(|s16| {
                 let mut s = s.borrow_mut();
@@ -82,28 +93,24 @@ pub(crate) fn gemm(
                 if s.len() < need {
                     s.resize(need, 0.0);
                 }
-                let need16 = KC * ldb + mc * lda;
+                let need16 = KC * ldb;
                 if s16.len() < need16 {
                     s16.resize(need16, 0);
                 }
                 let (panel, rest) = s.split_at_mut(KC * ldb);
                 let (tmp, ctile) = rest.split_at_mut(8 * KC);
                 let ctile = &mut ctile[..mr * nr];
-                let (bpk, apk) = s16.split_at_mut(KC * ldb);
+                let bpk = &mut s16[..KC * ldb];
                 let cp = cptr;
-                for p0 in (0..k).step_by(KC) {
+                for (ch, p0) in (0..k).step_by(KC).enumerate() {
                     let kc = KC.min(k - p0);
                     let kp = kc.div_ceil(2);
                     pack_b(Isa::Avx512, src, p0, kc, j0, nbt, panel, ldb, tmp);
                     // SAFETY: panel holds kc rows of ldb (a multiple of 32) f32; bpk holds
-                    // KC·ldb ≥ 2·kp·ldb u16; A(i0.., p0..) lies inside `a` (caller) and apk
-                    // holds mc ≥ mct rows of lda = KC ≥ 2·kp u16; AVX512-BF16 was checked by
-                    // the public caller.
-                    unsafe {
-                        bf16::pack_b_pairs(panel.as_ptr(), kc, ldb, bpk.as_mut_ptr());
-                        let ap = a.as_ptr().add(i0 * rsa + p0 * csa);
-                        bf16::pack_a(ap, rsa, csa, mct, kc, apk.as_mut_ptr(), lda);
-                    }
+                    // KC·ldb ≥ 2·kp·ldb u16; AVX512-BF16 was checked by the public caller.
+                    unsafe { bf16::pack_b_pairs(panel.as_ptr(), kc, ldb, bpk.as_mut_ptr()) };
+                    // This chunk's packed rows i0..i0+mct: lda = KC ≥ 2·kp values each.
+                    let apk = &apk_all[(ch * m + i0) * lda..(ch * m + i0 + mct) * lda];
                     let overwrite = !accumulate && p0 == 0;
                     for jr in (0..nbt).step_by(nr) {
                         let ncols = nr.min(nbt - jr);
@@ -195,5 +202,37 @@ pub(crate) fn gemm(
         });
     };
 
-    par::for_each_task(n_ib * n_jb, m * n * k, task);
+    // A is rounded to bf16 pairs once per call, [chunk][row][KC], shared by every column
+    // task (instead of once per task). The buffer is the calling thread's, unless a task of
+    // another product that this thread picked up while waiting holds it: then a fresh one.
+    APACK.with(|cell| {
+        let mut fresh = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let buf: &mut Vec<u16> = match guard.as_mut() {
+            Ok(g) => g,
+            Err(_) => &mut fresh,
+        };
+        let need = n_chunks * m * lda;
+        if buf.len() < need {
+            buf.resize(need, 0);
+        }
+        let aptr = APtr(buf.as_mut_ptr());
+        const RB: usize = 32;
+        let n_rb = m.div_ceil(RB);
+        par::for_each_task(n_chunks * n_rb, m * k, |t| {
+            let (ch, b) = (t / n_rb, t % n_rb);
+            let (i0, p0) = (b * RB, ch * KC);
+            let (rows, kc) = (RB.min(m - i0), KC.min(k - p0));
+            let ap = aptr;
+            // SAFETY: A(i0.., p0..) lies inside `a` (caller); the destination rows
+            // (ch·m + i0 ..+rows) · lda stay inside the `need` values and belong to this
+            // task only; AVX512-BF16 was checked by the public caller.
+            unsafe {
+                let src = a.as_ptr().add(i0 * rsa + p0 * csa);
+                bf16::pack_a(src, rsa, csa, rows, kc, ap.0.add((ch * m + i0) * lda), lda);
+            }
+        });
+        let apk_all: &[u16] = &buf[..need];
+        par::for_each_task(n_ib * n_jb, m * n * k, |t| task(apk_all, t));
+    });
 }
