@@ -82,8 +82,22 @@ fn gather_into(
 ) {
     for (i, d) in dst[..n * w].chunks_exact_mut(w).enumerate() {
         let r = r0 + i;
-        d.copy_from_slice(&src[r * stride + col..r * stride + col + w]);
+        copy_row(d, &src[r * stride + col..r * stride + col + w]);
     }
+}
+
+/// d ← s for one head's row, in 16-float pieces that the compiler copies inline: a libc
+/// memcpy call per 64-float row costs more than the copy itself.
+#[inline]
+fn copy_row(d: &mut [f32], s: &[f32]) {
+    assert_eq!(d.len(), s.len(), "copy_row: lengths");
+    let mut dc = d.chunks_exact_mut(16);
+    let mut sc = s.chunks_exact(16);
+    for (a, b) in (&mut dc).zip(&mut sc) {
+        let (a, b): (&mut [f32; 16], &[f32; 16]) = (a.try_into().unwrap(), b.try_into().unwrap());
+        *a = *b;
+    }
+    dc.into_remainder().copy_from_slice(sc.remainder());
 }
 
 thread_local! {
@@ -182,18 +196,24 @@ impl<'a> Shared<'a> {
         }
     }
 
+    /// The range `off..off + len`, for one task to write.
+    ///
+    /// # Safety
+    /// No other task touches that range while the returned slice lives.
+    unsafe fn range(self, off: usize, len: usize) -> &'a mut [f32] {
+        assert!(off + len <= self.len, "attention: range out of bounds");
+        // SAFETY: in bounds (asserted) of a buffer borrowed exclusively for 'a; the range
+        // belongs to the calling task alone (caller's contract).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) }
+    }
+
     /// Copy `src` to `off..off + src.len()`.
     ///
     /// # Safety
-    /// No other task writes that range while this `Shared` is in use.
-    unsafe fn write(&self, off: usize, src: &[f32]) {
-        assert!(
-            off + src.len() <= self.len,
-            "attention: write out of bounds"
-        );
-        // SAFETY: in bounds (asserted); the range belongs to the calling task (caller's
-        // contract) and `src` is a different buffer.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(off), src.len()) }
+    /// No other task touches that range while this `Shared` is in use.
+    unsafe fn write(self, off: usize, src: &[f32]) {
+        // SAFETY: the caller's contract.
+        copy_row(unsafe { self.range(off, src.len()) }, src);
     }
 }
 
@@ -554,10 +574,10 @@ pub fn attention_backward(
                     let g = task.head;
                     let end = (task.b1 * BLOCK).min(seg.len);
                     let keys = (g * t + seg.start) * hd..(g * t + seg.start + seg.len) * hd;
-                    let need = 2 * end * hd + backward_scratch(s);
-                    with_scratch(need, |buf| {
-                        let (dkp, rest) = buf.split_at_mut(end * hd);
-                        let (dvp, rest) = rest.split_at_mut(end * hd);
+                    // SAFETY: poff..poff + 2·end·hd was reserved for this task alone.
+                    let part = unsafe { parts.range(task.poff, 2 * end * hd) };
+                    let (dkp, dvp) = part.split_at_mut(end * hd);
+                    with_scratch(backward_scratch(s), |rest| {
                         backward_chunk(
                             s,
                             seg,
@@ -569,11 +589,6 @@ pub fn attention_backward(
                             (dkp, dvp),
                             rest,
                         );
-                        // SAFETY: poff..poff + 2·end·hd was reserved for this task alone.
-                        unsafe {
-                            parts.write(task.poff, dkp);
-                            parts.write(task.poff + end * hd, dvp);
-                        }
                     });
                 });
                 let partial = &*partial;
