@@ -9,8 +9,13 @@
 //! head), and µs per token. Not a test: numbers depend on the machine.
 //!
 //! Each row is timed for the crate's attention (`new`) and for the code before issue 4
-//! (`old`, kept in attention/old.rs), in the same run, so ratios are measured under the same
-//! load and the same GEMM kernels.
+//! (`old`, kept in attention/old.rs), alternating call by call in the same run, so ratios are
+//! measured under the same load and the same GEMM kernels. `allocs/call` counts heap
+//! allocations (all threads) of one more call after the timed ones: the steady state.
+//!
+//! Environment: `ATTN_BENCH_NEW_ONLY=1` skips the old code (for profiling with perf);
+//! `ATTN_BENCH_ALLOC_TRACE=1` prints the allocations of 20 consecutive calls;
+//! `EDGE_SFT_ISA=...` picks the kernel path as everywhere else.
 
 #[path = "attention/old.rs"]
 mod old;
