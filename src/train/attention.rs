@@ -137,9 +137,9 @@ fn with_tasks<R>(f: impl FnOnce(&mut Vec<Task>) -> R) -> R {
     r
 }
 
-/// One unit of parallel work. Forward: `head` is a query head and `b0..b1` one query block;
-/// backward: `head` is a kv head, `b0..b1` a chunk of query blocks and `poff` where its
-/// partial dK, dV go; reduction: `head` is a kv head.
+/// One unit of parallel work; `head` is always a kv head (its query heads go together).
+/// Forward: `b0..b1` is one query block; backward: `b0..b1` a chunk of query blocks and `poff`
+/// where its partial dK, dV go; reduction: `poff` where the segment's partials start.
 #[derive(Debug, Clone, Copy)]
 struct Task {
     seg: usize,
