@@ -8,13 +8,17 @@
 #
 # Environment: ARM_CI_CPUS (default "max cortex-a72"), ARM_CI_TESTS (integration tests to run,
 # default below), ARM_CI_RTOL (default 1e-4: relative tolerance aarch64 vs x86).
+#
+# On a CPU model with FEAT_FP16 the PyTorch golden tests among ARM_CI_TESTS (train_golden,
+# model_golden, train_grad) run once more with EDGE_SFT_ISA=neonfp16, the opt-in f16-weight
+# path, at its documented tolerance (tests/common/mod.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . targets/cross-env.sh
 
 TRIPLE=aarch64-unknown-linux-gnu
 read -r -a CPUS <<<"${ARM_CI_CPUS:-max cortex-a72}"
-read -r -a TESTS <<<"${ARM_CI_TESTS:-kernels quant_blocks model_golden train_grad data_records}"
+read -r -a TESTS <<<"${ARM_CI_TESTS:-kernels quant_blocks model_golden train_golden train_grad data_records}"
 RTOL=${ARM_CI_RTOL:-1e-4}
 TINY=tests/golden/tiny
 GGUF=$TINY/llama/q8_0.gguf
@@ -138,6 +142,26 @@ for cpu in "${CPUS[@]}"; do
             fail "-cpu $cpu: test binary $name"
         fi
     done <"$TMP/tests.tsv"
+
+    # The reduced-precision path, where this CPU model has it (inspect reports the path it
+    # really runs; a CPU without FEAT_FP16 falls back to neon).
+    fp16=$(EDGE_SFT_ISA=neonfp16 q "$cpu" "$ARM_BIN" inspect --json "$GGUF" 2>/dev/null |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["cpu_kernels"])') || fp16=""
+    if [ "$fp16" = neonfp16 ]; then
+        phase "qemu-aarch64 -cpu $cpu: golden tests on EDGE_SFT_ISA=neonfp16"
+        while IFS=$'\t' read -r name exe; do
+            case $name in train_golden | model_golden | train_grad) ;; *) continue ;; esac
+            t0=$SECONDS
+            if EDGE_SFT_ISA=neonfp16 q "$cpu" "$exe" -q >"$TMP/test-$cpu-fp16-$name.log" 2>&1; then
+                echo "  -cpu $cpu neonfp16  $name: $(grep -E '^test result' "$TMP/test-$cpu-fp16-$name.log" | tail -1) [$((SECONDS - t0)) s]"
+            else
+                cat "$TMP/test-$cpu-fp16-$name.log"
+                fail "-cpu $cpu: test binary $name on neonfp16"
+            fi
+        done <"$TMP/tests.tsv"
+    else
+        echo "cpu model: $cpu   no neonfp16 path (${fp16:-?}): golden tests on neonfp16 skipped"
+    fi
 
     phase "qemu-aarch64 -cpu $cpu: smoke test vs x86 (eval, tune 3 steps)"
     eval_args=(eval --json --model "$GGUF" --data "$RECORDS")
