@@ -43,8 +43,9 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// bf16 scratch: packed B pairs.
     static SCRATCH16: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
-    /// bf16 A of one product, all chunks (see `gemm`).
-    static APACK: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    /// Free buffers for the bf16 A of one product (see `gemm`): a stack, because a thread
+    /// waiting inside one product's fork may start a task that runs another product.
+    static APACK: RefCell<Vec<Vec<u16>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// C[m, n] (+)= A·B as `gemm::gemm`, with bf16 operands. The caller ran
@@ -203,15 +204,12 @@ pub(crate) fn gemm(
     };
 
     // A is rounded to bf16 pairs once per call, [chunk][row][KC], shared by every column
-    // task (instead of once per task). The buffer is the calling thread's, unless a task of
-    // another product that this thread picked up while waiting holds it: then a fresh one.
-    APACK.with(|cell| {
-        let mut fresh = Vec::new();
-        let mut guard = cell.try_borrow_mut();
-        let buf: &mut Vec<u16> = match guard.as_mut() {
-            Ok(g) => g,
-            Err(_) => &mut fresh,
-        };
+    // task (instead of once per task), in a buffer taken from this thread's free stack.
+    {
+        let mut owned = APACK
+            .with(|cell| cell.borrow_mut().pop())
+            .unwrap_or_default();
+        let buf = &mut owned;
         let need = n_chunks * m * lda;
         if buf.len() < need {
             buf.resize(need, 0);
@@ -234,5 +232,6 @@ pub(crate) fn gemm(
         });
         let apk_all: &[u16] = &buf[..need];
         par::for_each_task(n_ib * n_jb, m * n * k, |t| task(apk_all, t));
-    });
+        APACK.with(|cell| cell.borrow_mut().push(owned));
+    }
 }
