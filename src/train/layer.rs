@@ -5,13 +5,17 @@
 use super::arena::{LayerActs, LoraBuf, Scratch};
 use super::attention::{attention_backward, attention_forward, AttnShape};
 use super::batch::Segment;
-use super::ops::{add_rmsnorm, residual_add, rmsnorm_backward, rmsnorm_rows, swiglu_backward};
+use super::ops::{
+    add_rmsnorm, residual_add, rmsnorm_backward, rmsnorm_par, rmsnorm_rows, silu_mul_par,
+    swiglu_backward,
+};
 use crate::cpu;
 use crate::infer::sampling::Rng;
 use crate::model::lora::{LoraPair, LoraSet, Target};
 use crate::model::rope::Rope;
 use crate::model::weights::QMatrix;
 use crate::model::{LayerWeights, Model};
+use rayon::prelude::*;
 
 /// Per-batch constants shared by all layers.
 pub struct BatchCtx<'a> {
@@ -45,16 +49,20 @@ impl<'a> BatchCtx<'a> {
         }
     }
 
+    /// RoPE on every row of x [T, width], rows spread over the pool.
     fn rotate(&self, x: &mut [f32], width: usize, inverse: bool) {
         let half = self.rope.half_dim();
-        for i in 0..self.t {
-            self.rope.apply(
-                &mut x[i * width..(i + 1) * width],
-                &self.cos[i * half..(i + 1) * half],
-                &self.sin[i * half..(i + 1) * half],
-                inverse,
-            );
-        }
+        let rows = (8192 / width.max(1)).max(1);
+        x[..self.t * width]
+            .par_chunks_mut(rows * width)
+            .enumerate()
+            .for_each(|(c, piece)| {
+                for (r, row) in piece.chunks_exact_mut(width).enumerate() {
+                    let i = c * rows + r;
+                    let (cos, sin) = (&self.cos[i * half..][..half], &self.sin[i * half..][..half]);
+                    self.rope.apply(row, cos, sin, inverse);
+                }
+            });
     }
 }
 
@@ -285,7 +293,7 @@ pub fn layer_forward(
     );
     pf(h2, &l.w_up, None, Target::Up, up, &mut a.lora, dropout);
     let act = &mut sc.act[..t * ffn];
-    cpu::silu_mul(gate, up, act);
+    silu_mul_par(gate, up, act);
     let down = &mut sc.o[..t * d];
     pf(
         act,
@@ -330,11 +338,11 @@ pub fn layer_backward(
     // act = silu(gate) · up.
     let (h1, h2) = (&mut sc.h1[..t * d], &mut sc.h2[..t * d]);
     let x_mid = &a.x_mid[..t * d];
-    cpu::rmsnorm(x_in, &l.attn_norm, c.rms_eps, d, h1);
-    cpu::rmsnorm(x_mid, &l.ffn_norm, c.rms_eps, d, h2);
+    rmsnorm_par(x_in, &l.attn_norm, c.rms_eps, h1);
+    rmsnorm_par(x_mid, &l.ffn_norm, c.rms_eps, h2);
     let (gate, up) = (&a.gate[..t * ffn], &a.up[..t * ffn]);
     let act = &mut sc.act[..t * ffn];
-    cpu::silu_mul(gate, up, act);
+    silu_mul_par(gate, up, act);
 
     // MLP: x_out = x_mid + down(silu(gate) · up)
     let d_act = &mut sc.d_act[..t * ffn];

@@ -34,6 +34,23 @@ pub fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32, h: &mut [f32], r: &mut [f32]
         });
 }
 
+/// h [n, d] = rmsnorm(x) · w, rows spread over the pool.
+pub fn rmsnorm_par(x: &[f32], w: &[f32], eps: f32, h: &mut [f32]) {
+    let d = w.len();
+    let rp = rows_per_piece(d);
+    h.par_chunks_mut(rp * d)
+        .zip(x.par_chunks(rp * d))
+        .for_each(|(hc, xc)| cpu::rmsnorm(xc, w, eps, d, hc));
+}
+
+/// act = silu(gate) · up, in pieces over the pool.
+pub fn silu_mul_par(gate: &[f32], up: &[f32], act: &mut [f32]) {
+    const PIECE: usize = 16384;
+    act.par_chunks_mut(PIECE)
+        .zip(gate.par_chunks(PIECE).zip(up.par_chunks(PIECE)))
+        .for_each(|(a, (g, u))| cpu::silu_mul(g, u, a));
+}
+
 /// x_mid = x + o, then h = rmsnorm(x_mid) · w and r = 1/rms(x_mid), in one pass over rows.
 pub fn add_rmsnorm(
     x: &[f32],

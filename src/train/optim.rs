@@ -3,6 +3,7 @@
 
 use super::params::{flatten, for_each_tensor, zip_tensors_mut};
 use crate::model::lora::LoraSet;
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -28,12 +29,18 @@ pub fn lr_at(lr: f32, schedule: Schedule, warmup: usize, total: usize, step: usi
 }
 
 /// √(Σ g²) over every gradient tensor, in f64.
+/// One tensor's update: (parameters, gradient, first moment, second moment).
+type TensorUpdate<'a> = (&'a mut [f32], &'a [f32], &'a mut [f32], &'a mut [f32]);
+
 pub fn global_norm(g: &LoraSet) -> f64 {
-    let mut s = 0.0f64;
-    for_each_tensor(g, |v| {
-        s += v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>()
-    });
-    s.sqrt()
+    // Per-tensor sums in parallel, added in tensor order: the same value at any thread count.
+    let mut tensors: Vec<&[f32]> = Vec::new();
+    for_each_tensor(g, |v| tensors.push(v));
+    let sums: Vec<f64> = tensors
+        .par_iter()
+        .map(|v| v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>())
+        .collect();
+    sums.iter().sum::<f64>().sqrt()
 }
 
 #[derive(Debug, Clone)]
@@ -70,19 +77,25 @@ impl AdamW {
         let step_size = (lr as f64 / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
         let (b1, b2, eps, wd) = (self.beta1, self.beta2, self.eps, self.weight_decay);
-        let mut at = 0usize;
-        let (m, v) = (&mut self.m, &mut self.v);
+        // Pair every tensor with its slices of the moments, then update them in parallel
+        // (element-wise: the result does not depend on the split).
+        let (mut m, mut v) = (&mut self.m[..], &mut self.v[..]);
+        let mut work: Vec<TensorUpdate> = Vec::new();
         zip_tensors_mut(params, grads, |p, g| {
+            let (mt, mr) = std::mem::take(&mut m).split_at_mut(p.len());
+            let (vt, vr) = std::mem::take(&mut v).split_at_mut(p.len());
+            (m, v) = (mr, vr);
+            work.push((p, g, mt, vt));
+        });
+        work.into_par_iter().for_each(|(p, g, m, v)| {
             for i in 0..p.len() {
                 let gi = g[i] * grad_mult;
-                let k = at + i;
-                m[k] = b1 * m[k] + (1.0 - b1) * gi;
-                v[k] = b2 * v[k] + (1.0 - b2) * gi * gi;
+                m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
                 p[i] *= 1.0 - lr * wd;
-                let denom = v[k].sqrt() / bc2_sqrt + eps;
-                p[i] -= step_size * m[k] / denom;
+                let denom = v[i].sqrt() / bc2_sqrt + eps;
+                p[i] -= step_size * m[i] / denom;
             }
-            at += p.len();
         });
     }
 }

@@ -74,7 +74,11 @@ pub fn for_each_tensor_mut(l: &mut LoraSet, mut f: impl FnMut(&mut Vec<f32>)) {
 }
 
 /// Visit parameter and gradient tensors pairwise.
-pub fn zip_tensors_mut(p: &mut LoraSet, g: &LoraSet, mut f: impl FnMut(&mut [f32], &[f32])) {
+pub fn zip_tensors_mut<'a, 'b>(
+    p: &'a mut LoraSet,
+    g: &'b LoraSet,
+    mut f: impl FnMut(&'a mut [f32], &'b [f32]),
+) {
     for (ps, gs) in p.layers.iter_mut().zip(&g.layers) {
         for (pp, gp) in ps.iter_mut().zip(gs) {
             if let (Some(pp), Some(gp)) = (pp.as_mut(), gp.as_ref()) {
