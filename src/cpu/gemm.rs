@@ -93,6 +93,54 @@ pub(crate) fn aligned(buf: &mut [f32]) -> &mut [f32] {
     &mut buf[off..]
 }
 
+/// A micro-tile of C at `c` (row stride `ldc`): `rows` × `ncols` real values, computed by a
+/// kernel that always writes `nr` columns.
+pub(crate) struct EdgeTile {
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub rows: usize,
+    pub ncols: usize,
+    pub nr: usize,
+}
+
+impl EdgeTile {
+    /// Run `kernel(c, ldc)` on the tile: in place when all `nr` columns are real, otherwise
+    /// through `scratch` (≥ rows·nr values), copying the real columns in (unless `overwrite`)
+    /// and back out.
+    ///
+    /// # Safety
+    /// The rows × ncols values at `c` (stride ldc) are valid and owned by the caller's task.
+    #[inline]
+    pub(crate) unsafe fn run(
+        &self,
+        scratch: &mut [f32],
+        overwrite: bool,
+        kernel: impl FnOnce(*mut f32, usize),
+    ) {
+        let (c, ldc, nr) = (self.c, self.ldc, self.nr);
+        if self.ncols == nr {
+            return kernel(c, ldc);
+        }
+        assert!(
+            scratch.len() >= self.rows * nr,
+            "edge tile: scratch too small"
+        );
+        if !overwrite {
+            for r in 0..self.rows {
+                for q in 0..self.ncols {
+                    scratch[r * nr + q] = *c.add(r * ldc + q);
+                }
+            }
+        }
+        kernel(scratch.as_mut_ptr(), nr);
+        for r in 0..self.rows {
+            for q in 0..self.ncols {
+                *c.add(r * ldc + q) = scratch[r * nr + q];
+            }
+        }
+    }
+}
+
 /// A raw C pointer that tasks share; each task writes a disjoint tile.
 #[derive(Clone, Copy)]
 struct CPtr(*mut f32);
@@ -288,25 +336,16 @@ pub(crate) fn gemm_lr(
                             let ap = a.as_ptr().add(i * rsa + p0 * csa);
                             let bp = panel.as_ptr().add(jr);
                             let cij = cp.0.add(i * ldc + j);
-                            if ncols == kern.nr {
-                                (kern.run)(kc, ap, rsa, csa, bp, ldb, cij, ldc, rows, overwrite);
-                            } else {
-                                // Edge tile: compute NR columns into ctile, keep ncols.
-                                if !overwrite {
-                                    for r in 0..rows {
-                                        for q in 0..ncols {
-                                            ctile[r * kern.nr + q] = *cij.add(r * ldc + q);
-                                        }
-                                    }
-                                }
-                                let tp = ctile.as_mut_ptr();
-                                (kern.run)(kc, ap, rsa, csa, bp, ldb, tp, kern.nr, rows, overwrite);
-                                for r in 0..rows {
-                                    for q in 0..ncols {
-                                        *cij.add(r * ldc + q) = ctile[r * kern.nr + q];
-                                    }
-                                }
-                            }
+                            let tile = EdgeTile {
+                                c: cij,
+                                ldc,
+                                rows,
+                                ncols,
+                                nr: kern.nr,
+                            };
+                            tile.run(ctile, overwrite, |c, ldc| {
+                                (kern.run)(kc, ap, rsa, csa, bp, ldb, c, ldc, rows, overwrite)
+                            });
                         }
                     }
                 }

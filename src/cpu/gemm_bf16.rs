@@ -9,7 +9,7 @@
 //! order): deterministic, whatever the thread count.
 
 use super::dispatch::Isa;
-use super::gemm::LowRank;
+use super::gemm::{EdgeTile, LowRank};
 use super::panel::{pack_b, BSrc};
 use super::par;
 use super::x86::avx512;
@@ -125,35 +125,16 @@ pub(crate) fn gemm(
                                 let ap = apk.as_ptr().add(ir * lda);
                                 let bp = bpk.as_ptr().add(2 * jr);
                                 let cij = cp.0.add(i * ldc + j);
-                                if ncols == nr {
-                                    bf16::kernel(
-                                        kp,
-                                        ap,
-                                        lda,
-                                        bp,
-                                        2 * ldb,
-                                        cij,
-                                        ldc,
-                                        rows,
-                                        overwrite,
-                                    );
-                                } else {
-                                    // Edge tile: compute NR columns into ctile, keep ncols.
-                                    if !overwrite {
-                                        for r in 0..rows {
-                                            for q in 0..ncols {
-                                                ctile[r * nr + q] = *cij.add(r * ldc + q);
-                                            }
-                                        }
-                                    }
-                                    let tp = ctile.as_mut_ptr();
-                                    bf16::kernel(kp, ap, lda, bp, 2 * ldb, tp, nr, rows, overwrite);
-                                    for r in 0..rows {
-                                        for q in 0..ncols {
-                                            *cij.add(r * ldc + q) = ctile[r * nr + q];
-                                        }
-                                    }
-                                }
+                                let tile = EdgeTile {
+                                    c: cij,
+                                    ldc,
+                                    rows,
+                                    ncols,
+                                    nr,
+                                };
+                                tile.run(ctile, overwrite, |c, ldc| {
+                                    bf16::kernel(kp, ap, lda, bp, 2 * ldb, c, ldc, rows, overwrite)
+                                });
                             }
                         }
                     }
@@ -179,22 +160,16 @@ pub(crate) fn gemm(
                                 let up = l.u.as_ptr().add(i * l.r);
                                 let bp = panel.as_ptr().add(jr);
                                 let cij = cp.0.add(i * ldc + j);
-                                if ncols == nr {
-                                    avx512::kernel(l.r, up, l.r, 1, bp, ldb, cij, ldc, rows, false);
-                                } else {
-                                    for r in 0..rows {
-                                        for q in 0..ncols {
-                                            ctile[r * nr + q] = *cij.add(r * ldc + q);
-                                        }
-                                    }
-                                    let tp = ctile.as_mut_ptr();
-                                    avx512::kernel(l.r, up, l.r, 1, bp, ldb, tp, nr, rows, false);
-                                    for r in 0..rows {
-                                        for q in 0..ncols {
-                                            *cij.add(r * ldc + q) = ctile[r * nr + q];
-                                        }
-                                    }
-                                }
+                                let tile = EdgeTile {
+                                    c: cij,
+                                    ldc,
+                                    rows,
+                                    ncols,
+                                    nr,
+                                };
+                                tile.run(ctile, false, |c, ldc| {
+                                    avx512::kernel(l.r, up, l.r, 1, bp, ldb, c, ldc, rows, false)
+                                });
                             }
                         }
                     }

@@ -9,6 +9,7 @@
 //! ≤ 2⁻¹¹) — summed in f32 in a fixed order: deterministic, whatever the thread count.
 
 use super::dispatch::Isa;
+use super::gemm::EdgeTile;
 use super::panel::{pack_b, BSrc};
 use super::par;
 use std::cell::RefCell;
@@ -158,27 +159,16 @@ pub(crate) fn gemm(
                                 let ap = a.as_ptr().add(i * rsa + p0 * csa);
                                 let bp = s16.as_ptr().add(jr);
                                 let cij = cp.0.add(i * ldc + j);
-                                if ncols == nr {
-                                    (kern.run)(
-                                        kc, ap, rsa, csa, bp, ldb, cij, ldc, rows, overwrite,
-                                    );
-                                } else {
-                                    // Edge tile: compute NR columns into ctile, keep ncols.
-                                    if !overwrite {
-                                        for r in 0..rows {
-                                            for q in 0..ncols {
-                                                ctile[r * nr + q] = *cij.add(r * ldc + q);
-                                            }
-                                        }
-                                    }
-                                    let tp = ctile.as_mut_ptr();
-                                    (kern.run)(kc, ap, rsa, csa, bp, ldb, tp, nr, rows, overwrite);
-                                    for r in 0..rows {
-                                        for q in 0..ncols {
-                                            *cij.add(r * ldc + q) = ctile[r * nr + q];
-                                        }
-                                    }
-                                }
+                                let tile = EdgeTile {
+                                    c: cij,
+                                    ldc,
+                                    rows,
+                                    ncols,
+                                    nr,
+                                };
+                                tile.run(ctile, overwrite, |c, ldc| {
+                                    (kern.run)(kc, ap, rsa, csa, bp, ldb, c, ldc, rows, overwrite)
+                                });
                             }
                         }
                     }

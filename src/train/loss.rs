@@ -53,11 +53,18 @@ impl NllScratch {
     }
 }
 
-fn fit<T: Clone>(v: &mut Vec<T>, n: usize, fill: T) -> &mut [T] {
+/// The first `n` values of `v` (grown if needed), contents unspecified: for buffers that are
+/// fully written before they are read.
+fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     if v.len() < n {
-        v.resize(n, fill.clone());
+        v.resize(n, T::default());
     }
-    let s = &mut v[..n];
+    &mut v[..n]
+}
+
+/// The first `n` values of `v`, set to `fill`.
+fn fit<T: Clone + Default>(v: &mut Vec<T>, n: usize, fill: T) -> &mut [T] {
+    let s = grow(v, n);
     s.fill(fill);
     s
 }
@@ -92,12 +99,12 @@ pub fn fused_nll_in(
         return NllOutput { nll: Vec::new() };
     }
     let chunk = CHUNK.min(vocab);
-    let tile = fit(&mut sc.tile, m * chunk, 0.0);
+    let tile = grow(&mut sc.tile, m * chunk); // each chunk's logits overwrite it
     let g = fit(&mut sc.g, m * d, 0.0);
     let max = fit(&mut sc.max, m, f32::NEG_INFINITY);
     let sum = fit(&mut sc.sum, m, 0.0);
     let tgt = fit(&mut sc.tgt, m, 0.0);
-    let wy = fit(&mut sc.wy, m * d, 0.0);
+    let wy = grow(&mut sc.wy, m * d); // rows dequantized below
 
     let mut c0 = 0;
     while c0 < vocab {

@@ -9,11 +9,6 @@ fn rows_per_piece(d: usize) -> usize {
     (16384 / d.max(1)).max(1)
 }
 
-/// 1 / sqrt(mean(x²) + eps) per row of x [n, d].
-pub fn inv_rms(x: &[f32], d: usize, eps: f32) -> Vec<f32> {
-    x.chunks_exact(d).map(|row| row_inv_rms(row, eps)).collect()
-}
-
 fn row_inv_rms(row: &[f32], eps: f32) -> f32 {
     let ss = cpu::dot(row, row);
     1.0 / (ss / row.len() as f32 + eps).sqrt()
@@ -139,6 +134,11 @@ pub fn swiglu_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 1 / sqrt(mean(x²) + eps) per row of x [n, d].
+    fn inv_rms(x: &[f32], d: usize, eps: f32) -> Vec<f32> {
+        x.chunks_exact(d).map(|row| row_inv_rms(row, eps)).collect()
+    }
 
     #[test]
     fn rmsnorm_and_swiglu_gradients_match_finite_differences() {
