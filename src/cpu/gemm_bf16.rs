@@ -10,7 +10,7 @@
 
 use super::dispatch::Isa;
 use super::gemm::{EdgeTile, LowRank};
-use super::panel::{pack_b, BSrc};
+use super::panel::{pack_b, pack_b_bf16, BSrc};
 use super::par;
 use super::x86::avx512;
 use super::x86::bf16;
@@ -106,10 +106,7 @@ pub(crate) fn gemm(
                 for (ch, p0) in (0..k).step_by(KC).enumerate() {
                     let kc = KC.min(k - p0);
                     let kp = kc.div_ceil(2);
-                    pack_b(Isa::Avx512, src, p0, kc, j0, nbt, panel, ldb, tmp);
-                    // SAFETY: panel holds kc rows of ldb (a multiple of 32) f32; bpk holds
-                    // KC·ldb ≥ 2·kp·ldb u16; AVX512-BF16 was checked by the public caller.
-                    unsafe { bf16::pack_b_pairs(panel.as_ptr(), kc, ldb, bpk.as_mut_ptr()) };
+                    pack_b_bf16(src, p0, kc, j0, nbt, bpk, ldb, panel, tmp);
                     // This chunk's packed rows i0..i0+mct: lda = KC ≥ 2·kp values each.
                     let apk = &apk_all[(ch * m + i0) * lda..(ch * m + i0 + mct) * lda];
                     let overwrite = !accumulate && p0 == 0;

@@ -4,6 +4,8 @@
 
 use super::dispatch::Isa;
 use super::vecops::dequant_unchecked;
+#[cfg(target_arch = "x86_64")]
+use super::x86::{bf16, pack512, pack512::Rows};
 use crate::model::weights::QMatrix;
 
 /// Where B(p, j) (p < k, j < n) comes from.
@@ -157,9 +159,249 @@ pub(crate) fn pack_b(
             }
         }
         BSrc::W { w } => {
+            #[cfg(target_arch = "x86_64")]
+            if isa.f32_isa() == Isa::Avx512 && j0.is_multiple_of(32) && nb.is_multiple_of(32) {
+                if let Some(rows) = block_rows(w, p0, kc, (j0 + nb) / 32) {
+                    assert!(panel.len() >= kc * ldb && ldb >= nb);
+                    // SAFETY: block_rows checked rows p0..p0+kc and their blocks up to
+                    // (j0+nb)/32; the panel holds kc rows of ldb ≥ nb; the caller ran
+                    // check(isa) and Avx512 includes FMA and F16C.
+                    unsafe {
+                        pack512::pack_w_f32(
+                            w.dtype,
+                            rows,
+                            kc,
+                            j0 / 32,
+                            nb / 32,
+                            panel.as_mut_ptr(),
+                            ldb,
+                        )
+                    };
+                    return;
+                }
+            }
             for (p, prow) in panel.chunks_exact_mut(ldb).take(kc).enumerate() {
                 dequant_segment(isa, w, p0 + p, j0, &mut prow[..nb]);
                 prow[nb..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Rows r0..r0+n of `w` as raw block rows, if they exist and each holds at least `blocks`
+/// 32-value blocks: the bounds check behind every direct decoder call.
+#[cfg(target_arch = "x86_64")]
+fn block_rows(w: &QMatrix, r0: usize, n: usize, blocks: usize) -> Option<Rows> {
+    let bytes = w.bytes();
+    let stride = w.row_bytes();
+    let need = w.dtype.row_bytes(32 * blocks)?;
+    let fits = n > 0
+        && r0 + n <= w.rows
+        && 32 * blocks <= w.cols
+        && need <= stride
+        && (r0 + n - 1) * stride + need <= bytes.len();
+    fits.then(|| Rows {
+        base: bytes[r0 * stride..].as_ptr(),
+        stride,
+    })
+}
+
+/// The bf16 k-pair panel of the `Avx512Bf16` driver (layout in `x86/bf16.rs`):
+/// out[q*2*ldb + 2j + t] = bf16(B(p0 + 2q + t, j0 + j)) for q < kc.div_ceil(2), j < nb; zero
+/// for nb ≤ j < ldb and for the missing odd row of an odd kc. Frozen weights with aligned
+/// blocks are decoded and rounded in one pass; anything else goes through the f32 `panel`
+/// (kc rows of ldb) and `tmp` (8·kc) first. ldb is a multiple of 16, ≥ nb.
+///
+/// The caller ran `check(Isa::Avx512Bf16)`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_b_bf16(
+    src: BSrc,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nb: usize,
+    out: &mut [u16],
+    ldb: usize,
+    panel: &mut [f32],
+    tmp: &mut [f32],
+) {
+    assert!(ldb.is_multiple_of(16) && ldb >= nb && out.len() >= kc.div_ceil(2) * 2 * ldb);
+    let o = out.as_mut_ptr();
+    match src {
+        BSrc::Wt { w, row0 }
+            if p0.is_multiple_of(32) && kc.is_multiple_of(32) && nb.is_multiple_of(8) =>
+        {
+            if let Some(rows) = block_rows(w, row0 + j0, nb, (p0 + kc) / 32) {
+                // SAFETY: block_rows checked W rows row0+j0..+nb and their blocks up to
+                // (p0+kc)/32; out holds kc/2 pair rows of 2·ldb, ldb ≥ nb; the caller ran
+                // check(Avx512Bf16), which includes AVX2, FMA and F16C.
+                unsafe { pack512::pack_wt_bf16(w.dtype, rows, nb, p0 / 32, kc / 32, o, ldb) };
+                return;
+            }
+        }
+        BSrc::W { w } if j0.is_multiple_of(32) && nb.is_multiple_of(32) => {
+            if let Some(rows) = block_rows(w, p0, kc, (j0 + nb) / 32) {
+                // SAFETY: block_rows checked W rows p0..p0+kc and their blocks up to
+                // (j0+nb)/32; out holds kc.div_ceil(2) pair rows of 2·ldb, ldb ≥ nb; the
+                // caller ran check(Avx512Bf16).
+                unsafe { pack512::pack_w_bf16(w.dtype, rows, kc, j0 / 32, nb / 32, o, ldb) };
+                return;
+            }
+        }
+        _ => {}
+    }
+    pack_b(Isa::Avx512, src, p0, kc, j0, nb, panel, ldb, tmp);
+    assert!(panel.len() >= kc * ldb);
+    // SAFETY: the panel holds kc rows of ldb (a multiple of 16) f32; out has room for
+    // kc.div_ceil(2)·2·ldb u16 (asserted above); the caller ran check(Avx512Bf16).
+    unsafe { bf16::pack_b_pairs(panel.as_ptr(), kc, ldb, o) };
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::model::weights::Backing;
+    use crate::quant::dequant::quantize_row;
+    use crate::quant::{dequantize_row, GgmlType};
+    use std::sync::Arc;
+
+    const TYPES: [GgmlType; 6] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+    ];
+
+    /// A [rows, cols] weight of type `ty` from pseudo-random values, and its exact f32
+    /// dequantization by the scalar decoder (the reference).
+    fn weight(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> (QMatrix, Vec<f32>) {
+        let mut s = seed;
+        let mut bytes = Vec::new();
+        for _ in 0..rows {
+            let row: Vec<f32> = (0..cols)
+                .map(|_| {
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
+                })
+                .collect();
+            quantize_row(ty, &row, &mut bytes);
+        }
+        let w = QMatrix::new("w", ty, rows, cols, Backing::Owned(Arc::new(bytes)), 0).unwrap();
+        let mut deq = vec![0.0; rows * cols];
+        for (r, out) in deq.chunks_exact_mut(cols).enumerate() {
+            dequantize_row(ty, w.row(r), out);
+        }
+        (w, deq)
+    }
+
+    fn bf(x: f32) -> u16 {
+        bf16::to_bf16(x)
+    }
+
+    #[test]
+    fn direct_bf16_panels_equal_rounded_scalar_dequantization() {
+        if !crate::cpu::dispatch::supported(Isa::Avx512Bf16) {
+            eprintln!("no AVX512-BF16 here: skipped");
+            return;
+        }
+        let (rows, cols) = (72, 160);
+        for (ti, &ty) in TYPES.iter().enumerate() {
+            let (w, deq) = weight(ty, rows, cols, 11 + ti as u64);
+            // Wᵀ panels: B(p, j) = W[row0 + j0 + j, p]; k chunks of whole blocks.
+            for &(row0, j0, nb, p0, kc) in &[
+                (0usize, 0usize, 64usize, 0usize, 160usize),
+                (8, 16, 40, 32, 64),
+            ] {
+                let ldb = nb.div_ceil(32) * 32;
+                let mut out = vec![7u16; kc / 2 * 2 * ldb];
+                let (mut panel, mut tmp) = (vec![0.0; kc * ldb], vec![0.0; 8 * kc]);
+                let src = BSrc::Wt { w: &w, row0 };
+                pack_b_bf16(src, p0, kc, j0, nb, &mut out, ldb, &mut panel, &mut tmp);
+                for q in 0..kc / 2 {
+                    for j in 0..ldb {
+                        for t in 0..2 {
+                            let want = if j < nb {
+                                bf(deq[(row0 + j0 + j) * cols + p0 + 2 * q + t])
+                            } else {
+                                0
+                            };
+                            let got = out[q * 2 * ldb + 2 * j + t];
+                            assert_eq!(got, want, "{ty:?} Wt q {q} j {j} t {t}");
+                        }
+                    }
+                }
+            }
+            // W panels: B(p, j) = W[p0 + p, j0 + j], with an odd kc (zero last pair half).
+            for &(p0, kc, j0, nb) in &[
+                (0usize, 72usize, 0usize, 160usize),
+                (5, 33, 64, 64),
+                (3, 8, 32, 32),
+            ] {
+                let ldb = nb.div_ceil(32) * 32 + 32;
+                let mut out = vec![7u16; kc.div_ceil(2) * 2 * ldb];
+                let (mut panel, mut tmp) = (vec![0.0; kc * ldb], vec![0.0; 8 * kc]);
+                let src = BSrc::W { w: &w };
+                pack_b_bf16(src, p0, kc, j0, nb, &mut out, ldb, &mut panel, &mut tmp);
+                for q in 0..kc.div_ceil(2) {
+                    for j in 0..ldb {
+                        for t in 0..2 {
+                            let p = 2 * q + t;
+                            let want = if j < nb && p < kc {
+                                bf(deq[(p0 + p) * cols + j0 + j])
+                            } else {
+                                0
+                            };
+                            let got = out[q * 2 * ldb + 2 * j + t];
+                            assert_eq!(got, want, "{ty:?} W p {p} j {j}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_w_panels_equal_scalar_dequantization() {
+        let (rows, cols) = (40, 128);
+        for isa in crate::cpu::available_isas() {
+            for (ti, &ty) in TYPES.iter().enumerate() {
+                let (w, deq) = weight(ty, rows, cols, 31 + ti as u64);
+                for &(p0, kc, j0, nb) in &[
+                    (0usize, 40usize, 0usize, 128usize),
+                    (7, 9, 32, 64),
+                    (1, 3, 96, 32),
+                ] {
+                    let ldb = nb + 16;
+                    let mut panel = vec![7.0; kc * ldb];
+                    let mut tmp = vec![0.0; 8 * kc];
+                    pack_b(
+                        isa,
+                        BSrc::W { w: &w },
+                        p0,
+                        kc,
+                        j0,
+                        nb,
+                        &mut panel,
+                        ldb,
+                        &mut tmp,
+                    );
+                    for p in 0..kc {
+                        for j in 0..ldb {
+                            let want = if j < nb {
+                                deq[(p0 + p) * cols + j0 + j]
+                            } else {
+                                0.0
+                            };
+                            let got = panel[p * ldb + j];
+                            assert_eq!(got.to_bits(), want.to_bits(), "{isa:?} {ty:?} {p} {j}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -261,7 +261,7 @@ pub(crate) unsafe fn exp_sub_inplace(x: &mut [f32], m: f32) -> f32 {
 /// widened to a 32-bit lane once, then masked or shifted).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn nibbles_f32(p: *const u8) -> (__m512, __m512) {
+pub(crate) unsafe fn nibbles_f32(p: *const u8) -> (__m512, __m512) {
     let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
     let lo = _mm512_and_si512(v, _mm512_set1_epi32(0x0F));
     let hi = _mm512_srli_epi32::<4>(v);

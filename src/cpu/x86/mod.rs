@@ -12,3 +12,5 @@ pub(crate) mod avx512;
 pub(crate) mod bf16;
 #[clippy::msrv = "1.89"]
 pub(crate) mod gemv_avx512;
+#[clippy::msrv = "1.89"]
+pub(crate) mod pack512;

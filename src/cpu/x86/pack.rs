@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 /// 8×8 transpose in registers: out[q] lane i = r[i] lane q (24 shuffles).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose8x8(r: [__m256; 8]) -> [__m256; 8] {
+pub(crate) unsafe fn transpose8x8(r: [__m256; 8]) -> [__m256; 8] {
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
     let t2 = _mm256_unpacklo_ps(r[2], r[3]);
