@@ -16,7 +16,7 @@ use super::panel::{pack_b, BSrc};
 use super::par;
 use super::scalar;
 #[cfg(target_arch = "x86_64")]
-use super::x86::{avx2, avx512};
+use super::x86::{avx2, avx512, narrow};
 use std::cell::RefCell;
 
 /// See [`scalar::kernel`] for the contract every ISA's microkernel follows.
@@ -43,10 +43,20 @@ const MIN_ROWS_NARROW: usize = 32;
 /// Depth of one B panel: a multiple of 32 so quant blocks never straddle chunks.
 const KC: usize = 256;
 
-/// The microkernel for `isa` and an output `n` columns wide. Narrow outputs (LoRA ranks 8–16)
-/// on AVX-512 use the 16-wide AVX2 tile, which wastes less of each register on padding.
+/// The microkernel for `isa` and an output `n` columns wide. On x86, outputs at most 8 wide
+/// (LoRA rank 8) use the 12×8 narrow tile: no padding columns, no edge-tile copies; outputs
+/// up to 16 wide (rank 16) on AVX-512 use the 16-wide AVX2 tile, which wastes less of each
+/// register on padding than the 32-wide one.
 fn kern_for(isa: Isa, n: usize) -> Kern {
     let isa = isa.f32_isa();
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512) && n <= narrow::NR {
+        return Kern {
+            mr: narrow::MR,
+            nr: narrow::NR,
+            run: narrow::kernel,
+        };
+    }
     #[cfg(target_arch = "x86_64")]
     let isa = if isa == Isa::Avx512 && n <= avx2::NR {
         Isa::Avx2
@@ -244,6 +254,10 @@ pub(crate) fn gemm_lr(
         return;
     }
     assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: A too short");
+    // f32 B with unit column stride is read in place by the microkernel: check its extent.
+    if let BSrc::F32 { b, rs, cs } = src {
+        assert!((k - 1) * rs + (n - 1) * cs < b.len(), "gemm: B too short");
+    }
     // Drivers without the fused term add it in a second (f32) pass.
     let unfused = |c: &mut [f32]| {
         if let Some(l) = lr {
@@ -300,15 +314,16 @@ pub(crate) fn gemm_lr(
         let (i0, j0) = (ib * mc, jb * nb_task);
         let mct = mc.min(m - i0);
         let nbt = nb_task.min(n - j0);
-        let ldb = nbt.div_ceil(kern.nr) * kern.nr;
+        // The widest panel this task may pack: nbt padded to a multiple of NR.
+        let nbp = nbt.div_ceil(kern.nr) * kern.nr;
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
-            let need = KC * ldb + 8 * KC + kern.mr * kern.nr + ALIGN_F32;
+            let need = KC * nbp + 8 * KC + kern.mr * kern.nr + ALIGN_F32;
             if s.len() < need {
                 s.resize(need, 0.0);
             }
             let s = aligned(&mut s);
-            let (panel, rest) = s.split_at_mut(KC * ldb);
+            let (panel, rest) = s.split_at_mut(KC * nbp);
             let (tmp, ctile) = rest.split_at_mut(8 * KC);
             let ctile = &mut ctile[..kern.mr * kern.nr];
             let cp = cptr;
@@ -320,7 +335,18 @@ pub(crate) fn gemm_lr(
                     (true, Some(l)) => (l.u, l.r, 1, l.src()),
                     _ => (a, rsa, csa, src),
                 };
-                pack_b(isa, src, p0, kc, j0, nbt, panel, ldb, tmp);
+                // f32 B with unit column stride: full micro-tiles (columns < jfull) read it in
+                // place (ldb = rs); only the partial tile at the right edge, if any, is packed
+                // (into a panel of width ldp starting at column jfull). Other sources: all
+                // packed (jfull = 0).
+                let (direct, jfull) = match src {
+                    BSrc::F32 { b, rs, cs: 1 } => (Some((b, rs)), nbt / kern.nr * kern.nr),
+                    _ => (None, 0),
+                };
+                let ldp = (nbt - jfull).div_ceil(kern.nr) * kern.nr;
+                if jfull < nbt {
+                    pack_b(isa, src, p0, kc, j0 + jfull, nbt - jfull, panel, ldp, tmp);
+                }
                 let overwrite = !accumulate && p0 == 0 && !is_lr;
                 for jr in (0..nbt).step_by(kern.nr) {
                     let ncols = kern.nr.min(nbt - jr);
@@ -328,13 +354,22 @@ pub(crate) fn gemm_lr(
                         let rows = kern.mr.min(mct - ir);
                         let i = i0 + ir;
                         let j = j0 + jr;
-                        // SAFETY: A(i.., p0..) stays inside `a` (asserted above); the panel
-                        // holds kc rows of ldb ≥ jr + NR values; C(i..i+rows, j..j+ncols)
-                        // lies inside c (i+rows ≤ m, j+ncols ≤ n) and belongs to this task
-                        // only; the kernel's features were checked by the public caller.
+                        // SAFETY: A(i.., p0..) stays inside `a` (asserted above). In place,
+                        // B(p0 + p, j + q) for p < kc, q < NR has index
+                        // (p0+p)*rs + j + q < (k-1)*rs + n ≤ b.len() (jr + NR ≤ jfull ≤ nbt,
+                        // j0 + nbt ≤ n; extent asserted above, or by LowRank::check);
+                        // otherwise the panel holds kc rows of ldp ≥ jr - jfull + NR values.
+                        // C(i..i+rows, j..j+ncols) lies inside c (i+rows ≤ m, j+ncols ≤ n)
+                        // and belongs to this task only; the kernel's features were checked by
+                        // the public caller.
                         unsafe {
                             let ap = a.as_ptr().add(i * rsa + p0 * csa);
-                            let bp = panel.as_ptr().add(jr);
+                            let (bp, ldb) = match direct {
+                                Some((b, rs)) if jr < jfull => {
+                                    (b.as_ptr().add((p0 * rs) + j0 + jr), rs)
+                                }
+                                _ => (panel.as_ptr().add(jr - jfull), ldp),
+                            };
                             let cij = cp.0.add(i * ldc + j);
                             let tile = EdgeTile {
                                 c: cij,

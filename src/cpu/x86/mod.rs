@@ -4,6 +4,7 @@
 pub(crate) mod avx2;
 pub(crate) mod f16c;
 pub(crate) mod gemv_avx2;
+pub(crate) mod narrow;
 pub(crate) mod pack;
 // AVX-512 intrinsics are stable since Rust 1.89 (the crate's declared MSRV is older).
 #[clippy::msrv = "1.89"]
