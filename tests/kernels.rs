@@ -580,8 +580,9 @@ fn rounding(isa: Isa) -> Rounding {
     match isa {
         // Weight panel in f16, activations and f32 products untouched.
         Isa::NeonFp16 | Isa::Avx2F16 => (keep, round_f16, keep),
-        // Both operands of every tiled product in bf16.
-        _ => (round_bf16, round_bf16, round_bf16),
+        // Both operands of every product with a frozen weight in bf16; products of two f32
+        // operands (attention, LoRA) untouched.
+        _ => (round_bf16, round_bf16, keep),
     }
 }
 
@@ -590,7 +591,8 @@ fn reduced_precision_gemm_is_exact_product_of_rounded_operands() {
     // A sharper check than the 4e-3 bound: a reduced-precision path must equal the f64
     // product of its rounded operands (bf16 both, or f16 weights only) up to f32
     // accumulation error (REL_TOL), and must really round (differ from its f32 twin), on
-    // every tiled product: x·Wᵀ, dy·W and the three f32 forms.
+    // every tiled product with a weight (x·Wᵀ, dy·W); the three f32 forms must equal the
+    // f64 product of their unrounded operands (they stay f32 on every path).
     for isa in cpu::available_isas()
         .into_iter()
         .filter(|i| i.reduced_precision())

@@ -264,10 +264,13 @@ pub(crate) fn gemm_lr(
             gemm(isa.f32_isa(), m, n, l.r, l.u, l.r, 1, l.src(), c, true);
         }
     };
-    // The bf16 path pays off only on tiles of at least half its 32-wide micro-tile; narrow
-    // outputs (LoRA ranks) stay in f32 like every non-GEMM kernel of that path.
+    // The bf16 path pays off on products with a frozen weight (its panel is decoded straight
+    // to bf16 and reused by every row) and tiles of at least half its 32-wide micro-tile.
+    // Products of two activations (attention per head, LoRA's dA with 8 rows) stay in f32:
+    // rounding both operands would cost as much as the product, and f32 reads B in place.
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Bf16 && n > avx2::NR {
+    if isa == Isa::Avx512Bf16 && n > avx2::NR && matches!(src, BSrc::Wt { .. } | BSrc::W { .. })
+    {
         super::gemm_bf16::gemm(m, n, k, a, rsa, csa, src, c, accumulate, lr);
         return;
     }
