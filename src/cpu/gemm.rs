@@ -269,8 +269,7 @@ pub(crate) fn gemm_lr(
     // Products of two activations (attention per head, LoRA's dA with 8 rows) stay in f32:
     // rounding both operands would cost as much as the product, and f32 reads B in place.
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Bf16 && n > avx2::NR && matches!(src, BSrc::Wt { .. } | BSrc::W { .. })
-    {
+    if isa == Isa::Avx512Bf16 && n > avx2::NR && matches!(src, BSrc::Wt { .. } | BSrc::W { .. }) {
         super::gemm_bf16::gemm(m, n, k, a, rsa, csa, src, c, accumulate, lr);
         return;
     }
