@@ -26,10 +26,10 @@ pub enum Isa {
     /// every other kernel is the `Avx2` one. Needs nothing beyond `Avx2` (which already
     /// requires F16C). Opt-in only (different numerics).
     Avx2F16,
-    /// `Avx512` plus AVX512-BF16: tiled products with a frozen weight (n > 16 output
-    /// columns) round both operands to bf16 and accumulate in f32 with `vdpbf16ps`; every
-    /// other kernel, including products of two activations (attention, LoRA), is the
-    /// `Avx512` one. Opt-in only (different numerics).
+    /// `Avx512` plus AVX512-BF16: tiled GEMM products (n > 16 output columns; with a frozen
+    /// weight, or from 32 rows) round both operands to bf16 and accumulate in f32 with
+    /// `vdpbf16ps`; every other kernel is the `Avx512` one. Opt-in only (different
+    /// numerics).
     Avx512Bf16,
     /// `Neon` on a CPU with FP16 arithmetic (ARMv8.2 FEAT_FP16: Cortex-A76/A78, Apple M):
     /// tiled products with a frozen weight (n > 8 output columns) keep the dequantized weight

@@ -42,6 +42,9 @@ const NB_MAX: usize = 128;
 const MIN_ROWS_NARROW: usize = 32;
 /// Depth of one B panel: a multiple of 32 so quant blocks never straddle chunks.
 const KC: usize = 256;
+/// Fewest rows for which an f32 B is worth rounding into bf16 pairs (see `gemm_lr`).
+#[cfg(target_arch = "x86_64")]
+const BF16_MIN_ROWS: usize = 32;
 
 /// The microkernel for `isa` and an output `n` columns wide. On x86, outputs at most 8 wide
 /// (LoRA rank 8) use the 12×8 narrow tile: no padding columns, no edge-tile copies; outputs
@@ -264,12 +267,15 @@ pub(crate) fn gemm_lr(
             gemm(isa.f32_isa(), m, n, l.r, l.u, l.r, 1, l.src(), c, true);
         }
     };
-    // The bf16 path pays off on products with a frozen weight (its panel is decoded straight
-    // to bf16 and reused by every row) and tiles of at least half its 32-wide micro-tile.
-    // Products of two activations (attention per head, LoRA's dA with 8 rows) stay in f32:
-    // rounding both operands would cost as much as the product, and f32 reads B in place.
+    // The bf16 path pays off on tiles of at least half its 32-wide micro-tile, when each
+    // rounded B value serves many rows: always for a frozen weight (its panel is decoded
+    // straight to bf16), and for f32 B (attention) from BF16_MIN_ROWS rows. LoRA's dA (rank
+    // rows, B = the layer input) stays f32, which reads B in place.
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Bf16 && n > avx2::NR && matches!(src, BSrc::Wt { .. } | BSrc::W { .. }) {
+    if isa == Isa::Avx512Bf16
+        && n > avx2::NR
+        && (m >= BF16_MIN_ROWS || matches!(src, BSrc::Wt { .. } | BSrc::W { .. }))
+    {
         super::gemm_bf16::gemm(m, n, k, a, rsa, csa, src, c, accumulate, lr);
         return;
     }

@@ -3,7 +3,7 @@
 //! but each chunk's B panel is a bf16 k-pair panel (`panel::pack_b_bf16`: a frozen weight's
 //! blocks decoded and rounded in one pass); A is rounded to bf16 once per call, shared by
 //! all tasks; the microkernel (`x86::bf16`) multiplies bf16 pairs and accumulates in f32.
-//! `gemm.rs` sends only products with a frozen weight here.
+//! `gemm.rs` sends products with a frozen weight here, and f32 products of 32 rows or more.
 //!
 //! Numerics: every product A(i,p)·B(p,j) uses bf16(A)·bf16(B) (each with relative rounding
 //! error ≤ 2^-9), exact in f32, summed in f32 in a fixed order (pairs, then chunks in p

@@ -71,7 +71,7 @@ pub(crate) unsafe fn pack_b_pairs(panel: *const f32, kc: usize, ldb: usize, out:
 /// # Safety
 /// Every A(i, p) named is readable; `out` has room for rows·lda u16; the CPU has
 /// AVX512-BF16.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
 pub(crate) unsafe fn pack_a(
     a: *const f32,
     rsa: usize,
@@ -81,7 +81,34 @@ pub(crate) unsafe fn pack_a(
     out: *mut u16,
     lda: usize,
 ) {
+    // A stored transposed (rsa = 1: attention's Pᵀ, dSᵀ): 8 rows × 8 k steps through a
+    // register transpose, the rest (and the odd-k zero) by the loop below.
+    let (mut i_done, mut p_done) = (0, 0);
+    if rsa == 1 && csa != 1 && rows >= 8 && kc >= 8 {
+        (i_done, p_done) = (rows / 8 * 8, kc / 8 * 8);
+        for i0 in (0..i_done).step_by(8) {
+            for p0 in (0..p_done).step_by(8) {
+                // v[q] lane r = A(i0 + r, p0 + q); after the transpose t[r] lane q is the same.
+                let v: [__m256; 8] =
+                    std::array::from_fn(|q| _mm256_loadu_ps(a.add(i0 + (p0 + q) * csa)));
+                for (r, t) in super::pack::transpose8x8(v).into_iter().enumerate() {
+                    let h: __m128i = std::mem::transmute(_mm256_cvtneps_pbh(t));
+                    _mm_storeu_si128(out.add((i0 + r) * lda + p0) as *mut __m128i, h);
+                }
+            }
+        }
+    }
     for i in 0..rows {
+        if i < i_done {
+            let o = out.add(i * lda);
+            for p in p_done..kc {
+                *o.add(p) = to_bf16(*a.add(i * rsa + p * csa));
+            }
+            if kc % 2 == 1 {
+                *o.add(kc) = 0;
+            }
+            continue;
+        }
         let o = out.add(i * lda);
         let mut p = 0;
         if csa == 1 {
