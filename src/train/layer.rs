@@ -244,33 +244,68 @@ pub fn layer_forward(
 
     rmsnorm_rows(x_in, &l.attn_norm, c.rms_eps, h1, &mut a.r1[..t]);
     let (q, k, v) = (&mut a.q[..t * qd], &mut a.k[..t * kvd], &mut a.v[..t * kvd]);
-    pf(
-        h1,
-        &l.wq,
-        l.bq.as_deref(),
-        Target::Q,
-        q,
-        &mut a.lora,
-        dropout,
-    );
-    pf(
-        h1,
-        &l.wk,
-        l.bk.as_deref(),
-        Target::K,
-        k,
-        &mut a.lora,
-        dropout,
-    );
-    pf(
-        h1,
-        &l.wv,
-        l.bv.as_deref(),
-        Target::V,
-        v,
-        &mut a.lora,
-        dropout,
-    );
+    // Without dropout the projections of one input are independent: run them side by side,
+    // so a thread that finishes its share of one GEMM picks up work of the next instead of
+    // waiting at its join. (Dropout draws from one RNG in a fixed order: sequential.)
+    let concurrent = dropout.as_ref().is_none_or(|d| d.p <= 0.0);
+    if concurrent {
+        let [lq, lk, lv, ..] = &mut a.lora;
+        let one = |w: &QMatrix,
+                   b: Option<&[f32]>,
+                   tg: Target,
+                   y: &mut [f32],
+                   lb: &mut Option<LoraBuf>| {
+            proj_forward(
+                h1,
+                t,
+                w,
+                b,
+                lora.get(li, tg),
+                s,
+                &mut None,
+                y,
+                lb.as_mut(),
+                &mut [],
+            );
+        };
+        rayon::join(
+            || one(&l.wq, l.bq.as_deref(), Target::Q, q, lq),
+            || {
+                rayon::join(
+                    || one(&l.wk, l.bk.as_deref(), Target::K, k, lk),
+                    || one(&l.wv, l.bv.as_deref(), Target::V, v, lv),
+                )
+            },
+        );
+    } else {
+        pf(
+            h1,
+            &l.wq,
+            l.bq.as_deref(),
+            Target::Q,
+            q,
+            &mut a.lora,
+            dropout,
+        );
+        pf(
+            h1,
+            &l.wk,
+            l.bk.as_deref(),
+            Target::K,
+            k,
+            &mut a.lora,
+            dropout,
+        );
+        pf(
+            h1,
+            &l.wv,
+            l.bv.as_deref(),
+            Target::V,
+            v,
+            &mut a.lora,
+            dropout,
+        );
+    }
     ctx.rotate(q, qd, false);
     ctx.rotate(k, kvd, false);
     let att = &mut a.att[..t * qd];
@@ -282,16 +317,38 @@ pub fn layer_forward(
     add_rmsnorm(x_in, o, &l.ffn_norm, c.rms_eps, x_mid, &mut a.r2[..t], h2);
 
     let (gate, up) = (&mut a.gate[..t * ffn], &mut a.up[..t * ffn]);
-    pf(
-        h2,
-        &l.w_gate,
-        None,
-        Target::Gate,
-        gate,
-        &mut a.lora,
-        dropout,
-    );
-    pf(h2, &l.w_up, None, Target::Up, up, &mut a.lora, dropout);
+    if concurrent {
+        let [.., lg, lu, _] = &mut a.lora;
+        let one = |w: &QMatrix, tg: Target, y: &mut [f32], lb: &mut Option<LoraBuf>| {
+            proj_forward(
+                h2,
+                t,
+                w,
+                None,
+                lora.get(li, tg),
+                s,
+                &mut None,
+                y,
+                lb.as_mut(),
+                &mut [],
+            );
+        };
+        rayon::join(
+            || one(&l.w_gate, Target::Gate, gate, lg),
+            || one(&l.w_up, Target::Up, up, lu),
+        );
+    } else {
+        pf(
+            h2,
+            &l.w_gate,
+            None,
+            Target::Gate,
+            gate,
+            &mut a.lora,
+            dropout,
+        );
+        pf(h2, &l.w_up, None, Target::Up, up, &mut a.lora, dropout);
+    }
     let act = &mut sc.act[..t * ffn];
     silu_mul_par(gate, up, act);
     let down = &mut sc.o[..t * d];
