@@ -50,15 +50,15 @@ pub struct Scratch {
     pub dq: Vec<f32>,     // [T, q_dim]
     pub dk: Vec<f32>,     // [T, kv_dim]
     pub dv: Vec<f32>,     // [T, kv_dim]
-    pub o: Vec<f32>,      // [T, max(d, ffn)] a projection output before the residual add
-    pub du: Vec<f32>,     // [T, rank] LoRA: scale · dy · B
-    pub xd: Vec<f32>,     // [T, max in] LoRA input after dropout (dropout only)
-    pub hf: Vec<f32>,     // [T, d] final-norm output, then its gradient
-    pub hs: Vec<f32>,     // [T, d] the rows that predict scored tokens
-    pub dhs: Vec<f32>,    // [T, d] their gradient
-    pub rf: Vec<f32>,     // [T] 1/rms of the final norm
-    pub grad: Vec<f32>,   // [T, d] ∂L/∂(residual stream), carried down the blocks
-    pub nll: NllScratch,  // the fused loss's [T, CHUNK] tile and row accumulators
+    pub o: Vec<f32>, // [T, max(d, ffn)] a projection output before the residual add; in backward, two [T, d] partial input gradients
+    pub du: Vec<f32>, // [3, T, rank] LoRA: scale · dy · B, one per concurrent projection
+    pub xd: Vec<f32>, // [T, max in] LoRA input after dropout (dropout only)
+    pub hf: Vec<f32>, // [T, d] final-norm output, then its gradient
+    pub hs: Vec<f32>, // [T, d] the rows that predict scored tokens
+    pub dhs: Vec<f32>, // [T, d] their gradient
+    pub rf: Vec<f32>, // [T] 1/rms of the final norm
+    pub grad: Vec<f32>, // [T, d] ∂L/∂(residual stream), carried down the blocks
+    pub nll: NllScratch, // the fused loss's [T, CHUNK] tile and row accumulators
 }
 
 /// All buffers of a step.
@@ -103,7 +103,7 @@ pub fn size_table(
         ),
         (
             "projection scratch",
-            t * d.max(ffn) + t * rank + if dropout { t * max_in } else { 0 },
+            t * d.max(ffn) + 3 * t * rank + if dropout { t * max_in } else { 0 },
         ),
         ("loss scratch", 4 * t * d + t),
         ("loss tile", t * CHUNK.min(c.vocab_size) + 2 * t * d + 4 * t),
@@ -164,7 +164,7 @@ impl Arena {
             dk: buf(t * kvd),
             dv: buf(t * kvd),
             o: buf(t * d.max(ffn)),
-            du: buf(t * lora.rank),
+            du: buf(3 * t * lora.rank),
             xd: if dropout { buf(t * max_in) } else { Vec::new() },
             hf: buf(t * d),
             hs: buf(t * d),

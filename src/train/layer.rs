@@ -6,7 +6,7 @@ use super::arena::{LayerActs, LoraBuf, Scratch};
 use super::attention::{attention_backward, attention_forward, AttnShape};
 use super::batch::Segment;
 use super::ops::{
-    add_rmsnorm, residual_add, rmsnorm_backward, rmsnorm_par, rmsnorm_rows, silu_mul_par,
+    add_into, add_rmsnorm, residual_add, rmsnorm_backward, rmsnorm_par, rmsnorm_rows, silu_mul_par,
     swiglu_backward,
 };
 use crate::cpu;
@@ -384,12 +384,17 @@ pub fn layer_backward(
     let s = lora.scale;
     let mut g_slots = grads.layers[li].each_mut().map(|o| o.as_mut());
     let (du, xd) = (&mut sc.du[..], &mut sc.xd[..]);
-    #[rustfmt::skip]
-    let mut pb = |x: &[f32], w: &QMatrix, tg: Target, dy: &[f32], dx: &mut [f32], acc: bool| {
-        let (pair, lb) = (lora.get(li, tg), a.lora[tg.index()].as_ref());
-        let g = g_slots[tg.index()].take();
-        proj_backward(x, t, w, pair, lb, s, dy, dx, acc, g, du, xd);
-    };
+    // One projection's backward, with this block's LoRA pair, buffers and gradient slot.
+    macro_rules! pb {
+        ($x:expr, $w:expr, $tg:expr, $dy:expr, $dx:expr, $acc:expr) => {{
+            let tg: Target = $tg;
+            let (pair, lb) = (lora.get(li, tg), a.lora[tg.index()].as_ref());
+            let g = g_slots[tg.index()].take();
+            proj_backward(
+                $x, t, $w, pair, lb, s, $dy, $dx, $acc, g, &mut *du, &mut *xd,
+            );
+        }};
+    }
 
     // Recomputed (cheaper than keeping them): h1 = rmsnorm(x_in), h2 = rmsnorm(x_mid),
     // act = silu(gate) · up.
@@ -403,18 +408,68 @@ pub fn layer_backward(
 
     // MLP: x_out = x_mid + down(silu(gate) · up)
     let d_act = &mut sc.d_act[..t * ffn];
-    pb(act, &l.w_down, Target::Down, grad, d_act, false);
+    pb!(act, &l.w_down, Target::Down, grad, d_act, false);
     let (d_gate, d_up) = (&mut sc.d_gate[..t * ffn], &mut sc.d_up[..t * ffn]);
     swiglu_backward(gate, up, d_act, d_gate, d_up);
     let dh = &mut sc.dh[..t * d];
-    pb(h2, &l.w_gate, Target::Gate, d_gate, dh, false);
-    pb(h2, &l.w_up, Target::Up, d_up, dh, true);
+    // Without dropout, projections of one input run side by side (as in forward), each into
+    // its own input-gradient buffer, summed afterwards.
+    let concurrent = xd.is_empty();
+    if concurrent {
+        let [.., gg, gu, _] = &mut g_slots;
+        let (du0, du1) = du.split_at_mut(t * lora.rank);
+        let dh_up = &mut sc.o[..t * d];
+        let (lbg, lbu) = (
+            a.lora[Target::Gate.index()].as_ref(),
+            a.lora[Target::Up.index()].as_ref(),
+        );
+        rayon::join(
+            || {
+                let p = lora.get(li, Target::Gate);
+                proj_backward(
+                    h2,
+                    t,
+                    &l.w_gate,
+                    p,
+                    lbg,
+                    s,
+                    d_gate,
+                    dh,
+                    false,
+                    gg.take(),
+                    du0,
+                    &mut [],
+                )
+            },
+            || {
+                let p = lora.get(li, Target::Up);
+                proj_backward(
+                    h2,
+                    t,
+                    &l.w_up,
+                    p,
+                    lbu,
+                    s,
+                    d_up,
+                    dh_up,
+                    false,
+                    gu.take(),
+                    du1,
+                    &mut [],
+                )
+            },
+        );
+        add_into(dh, dh_up, None);
+    } else {
+        pb!(h2, &l.w_gate, Target::Gate, d_gate, dh, false);
+        pb!(h2, &l.w_up, Target::Up, d_up, dh, true);
+    }
     // grad becomes ∂L/∂x_mid: the residual plus the path through the ffn norm.
     rmsnorm_backward(x_mid, &l.ffn_norm, &a.r2[..t], dh, grad);
 
     // Attention: x_mid = x_in + o(attn(rope(q), rope(k), v))
     let d_att = &mut sc.d_att[..t * qd];
-    pb(&a.att[..t * qd], &l.wo, Target::O, grad, d_att, false);
+    pb!(&a.att[..t * qd], &l.wo, Target::O, grad, d_att, false);
     let (dq, dk, dv) = (
         &mut sc.dq[..t * qd],
         &mut sc.dk[..t * kvd],
@@ -435,8 +490,47 @@ pub fn layer_backward(
     );
     ctx.rotate(dq, qd, true);
     ctx.rotate(dk, kvd, true);
-    pb(h1, &l.wq, Target::Q, dq, dh, false);
-    pb(h1, &l.wk, Target::K, dk, dh, true);
-    pb(h1, &l.wv, Target::V, dv, dh, true);
+    if concurrent {
+        let [gq, gk, gv, ..] = &mut g_slots;
+        let (du0, rest) = du.split_at_mut(t * lora.rank);
+        let (du1, du2) = rest.split_at_mut(t * lora.rank);
+        let (dh_k, dh_v) = sc.o[..2 * t * d].split_at_mut(t * d);
+        let lb = |tg: Target| a.lora[tg.index()].as_ref();
+        let one = |w: &QMatrix,
+                   tg: Target,
+                   dy: &[f32],
+                   dx: &mut [f32],
+                   g: Option<&mut LoraPair>,
+                   du: &mut [f32]| {
+            proj_backward(
+                h1,
+                t,
+                w,
+                lora.get(li, tg),
+                lb(tg),
+                s,
+                dy,
+                dx,
+                false,
+                g,
+                du,
+                &mut [],
+            );
+        };
+        rayon::join(
+            || one(&l.wq, Target::Q, dq, dh, gq.take(), du0),
+            || {
+                rayon::join(
+                    || one(&l.wk, Target::K, dk, dh_k, gk.take(), du1),
+                    || one(&l.wv, Target::V, dv, dh_v, gv.take(), du2),
+                )
+            },
+        );
+        add_into(dh, dh_k, Some(dh_v));
+    } else {
+        pb!(h1, &l.wq, Target::Q, dq, dh, false);
+        pb!(h1, &l.wk, Target::K, dk, dh, true);
+        pb!(h1, &l.wv, Target::V, dv, dh, true);
+    }
     rmsnorm_backward(x_in, &l.attn_norm, &a.r1[..t], dh, grad);
 }

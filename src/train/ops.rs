@@ -85,6 +85,21 @@ pub fn residual_add(a: &[f32], b: &[f32], out: &mut [f32]) {
         });
 }
 
+/// dst += a (+ b): partial input gradients of projections that ran side by side.
+pub fn add_into(dst: &mut [f32], a: &[f32], b: Option<&[f32]>) {
+    dst.par_chunks_mut(16384).enumerate().for_each(|(i, dc)| {
+        let r = i * 16384..i * 16384 + dc.len();
+        for (o, &x) in dc.iter_mut().zip(&a[r.clone()]) {
+            *o += x;
+        }
+        if let Some(b) = b {
+            for (o, &x) in dc.iter_mut().zip(&b[r]) {
+                *o += x;
+            }
+        }
+    });
+}
+
 /// y = x · r · w  ⇒  dx += r · (dy⊙w) − x · r³ · (Σ (dy⊙w)⊙x) / d, per row.
 pub fn rmsnorm_backward(x: &[f32], w: &[f32], r: &[f32], dy: &[f32], dx: &mut [f32]) {
     let d = w.len();
