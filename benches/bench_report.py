@@ -188,6 +188,8 @@ def cmd_torch(a):
         lines = [line for line in f if line.strip().startswith("{")]
     out = json.loads(lines[-1]) if lines else {"impl": "pytorch+peft", "error": "no result (see log)"}
     out["setup"] = "PyTorch %s" % ("fp32" if out.get("dtype") == "fp32" else "bf16 weights")
+    if out.get("records_per_step", 1) > 1:
+        out["setup"] += ", %d records per step" % out["records_per_step"]
     t = run_fields(a)
     # Peak RSS: the script's own getrusage figure; /usr/bin/time's is kept beside it.
     t["peak_rss_mb_time_v"] = t.pop("peak_rss_mb")

@@ -3,7 +3,7 @@
 # in one run, alternating between the two. See benches/README.md.
 #
 #   benches/train_bench.sh            full: seq 256/512/1024 x threads 1/2 x every kernel path
-#                                     (scalar at seq 256 only), PyTorch fp32 and bf16 weights,
+#                                     (scalar at seq 256 only), PyTorch fp32 and bf16 weights (also 4 records/step at seq 256, 2 threads),
 #                                     edge-sft --grad-checkpoint at seq 1024; writes
 #                                     benches/results/latest.md (~15-20 min on 2 cores)
 #   benches/train_bench.sh --quick    seq 256, 2 threads only; writes benches/results/quick.md
@@ -180,15 +180,16 @@ run_edge() { # isa seq threads steps [gc]
   tail -n 1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("    %s tok/s, %s MB, other procs %s cores" % (r.get("tokens_per_s"), r.get("peak_rss_mb"), r.get("other_cores")))' >&2
 }
 
-run_torch() { # dtype seq threads steps
-  local dtype=$1 seq=$2 thr=$3 steps=$4
+run_torch() { # dtype seq threads steps [records per step]
+  local dtype=$1 seq=$2 thr=$3 steps=$4 rps=${5:-1}
   local name="torch-$dtype-s$seq-t$thr" l0 s0
+  if [ "$rps" != 1 ]; then name="$name-r$rps"; fi
   wait_quiet
   log "$name ($steps steps)"
   l0=$(load1); s0=$(cpustat)
   /usr/bin/time -v -o "$WORK/$name.time" timeout "$RUN_TIMEOUT" "$PY" benches/reference/peft_bench.py --model "$MODEL" \
     --ids "$WORK/data/seq$seq.ids.jsonl" --steps "$steps" --threads "$thr" --dtype "$dtype" \
-    --max-seconds $((RUN_TIMEOUT / 2)) > "$WORK/$name.json" 2> "$WORK/$name.log" \
+    --records-per-step "$rps" --max-seconds $((RUN_TIMEOUT / 2)) > "$WORK/$name.json" 2> "$WORK/$name.log" \
     || log "$name: exit $? (see $WORK/$name.log)"
   python3 benches/bench_report.py torch "$WORK/$name.json" "$WORK/$name.time" \
     --load "$l0" "$(load1)" --stat "$s0" "$(cpustat)" --hz "$HZ" >> "$RESULTS"
@@ -208,6 +209,10 @@ for seq in $SEQS; do
         *) run_edge "$isa" "$seq" "$thr" "$es" ;;
       esac
       if [ "$isa" = "$BEST" ]; then run_torch bf16 "$seq" "$thr" "$ts"; fi
+      # Issue 4's best PyTorch row batches 4 records per step (more tokens per weight pass).
+      if [ "$isa" = "$BEST" ] && [ "$seq" = 256 ] && [ "$thr" = 2 ]; then
+        run_torch bf16 "$seq" "$thr" "$ts" 4
+      fi
     done
     if [ "$seq" = 1024 ] && [ "$thr" = 2 ]; then run_edge "$BEST" "$seq" "$thr" "$es" gc; fi
   done
