@@ -20,6 +20,9 @@
 #   RUN_TIMEOUT        seconds before one run is stopped (edge-sft: SIGINT, keeps its metrics)
 #   BENCH_NICE         run the whole benchmark at this niceness (e.g. -10, needs root) so that other
 #                      work on a shared machine disturbs it less; reported in the header
+#   BENCH_REPEAT       alternate each (seq, threads) group this many times (default 1); the report
+#                      then shows each row's median tokens/s and range (e.g. 3 with --quick on a
+#                      VM whose speed drifts between runs)
 #   BENCH_QUIET_WAIT   before each run, wait up to this many seconds (default 0: don't) for the
 #                      machine to be idle (busy < BENCH_QUIET_PCT, default 10%, over 2 s)
 set -euo pipefail
@@ -155,9 +158,13 @@ if ! "$PY" benches/reference/bench_data.py --model "$MODEL" --seq $SEQS --record
 fi
 
 # --- runs ----------------------------------------------------------------------------------------
+REPEAT=${BENCH_REPEAT:-1}
+REP=1 # the current repetition (run names carry it from the second on)
+rep_suffix() { if [ "$REP" -gt 1 ]; then echo "-rep$REP"; fi; }
+
 run_edge() { # isa seq threads steps [gc]
   local isa=$1 seq=$2 thr=$3 steps=$4 gc=${5:-}
-  local name="edge-$isa-s$seq-t$thr${gc:+-gc}" l0 s0
+  local name="edge-$isa-s$seq-t$thr${gc:+-gc}$(rep_suffix)" l0 s0
   wait_quiet
   log "$name ($steps steps)"
   l0=$(load1); s0=$(cpustat)
@@ -184,6 +191,7 @@ run_torch() { # dtype seq threads steps [records per step]
   local dtype=$1 seq=$2 thr=$3 steps=$4 rps=${5:-1}
   local name="torch-$dtype-s$seq-t$thr" l0 s0
   if [ "$rps" != 1 ]; then name="$name-r$rps"; fi
+  name="$name$(rep_suffix)"
   wait_quiet
   log "$name ($steps steps)"
   l0=$(load1); s0=$(cpustat)
@@ -200,6 +208,7 @@ steps_for() { local v="$1_$2"; echo "${!v}"; }
 
 for seq in $SEQS; do
   for thr in $THREADS; do
+   for REP in $(seq 1 "$REPEAT"); do
     es=$(steps_for EDGE_STEPS "$seq"); ts=$(steps_for TORCH_STEPS "$seq")
     # Alternate: PyTorch, edge-sft, PyTorch, edge-sft, ...
     run_torch fp32 "$seq" "$thr" "$ts"
@@ -215,6 +224,7 @@ for seq in $SEQS; do
       fi
     done
     if [ "$seq" = 1024 ] && [ "$thr" = 2 ]; then run_edge "$BEST" "$seq" "$thr" "$es" gc; fi
+   done
   done
 done
 
@@ -240,6 +250,7 @@ EBENCH_VIRT=$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1) \
 EBENCH_VERSIONS="$edge_v ($rustc_v); $vers" \
 EBENCH_MODEL="$MODEL" \
 EBENCH_NICE="$NICENESS" \
+EBENCH_REPEAT="$REPEAT" \
 python3 - "$WORK/machine.json" <<'PY'
 import json, os, sys
 m = {k[7:].lower(): v for k, v in os.environ.items() if k.startswith("EBENCH_")}
