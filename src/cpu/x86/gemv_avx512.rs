@@ -2,32 +2,15 @@
 //! Each 32-value block of up to 4 W rows is decoded straight into registers and multiplied
 //! into 2 accumulators per (W row, x row); nothing is written back to memory but the sums.
 
-use super::avx512::{bcast_f16, bcast_f16_pair};
+use super::avx512::{bcast_f16, bcast_f16_pair, nibbles_f32 as nibbles};
+use super::gemv_avx2::{BF16, F16, F32, Q4_0, Q4_1, Q8_0};
+use super::pack512::decode;
 use crate::quant::GgmlType;
 use std::arch::x86_64::*;
 
 /// W rows and x rows per call.
 pub(crate) const ROWS: usize = 4;
 pub(crate) const XS: usize = 2;
-
-/// 16 packed nibbles → (codes of elements 0..16, codes of elements 16..32) as f32: each byte
-/// is widened to a 32-bit lane once, then masked (low nibble) or shifted (high nibble).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn nibbles(p: *const u8) -> (__m512, __m512) {
-    let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
-    let lo = _mm512_and_si512(v, _mm512_set1_epi32(0x0F));
-    let hi = _mm512_srli_epi32::<4>(v);
-    (_mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi))
-}
-
-// Weight types as const-generic parameters (their GGUF ids).
-const F32: u8 = GgmlType::F32 as u8;
-const F16: u8 = GgmlType::F16 as u8;
-const BF16: u8 = GgmlType::BF16 as u8;
-const Q8_0: u8 = GgmlType::Q8_0 as u8;
-const Q4_0: u8 = GgmlType::Q4_0 as u8;
-const Q4_1: u8 = GgmlType::Q4_1 as u8;
 
 /// Bytes of one 32-value block of type T.
 const fn block_bytes(t: u8) -> usize {
@@ -37,62 +20,6 @@ const fn block_bytes(t: u8) -> usize {
         Q8_0 => 34,
         Q4_0 => 18,
         _ => 20, // Q4_1
-    }
-}
-
-/// Values 32b..32b+32 of a row of type T (a `GgmlType` discriminant).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> (__m512, __m512) {
-    match T {
-        F32 => {
-            let p = row.add(128 * b) as *const f32;
-            (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
-        }
-        F16 => {
-            let p = row.add(64 * b);
-            (
-                _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
-                _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
-            )
-        }
-        BF16 => {
-            let p = row.add(64 * b);
-            let a = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
-            let c = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.add(32) as *const __m256i));
-            (
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(a)),
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(c)),
-            )
-        }
-        Q8_0 => {
-            let blk = row.add(34 * b);
-            let d = bcast_f16(blk);
-            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                blk.add(2) as *const __m128i
-            )));
-            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                blk.add(18) as *const __m128i
-            )));
-            (_mm512_mul_ps(lo, d), _mm512_mul_ps(hi, d))
-        }
-        Q4_0 => {
-            let blk = row.add(18 * b);
-            let d = bcast_f16(blk);
-            let (lo, hi) = nibbles(blk.add(2));
-            let eight = _mm512_set1_ps(8.0);
-            (
-                _mm512_mul_ps(_mm512_sub_ps(lo, eight), d),
-                _mm512_mul_ps(_mm512_sub_ps(hi, eight), d),
-            )
-        }
-        _ => {
-            // Q4_1
-            let blk = row.add(20 * b);
-            let (d, m) = bcast_f16_pair(blk);
-            let (lo, hi) = nibbles(blk.add(4));
-            (_mm512_fmadd_ps(lo, d, m), _mm512_fmadd_ps(hi, d, m))
-        }
     }
 }
 
@@ -174,7 +101,7 @@ unsafe fn raw<const T: u8>(row: *const u8, b: usize) -> (__m512, __m512, __m512,
             (lo, hi, d, m)
         }
         _ => {
-            let (lo, hi) = decode::<T>(row, b);
+            let (lo, hi) = decode::<T, true>(row, b);
             (lo, hi, z, z)
         }
     }

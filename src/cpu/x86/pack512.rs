@@ -22,9 +22,14 @@ use crate::quant::GgmlType;
 use std::arch::x86_64::*;
 
 /// Values 0..16 and 16..32 of block `b` (32 values) of a row of type T starting at `row`.
+/// With FMA, Q4_1's d·q + m is one fused rounding (the GEMV's dot products); without, two
+/// roundings, bit-identical to the scalar decoder (the panels).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> (__m512, __m512) {
+pub(crate) unsafe fn decode<const T: u8, const FMA: bool>(
+    row: *const u8,
+    b: usize,
+) -> (__m512, __m512) {
     match T {
         F32 => {
             let p = row.add(128 * b) as *const f32;
@@ -65,14 +70,18 @@ unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> (__m512, __m512) {
             )
         }
         _ => {
-            // Q4_1: d·q + m, two roundings like the scalar decoder.
+            // Q4_1: d·q + m.
             let blk = row.add(20 * b);
             let (d, m) = bcast_f16_pair(blk);
             let (lo, hi) = nibbles_f32(blk.add(4));
-            (
-                _mm512_add_ps(_mm512_mul_ps(lo, d), m),
-                _mm512_add_ps(_mm512_mul_ps(hi, d), m),
-            )
+            if FMA {
+                (_mm512_fmadd_ps(lo, d, m), _mm512_fmadd_ps(hi, d, m))
+            } else {
+                (
+                    _mm512_add_ps(_mm512_mul_ps(lo, d), m),
+                    _mm512_add_ps(_mm512_mul_ps(hi, d), m),
+                )
+            }
         }
     }
 }
@@ -147,7 +156,7 @@ unsafe fn w_f32<const T: u8>(
     for p in 0..kc {
         let (src, dst) = (w.row(p), panel.add(p * ldb));
         for b in 0..nblk {
-            let (lo, hi) = decode::<T>(src, b0 + b);
+            let (lo, hi) = decode::<T, false>(src, b0 + b);
             _mm512_storeu_ps(dst.add(32 * b), lo);
             _mm512_storeu_ps(dst.add(32 * b + 16), hi);
         }
@@ -192,9 +201,9 @@ unsafe fn w_bf16<const T: u8>(
         let (r0, has_r1) = (w.row(2 * q), 2 * q + 1 < kc);
         let o = out.add(q * 2 * ldb);
         for b in 0..nblk {
-            let (e_lo, e_hi) = decode::<T>(r0, b0 + b);
+            let (e_lo, e_hi) = decode::<T, false>(r0, b0 + b);
             let (o_lo, o_hi) = if has_r1 {
-                decode::<T>(w.row(2 * q + 1), b0 + b)
+                decode::<T, false>(w.row(2 * q + 1), b0 + b)
             } else {
                 (zero, zero)
             };
@@ -250,7 +259,7 @@ unsafe fn wt_bf16<const T: u8>(
             let mut lo = [_mm256_setzero_ps(); 8];
             let mut hi = [_mm256_setzero_ps(); 8];
             for r in 0..8 {
-                let (a, c) = decode::<T>(w.row(jg + r), b0 + b);
+                let (a, c) = decode::<T, false>(w.row(jg + r), b0 + b);
                 let v = _mm512_castsi512_ps(std::mem::transmute::<__m512bh, __m512i>(
                     _mm512_cvtne2ps_pbh(c, a),
                 ));
