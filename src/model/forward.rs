@@ -8,7 +8,7 @@ use super::Model;
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::train::attention::{attend_head, gather};
-use crate::train::layer::proj_forward_infer;
+use crate::train::proj::proj_forward_infer;
 use rayon::prelude::*;
 
 /// Keys and values of the positions seen so far, per layer.

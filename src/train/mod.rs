@@ -9,5 +9,6 @@ pub mod loss;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod proj;
 pub mod step;
 pub mod trainer;

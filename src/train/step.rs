@@ -2,9 +2,10 @@
 
 use super::arena::{Arena, Scratch};
 use super::batch::Batch;
-use super::layer::{layer_backward, layer_forward, BatchCtx, Dropout};
+use super::layer::{layer_backward, layer_forward, BatchCtx};
 use super::loss::fused_nll_in;
 use super::ops::{rmsnorm_backward, rmsnorm_rows};
+use super::proj::Dropout;
 use crate::error::Result;
 use crate::model::lora::LoraSet;
 use crate::model::Model;

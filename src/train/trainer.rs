@@ -4,9 +4,9 @@
 use super::arena::{size_table, Arena};
 use super::batch::{pack_indices, Batch};
 use super::checkpoint::{self, State};
-use super::layer::Dropout;
 use super::optim::{global_norm, lr_at, AdamW, Schedule};
 use super::params::{for_each_tensor_mut, init_lora, zeros_like};
+use super::proj::Dropout;
 use super::step::forward_backward_in;
 use crate::data::Example;
 use crate::error::{Error, Result};
