@@ -16,7 +16,7 @@ use super::panel::{pack_b, BSrc};
 use super::par;
 use super::scalar;
 #[cfg(target_arch = "x86_64")]
-use super::x86::{avx2, avx512, narrow};
+use super::x86::{avx2, avx512, narrow, narrow512};
 use std::cell::RefCell;
 
 /// See [`scalar::kernel`] for the contract every ISA's microkernel follows.
@@ -165,6 +165,71 @@ unsafe impl Sync for CPtr {}
 thread_local! {
     /// Per-thread scratch reused across calls: B panel, one dequantized row, a C edge tile.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Free buffers for a transposed narrow B (see `narrow_dots`): a stack, because a thread
+    /// waiting inside one product's fork may start a task that runs another product.
+    static BT_FREE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// C[m, n ≤ 8] (+)= A·B, A(i, p) = a[i*rsa + p], B(p, j) = b[p*rs + j*cs], by the AVX-512 dot
+/// kernel: Bᵀ's rows are B's columns, read in place when contiguous (rs = 1: B = LoRA's Aᵀ),
+/// else transposed once (LoRA's B [out, rank], a few KB); rows are split over the pool. The
+/// caller checked the extents of A, B and C, and ran check(isa).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn narrow_dots(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    rsa: usize,
+    b: &[f32],
+    rs: usize,
+    cs: usize,
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    let mut owned = BT_FREE.with(|f| f.borrow_mut().pop()).unwrap_or_default();
+    let (bt, ldt): (&[f32], usize) = if rs == 1 {
+        (b, cs)
+    } else {
+        if owned.len() < n * k {
+            owned.resize(n * k, 0.0);
+        }
+        for (j, row) in owned.chunks_exact_mut(k).take(n).enumerate() {
+            for (p, v) in row.iter_mut().enumerate() {
+                *v = b[p * rs + j * cs];
+            }
+        }
+        (&owned[..n * k], k)
+    };
+    let threads = rayon::current_num_threads();
+    let tasks = (4 * threads).min(m / MIN_ROWS_NARROW).max(1);
+    let rows_per = m.div_ceil(tasks).next_multiple_of(2);
+    let cptr = CPtr(c.as_mut_ptr());
+    par::for_each_task(m.div_ceil(rows_per), m * n * k, |t| {
+        let i0 = t * rows_per;
+        let rows = rows_per.min(m - i0);
+        let cp = cptr;
+        // SAFETY: rows i0..i0+rows of A hold k values at stride rsa (the caller's extent check:
+        // (m-1)·rsa + k - 1 < a.len()); Bᵀ has n rows of k values at stride ldt (in place: B's
+        // extent check with rs = 1; else the n·k buffer above); C rows i0.. (n values each)
+        // lie inside c and belong to this task only; AVX-512 was checked by the caller.
+        unsafe {
+            narrow512::dots(
+                rows,
+                n,
+                k,
+                a.as_ptr().add(i0 * rsa),
+                rsa,
+                bt.as_ptr(),
+                ldt,
+                cp.0.add(i0 * n),
+                n,
+                accumulate,
+            )
+        };
+    });
+    BT_FREE.with(|f| f.borrow_mut().push(owned));
 }
 
 /// A low-rank term folded into a product: C += U·V with U [m, r] row-major and
@@ -296,6 +361,14 @@ pub(crate) fn gemm_lr(
         super::gemm_f16::gemm(isa, m, n, k, a, rsa, csa, src, c, accumulate);
         unfused(c);
         return;
+    }
+    // Narrow outputs with a row-major A on AVX-512: dot products along k (`narrow512.rs`).
+    #[cfg(target_arch = "x86_64")]
+    if n <= 8 && csa == 1 && lr.is_none() && isa.f32_isa() == Isa::Avx512 {
+        if let BSrc::F32 { b, rs, cs } = src {
+            narrow_dots(m, n, k, a, rsa, b, rs, cs, c, accumulate);
+            return;
+        }
     }
     let kern = kern_for(isa, n);
     let threads = rayon::current_num_threads();
