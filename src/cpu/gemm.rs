@@ -188,10 +188,11 @@ fn narrow_dots(
     c: &mut [f32],
     accumulate: bool,
 ) {
-    let mut owned = BT_FREE.with(|f| f.borrow_mut().pop()).unwrap_or_default();
+    let mut owned: Option<Vec<f32>> = None;
     let (bt, ldt): (&[f32], usize) = if rs == 1 {
         (b, cs)
     } else {
+        let owned = owned.insert(BT_FREE.with(|f| f.borrow_mut().pop()).unwrap_or_default());
         if owned.len() < n * k {
             owned.resize(n * k, 0.0);
         }
@@ -229,7 +230,9 @@ fn narrow_dots(
             )
         };
     });
-    BT_FREE.with(|f| f.borrow_mut().push(owned));
+    if let Some(buf) = owned {
+        BT_FREE.with(|f| f.borrow_mut().push(buf));
+    }
 }
 
 /// A low-rank term folded into a product: C += U·V with U [m, r] row-major and
