@@ -174,8 +174,9 @@ fn trajectory(arch: &str, name: &str) {
         alpha: 8.0,
         lr: 1e-3,
         steps: Some(20),
-        batch_tokens: 1 << 20, // every record in one micro-batch: one step = the whole set
-        warmup: if sched { 3 } else { 0 },
+        batch_size: exs.len(), // one step = the whole set, in one micro-batch
+        batch_tokens: 1 << 20,
+        warmup: Some(if sched { 3 } else { 0 }),
         schedule: if sched {
             Schedule::Cosine
         } else {
@@ -183,13 +184,13 @@ fn trajectory(arch: &str, name: &str) {
         },
         weight_decay: want["weight_decay"].as_f64().unwrap() as f32,
         max_grad_norm: want["clip_grad_norm"].as_f64().unwrap_or(0.0) as f32,
-        eval_every: 0,
+        eval_every: Some(0),
         save_every: 0,
         init_adapter: Some(tiny(arch).join("train_init")),
         ..TuneOptions::default()
     };
     for (s, lr) in flat(&want["lr"]).iter().enumerate() {
-        let ours = lr_at(opts.lr, opts.schedule, opts.warmup, 20, s);
+        let ours = lr_at(opts.lr, opts.schedule, 3 * sched as usize, 20, s);
         assert!(
             (ours - lr).abs() < 1e-9 + 1e-6 * lr,
             "lr at step {s}: {ours} vs {lr}"

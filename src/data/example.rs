@@ -29,9 +29,8 @@ pub enum Built {
 /// **Raw template** (`TemplateMode::Raw`): no chat template. The prompt is the contents of all
 /// messages before the last assistant turn joined by `"\n\n"` (for prompt/response records: the
 /// prompt itself) and the response is the last assistant turn. `ids = [BOS if tok.add_bos] +
-/// encode(prompt)`, then `encode(prompt + response)` must extend `encode(prompt)` as a prefix;
-/// the response tokens are scored, and an EOS token is appended and scored too (so the model
-/// learns to stop).
+/// encode(prompt) + encode(response) + [EOS]`, each part tokenized on its own; the response
+/// tokens and the EOS are scored (so the model learns to stop).
 ///
 /// **Loss placement**: `LossOn::Response` uses the mask above; `LossOn::All` scores every token
 /// after the first (joint objective) on the same ids. The response mask is still built (and its
@@ -151,20 +150,19 @@ fn raw_template(
     let eos = tok
         .eos_id
         .ok_or("the raw template needs an EOS token, and the tokenizer has none")?;
+    // Prompt and response are tokenized apart and their ids concatenated (as TRL does for
+    // prompt-completion data), so a boundary that BPE would merge ("th" + "e end") is no error:
+    // the model sees the response's own tokenization, the one it produces when it generates
+    // after the prompt.
     let p = encode(tok, &prompt)?;
-    let full = encode(tok, &format!("{prompt}{response}"))?;
-    if !full.starts_with(&p) {
-        return Err(format!(
-            "prefix does not tokenize as a prefix (raw prompt + response: {})",
-            first_difference(&full, &p)
-        ));
-    }
-    let mut ids = Vec::with_capacity(full.len() + 2);
+    let r = encode(tok, response)?;
+    let mut ids = Vec::with_capacity(p.len() + r.len() + 2);
     if tok.add_bos {
         ids.extend(tok.bos_id);
     }
     let n_prompt = ids.len() + p.len();
-    ids.extend_from_slice(&full);
+    ids.extend_from_slice(&p);
+    ids.extend_from_slice(&r);
     ids.push(eos);
     let mask = (0..ids.len()).map(|t| t >= n_prompt && t > 0).collect();
     Ok((ids, mask))

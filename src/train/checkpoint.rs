@@ -34,7 +34,10 @@ pub struct State {
     pub tensors_file: String,
     /// The tune options the run was started with (JSON), compared on resume.
     pub options: serde_json::Value,
+    /// Lowest held-out mean NLL seen so far, and the step it was seen at.
     pub best_eval: Option<f64>,
+    #[serde(default)]
+    pub best_step: Option<usize>,
 }
 
 pub fn checkpoint_dir(out: &Path) -> PathBuf {

@@ -9,6 +9,7 @@ pub mod loss;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod plan;
 pub mod proj;
 pub mod step;
 pub mod trainer;

@@ -2,10 +2,11 @@
 //! an adapter and metrics out. The CLI and the daemon both call `tune`.
 
 use super::arena::{size_table, Arena};
-use super::batch::{pack_indices, Batch};
+use super::batch::Batch;
 use super::checkpoint::{self, State};
 use super::optim::{global_norm, lr_at, AdamW, Schedule};
 use super::params::{for_each_tensor_mut, init_lora, zeros_like};
+use super::plan::{self, epoch_order, epoch_steps};
 use super::proj::Dropout;
 use super::step::forward_backward_in;
 use crate::data::Example;
@@ -20,6 +21,17 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
+/// Which adapter a run leaves in its output folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Keep {
+    /// The adapter of the step with the lowest held-out NLL (the last one when nothing is
+    /// scored).
+    #[default]
+    Best,
+    /// The adapter of the last step.
+    Last,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TuneOptions {
     pub rank: usize,
@@ -30,17 +42,23 @@ pub struct TuneOptions {
     pub epochs: usize,
     /// Optimizer steps; overrides `epochs` when set.
     pub steps: Option<usize>,
-    /// Tokens per micro-batch (records are packed up to this).
+    /// Records per optimizer step.
+    pub batch_size: usize,
+    /// Most tokens in one micro-batch (the memory cap); a step's records are packed into as
+    /// few micro-batches as this allows and their gradients accumulated.
     pub batch_tokens: usize,
-    pub grad_accum: usize,
-    pub warmup: usize,
+    /// Linear warm-up steps; `None` takes `warmup_ratio` of the run (see `plan::warmup_steps`).
+    pub warmup: Option<usize>,
+    pub warmup_ratio: f32,
     pub schedule: Schedule,
     pub weight_decay: f32,
     /// 0 disables clipping.
     pub max_grad_norm: f32,
     pub seed: u64,
-    pub eval_every: usize,
+    /// Steps between held-out scorings; `None`: about `plan::EVALS_PER_RUN` per run.
+    pub eval_every: Option<usize>,
     pub save_every: usize,
+    pub keep: Keep,
     pub grad_checkpoint: bool,
     pub base_model: String,
     /// Start from this PEFT adapter instead of a fresh initialisation (rank, α and targets
@@ -49,6 +67,11 @@ pub struct TuneOptions {
     pub init_adapter: Option<std::path::PathBuf>,
 }
 
+/// The defaults, chosen by the sweep in `benches/results/defaults.md`.
+pub const DEFAULT_LR: f32 = 2e-4;
+pub const DEFAULT_EPOCHS: usize = 2;
+pub const DEFAULT_BATCH_SIZE: usize = 1;
+
 impl Default for TuneOptions {
     fn default() -> Self {
         TuneOptions {
@@ -56,18 +79,20 @@ impl Default for TuneOptions {
             alpha: 16.0,
             dropout: 0.0,
             targets: Target::ALL.to_vec(),
-            lr: 2e-4,
-            epochs: 3,
+            lr: DEFAULT_LR,
+            epochs: DEFAULT_EPOCHS,
             steps: None,
+            batch_size: DEFAULT_BATCH_SIZE,
             batch_tokens: 1024,
-            grad_accum: 1,
-            warmup: 10,
+            warmup: None,
+            warmup_ratio: plan::DEFAULT_WARMUP_RATIO,
             schedule: Schedule::Cosine,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             seed: 42,
-            eval_every: 50,
+            eval_every: None,
             save_every: 50,
+            keep: Keep::Best,
             grad_checkpoint: false,
             base_model: String::new(),
             init_adapter: None,
@@ -84,6 +109,7 @@ impl TuneOptions {
             for k in [
                 "eval_every",
                 "save_every",
+                "keep",
                 "grad_checkpoint",
                 "base_model",
                 "steps",
@@ -109,8 +135,11 @@ impl TuneOptions {
         if self.targets.is_empty() {
             return bad("--targets must name at least one projection");
         }
-        if self.batch_tokens == 0 || self.grad_accum == 0 {
-            return bad("--batch-tokens and --grad-accum must be at least 1");
+        if self.batch_tokens == 0 || self.batch_size == 0 {
+            return bad("--batch-size and --batch-tokens must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad("--warmup-ratio must be in [0, 1)");
         }
         if self.steps.is_none() && self.epochs == 0 {
             return bad("--epochs must be at least 1 (or give --steps)");
@@ -155,30 +184,23 @@ pub struct NoHooks;
 impl TrainHooks for NoHooks {}
 
 pub struct TuneOutcome {
+    /// The parameters of the last step done.
     pub lora: LoraSet,
     pub steps_done: usize,
     pub total_steps: usize,
+    pub warmup: usize,
     pub base_eval: Option<EvalReport>,
+    /// The last step's held-out scores.
     pub final_eval: Option<EvalReport>,
+    /// Lowest held-out mean NLL of the run and its step (the adapter kept with `Keep::Best`).
+    pub best: Option<(usize, f64)>,
+    /// Which step's adapter is in the output folder.
+    pub kept_step: usize,
     pub interrupted: bool,
-}
-
-fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut rng = Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
-    order
-}
-
-/// Steps of one epoch: each a list of micro-batches, each a list of example indices.
-fn epoch_steps(order: &[usize], lens: &[usize], o: &TuneOptions) -> Vec<Vec<Vec<usize>>> {
-    pack_indices(order, lens, o.batch_tokens)
-        .chunks(o.grad_accum)
-        .map(|c| c.to_vec())
-        .collect()
+    /// Tokens trained on (all micro-batches of every step of this invocation) and the time
+    /// spent in steps, evaluations and checkpoints.
+    pub tokens: usize,
+    pub seconds: f64,
 }
 
 fn fingerprint(examples: &[Example]) -> String {
@@ -216,16 +238,12 @@ pub fn tune(
         return Err(Error::Usage("no training records".into()));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let run_start = Instant::now();
     let lens: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
     let fp = fingerprint(train);
-
-    // Total steps: --steps, or the sum over epochs of each epoch's packed steps.
-    let total_steps = match opts.steps {
-        Some(s) => s,
-        None => (0..opts.epochs)
-            .map(|e| epoch_steps(&epoch_order(train.len(), opts.seed, e), &lens, opts).len())
-            .sum(),
-    };
+    let total_steps = plan::total_steps(train.len(), opts.batch_size, opts.epochs, opts.steps);
+    let warmup = plan::warmup_steps(total_steps, opts.warmup, opts.warmup_ratio);
+    let eval_every = plan::eval_interval(total_steps, opts.eval_every);
 
     let mut params = init_lora(
         &model.config,
@@ -266,6 +284,7 @@ pub fn tune(
         tensors_file: String::new(),
         options: opts.identity(),
         best_eval: None,
+        best_step: None,
     };
     if resume {
         let saved = checkpoint::load_state(out)?;
@@ -304,28 +323,40 @@ pub fn tune(
         }
         _ => None,
     };
+    let write_kept = |params: &LoraSet, step: usize| -> Result<()> {
+        write_adapter(out, params, &model.config, &opts.base_model, opts.dropout).map_err(|e| {
+            Error::Usage(format!(
+                "writing the adapter of step {step} failed: {e}\nthe adapter already in {} is kept",
+                out.display()
+            ))
+        })
+    };
+    // The adapter in `out` follows the last step, unless the run keeps its best held-out step
+    // and has scored one: then it is rewritten only when the held-out NLL improves.
+    let keeps_best = opts.keep == Keep::Best && eval.is_some();
     let save = |state: &State, params: &LoraSet, opt: &AdamW| -> Result<()> {
-        checkpoint::save(out, state, params, opt)
-            .and_then(|_| write_adapter(out, params, &model.config, &opts.base_model, opts.dropout))
-            .map_err(|e| {
-                Error::Usage(format!(
-                    "writing the checkpoint for step {} failed: {e}\nthe previous checkpoint in {} is kept",
-                    state.step,
-                    checkpoint::checkpoint_dir(out).display()
-                ))
-            })
+        checkpoint::save(out, state, params, opt).map_err(|e| {
+            Error::Usage(format!(
+                "writing the checkpoint for step {} failed: {e}\nthe previous checkpoint in {} is kept",
+                state.step,
+                checkpoint::checkpoint_dir(out).display()
+            ))
+        })?;
+        if !keeps_best || state.best_step.is_none() {
+            write_kept(params, state.step)?;
+        }
+        Ok(())
     };
 
     let mut grads = zeros_like(&params);
-    let mut steps = epoch_steps(&state.epoch_order, &lens, opts);
+    let mut steps = epoch_steps(
+        &state.epoch_order,
+        &lens,
+        opts.batch_size,
+        opts.batch_tokens,
+    );
     // Buffers for the longest micro-batch any step can pack (records are never split).
-    let total: usize = lens.iter().sum();
-    let t_max = lens
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(1)
-        .max(opts.batch_tokens.min(total));
+    let t_max = plan::max_micro_batch_tokens(&lens, opts.batch_size, opts.batch_tokens);
     let dropout_on = opts.dropout > 0.0;
     let mut arena = Arena::new(
         &model.config,
@@ -346,6 +377,7 @@ pub fn tune(
     );
     let mut final_eval = None;
     let mut interrupted = false;
+    let mut tokens_trained = 0usize;
     while state.step < total_steps {
         if hooks.should_stop() {
             interrupted = true;
@@ -355,7 +387,12 @@ pub fn tune(
             state.epoch += 1;
             state.cursor = 0;
             state.epoch_order = epoch_order(train.len(), opts.seed, state.epoch);
-            steps = epoch_steps(&state.epoch_order, &lens, opts);
+            steps = epoch_steps(
+                &state.epoch_order,
+                &lens,
+                opts.batch_size,
+                opts.batch_tokens,
+            );
         }
         let t0 = Instant::now();
         let micro = &steps[state.cursor];
@@ -364,7 +401,7 @@ pub fn tune(
             .map(|idx| Batch::from_examples(idx.iter().map(|&i| &train[i])))
             .collect();
         // Loss normalisation: mean over all scored tokens of the optimizer step, across
-        // accumulation micro-steps (what PEFT/TRL do).
+        // its micro-batches (what PEFT/TRL do).
         let scored: usize = batches.iter().map(|b| b.scored.len()).sum();
         let tokens: usize = batches.iter().map(|b| b.len()).sum();
         for_each_tensor_mut(&mut grads, |g| g.fill(0.0));
@@ -404,18 +441,27 @@ pub fn tune(
         } else {
             1.0
         };
-        let lr = lr_at(opts.lr, opts.schedule, opts.warmup, total_steps, state.step);
+        let lr = lr_at(opts.lr, opts.schedule, warmup, total_steps, state.step);
         opt.step(&mut params, &grads, lr, mult);
         state.step += 1;
         state.cursor += 1;
+        tokens_trained += tokens;
+        let step_seconds = t0.elapsed().as_secs_f64();
 
         let mut eval_loss = None;
         let last = state.step == total_steps;
         if let Some(ev) = eval {
-            if (opts.eval_every > 0 && state.step.is_multiple_of(opts.eval_every)) || last {
+            if state.step.is_multiple_of(eval_every) || last {
                 let r = mean_eval(model, ev, Some(&params))?;
                 eval_loss = Some(r.mean_nll);
                 hooks.on_eval(state.step, &r);
+                if state.best_eval.is_none_or(|b| r.mean_nll < b) {
+                    state.best_eval = Some(r.mean_nll);
+                    state.best_step = Some(state.step);
+                    if keeps_best {
+                        write_kept(&params, state.step)?;
+                    }
+                }
                 if last {
                     final_eval = Some(r);
                 }
@@ -430,7 +476,7 @@ pub fn tune(
             grad_norm: gn,
             tokens,
             scored_tokens: scored,
-            tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            tokens_per_s: tokens as f64 / step_seconds.max(1e-9),
             eval_loss,
         };
         let line = serde_json::to_string(&rep).expect("report serializes");
@@ -445,12 +491,22 @@ pub fn tune(
         save(&state, &params, &opt)?;
         hooks.on_checkpoint(state.step);
     }
+    let best = state.best_step.zip(state.best_eval);
+    let kept_step = match (keeps_best, best) {
+        (true, Some((s, _))) => s,
+        _ => state.step,
+    };
     Ok(TuneOutcome {
         lora: params,
         steps_done: state.step,
         total_steps,
+        warmup,
         base_eval,
         final_eval,
+        best,
+        kept_step,
         interrupted,
+        tokens: tokens_trained,
+        seconds: run_start.elapsed().as_secs_f64(),
     })
 }

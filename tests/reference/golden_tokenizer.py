@@ -11,7 +11,7 @@ tests/golden/tokenizer_smollm2.json:
     "ids" (apply_chat_template of the conversation through its last assistant turn) and
     "spans": [[start, end), ...] of scored tokens, built by the prefix-rendering rule of
     DESIGN.md, written here independently of the Rust code; plus "raw_ids"/"raw_spans" for the
-    raw template (BOS if add_bos, prompt, response, EOS; response + EOS scored).
+    raw template (BOS if add_bos, prompt ids, response ids tokenized apart, EOS; response + EOS scored).
 
 Run: /work/refenv/bin/python tests/reference/golden_tokenizer.py [MODEL_DIR] [GGUF_NAME]
 """
@@ -145,10 +145,10 @@ def raw_mask(tok, msgs, add_bos, bos_id, eos_id):
     last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
     prompt = "\n\n".join(m["content"] for m in msgs[:last])
     response = msgs[last]["content"]
+    # Prompt and response tokenized apart, ids concatenated (TRL's prompt-completion rule).
     p = tok.encode(prompt, add_special_tokens=False)
-    full = tok.encode(prompt + response, add_special_tokens=False)
-    assert full[: len(p)] == p
-    ids = ([bos_id] if add_bos else []) + full + [eos_id]
+    r = tok.encode(response, add_special_tokens=False)
+    ids = ([bos_id] if add_bos else []) + p + r + [eos_id]
     n_prompt = (1 if add_bos else 0) + len(p)
     mask = [t >= n_prompt and t > 0 for t in range(len(ids))]
     return ids, mask

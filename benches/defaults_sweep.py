@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""The sweep that chose `edge-sft tune`'s defaults (issue 10): train LoRA adapters on three data
+sets at 50, 200 and 1,000 records with several (batch size, learning rate, epochs) settings and
+with the defaults, and score each adapter on the data set's fixed test file (60 records never
+trained on).
+
+Data sets (made by benches/reference/sft_datasets.py into benches/data/):
+  chatterbot  prompt→response pairs from the chatterbot-corpus conversations (open-ended chat)
+  extract     a sentence in, a one-line JSON object out (structured extraction; the test set
+              holds slot combinations never seen in training)
+  instruct    instruction/input/output records over eight small text tasks
+
+Each setting row runs `tune` with that setting and no held-out scoring (--eval-split 0,
+--keep last), so its time is training alone. The `default` row runs `tune --model --data
+--out` and nothing else, so it pays for its own held-out split and scorings, as a user would.
+Time is the process's wall clock and its CPU time (user + sys, from wait4); on this shared
+2-core VM CPU time is the steadier of the two, and is what the ratios use.
+
+Appends one JSON line per run to --results (default benches/results/defaults.jsonl); `--report`
+turns that file into benches/results/defaults.md (with the PEFT rows of
+benches/results/peft_sft.jsonl beside them).
+
+  python3 benches/reference/sft_datasets.py          # once: writes benches/data/
+  python3 benches/defaults_sweep.py --sizes 50,200   # the settings grid
+  python3 benches/defaults_sweep.py --sizes 1000 --settings default,b1-lr2e-4-e2,b1-lr1e-3-e1
+  python3 benches/defaults_sweep.py --report
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "edge-sft")
+MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+DATASETS = ["chatterbot", "extract", "instruct"]
+
+# name -> (batch size, lr, epochs); "default" -> no hyperparameter flags at all.
+SETTINGS = {
+    "b1-lr2e-4-e2": (1, 2e-4, 2),  # PEFT's reference setting
+    "b1-lr2e-4-e3": (1, 2e-4, 3),
+    "b1-lr5e-4-e1": (1, 5e-4, 1),
+    "b1-lr5e-4-e2": (1, 5e-4, 2),
+    "b1-lr1e-3-e1": (1, 1e-3, 1),
+    "b1-lr1e-3-e2": (1, 1e-3, 2),
+    "b4-lr5e-4-e2": (4, 5e-4, 2),
+    "b4-lr1e-3-e2": (4, 1e-3, 2),
+    "b8-lr2e-3-e3": (8, 2e-3, 3),
+    "default": None,
+}
+GRID = ["b1-lr2e-4-e2", "b1-lr5e-4-e1", "b1-lr1e-3-e1", "b1-lr5e-4-e2", "b4-lr1e-3-e2", "default"]
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def run_one(data, size, name, workdir, threads):
+    train = os.path.join(ROOT, "benches", "data", f"{data}_train{size}.jsonl")
+    test = os.path.join(ROOT, "benches", "data", f"{data}_test.jsonl")
+    out = os.path.join(workdir, f"{data}-{size}-{name}")
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [BIN, "tune", "--lora", "--model", MODEL, "--data", train, "--out", out]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    setting = SETTINGS[name]
+    if setting is not None:
+        bs, lr, ep = setting
+        cmd += ["--batch-size", str(bs), "--lr", str(lr), "--epochs", str(ep),
+                "--eval-split", "0", "--keep", "last", "--save-every", "0"]
+    before = os.times()
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    if p.returncode != 0:
+        sys.exit(f"tune failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
+    steps = re.search(r"done: (\d+) steps", p.stdout)
+    held = re.search(r"held-out NLL ([\d.]+) → ([\d.]+) \(best at step (\d+)", p.stdout)
+    plan = re.search(r"^(\d+ records → .*)$", p.stderr, re.M)
+    e = subprocess.run([BIN, "eval", "--model", MODEL, "--data", test, "--adapter", out,
+                        "--adapter-only", "--json"] + (["--threads", str(threads)] if threads else []),
+                       capture_output=True, text=True)
+    if e.returncode != 0:
+        sys.exit(f"eval failed on {out}\n{e.stderr[-2000:]}")
+    score = json.loads(e.stdout.strip().splitlines()[-1])
+    row = {
+        "data": data, "size": size, "setting": name,
+        "batch_size": setting[0] if setting else None,
+        "lr": setting[1] if setting else None,
+        "epochs": setting[2] if setting else None,
+        "steps": int(steps.group(1)) if steps else None,
+        "plan": plan.group(1) if plan else None,
+        "test_nll": score["mean_nll"], "test_tokens": score["scored_tokens"],
+        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+        "heldout_split": [float(held.group(1)), float(held.group(2)), int(held.group(3))] if held else None,
+        "host": cpu_model(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def load_jsonl(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def report(results, peft_path, md_path):
+    rows = load_jsonl(results)
+    peft = load_jsonl(peft_path)
+    # Latest row per (data, size, setting).
+    latest = {}
+    for r in rows:
+        latest[(r["data"], r["size"], r["setting"])] = r
+    peft_by = {}
+    for r in peft:
+        if r.get("batch_size", 1) == 1 and r.get("epochs") == 2 and abs(r.get("lr", 0) - 2e-4) < 1e-12:
+            peft_by[(r["data"], r["records"])] = r
+    hosts = sorted({r["host"] for r in rows})
+    lines = ["# Defaults sweep (issue 10)", "",
+             f"Host: {', '.join(hosts)}; 2 threads. Made by `python3 benches/defaults_sweep.py`"
+             " (see its docstring); rows in benches/results/defaults.jsonl, PEFT rows in"
+             " benches/results/peft_sft.jsonl (`benches/reference/peft_sft.py`).", "",
+             "test NLL = mean NLL per response token on the data set's 60-record test file (never"
+             " trained on). `≤ PEFT` = no worse than PyTorch + PEFT with batch 1, 2 epochs, lr 2e-4"
+             " on the same records. cpu s = user + sys seconds of the tune process (2 threads).", ""]
+    for data in DATASETS:
+        for size in (50, 200, 1000):
+            group = [r for (d, s, _), r in latest.items() if d == data and s == size]
+            if not group:
+                continue
+            p = peft_by.get((data, size))
+            lines.append(f"## {data}, {size} records")
+            lines.append("")
+            if p:
+                lines.append(f"PyTorch + PEFT (batch 1, 2 epochs, lr 2e-4): base {p['base_nll']:.4f} → "
+                             f"**{p['tuned_nll']:.4f}** in {p['train_seconds']:.0f} s")
+                lines.append("")
+            lines.append("| setting | batch | lr | epochs | steps | test NLL | vs PEFT | ≤ PEFT | wall s | cpu s |")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|")
+            for r in sorted(group, key=lambda r: r["cpu_s"]):
+                vs = f"{(r['test_nll'] / p['tuned_nll'] - 1) * 100:+.1f}%" if p else "–"
+                ok = ("yes" if r["test_nll"] <= p["tuned_nll"] else "no") if p else "–"
+                name = "**default**" if r["setting"] == "default" else r["setting"]
+                lines.append(f"| {name} | {r['batch_size'] or '–'} | {r['lr'] or '–'} | {r['epochs'] or '–'} "
+                             f"| {r['steps']} | {r['test_nll']:.4f} | {vs} | {ok} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} |")
+            d = latest.get((data, size, "default"))
+            if d and p:
+                ok_rows = [r for r in group if r["test_nll"] <= p["tuned_nll"] and r["setting"] != "default"]
+                if ok_rows:
+                    fastest = min(ok_rows, key=lambda r: r["cpu_s"])
+                    lines.append("")
+                    lines.append(f"Fastest setting at PEFT's quality: {fastest['setting']} ({fastest['cpu_s']:.0f} cpu s); "
+                                 f"the default takes {d['cpu_s'] / fastest['cpu_s']:.2f}× its CPU time.")
+            lines.append("")
+    with open(md_path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {md_path}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=",".join(DATASETS))
+    ap.add_argument("--sizes", default="50,200")
+    ap.add_argument("--settings", default=",".join(GRID))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--results", default=os.path.join(ROOT, "benches", "results", "defaults.jsonl"))
+    ap.add_argument("--workdir", default="/tmp/edge-sft-sweep")
+    ap.add_argument("--report", action="store_true", help="only write benches/results/defaults.md")
+    a = ap.parse_args()
+    md = os.path.join(ROOT, "benches", "results", "defaults.md")
+    peft = os.path.join(ROOT, "benches", "results", "peft_sft.jsonl")
+    if a.report:
+        report(a.results, peft, md)
+        return
+    os.makedirs(a.workdir, exist_ok=True)
+    for size in [int(s) for s in a.sizes.split(",")]:
+        for data in a.data.split(","):
+            for name in a.settings.split(","):
+                row = run_one(data, size, name, a.workdir, a.threads)
+                with open(a.results, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    report(a.results, peft, md)
+
+
+if __name__ == "__main__":
+    main()

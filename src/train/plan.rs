@@ -1,0 +1,194 @@
+//! The shape of a run: which records each optimizer step takes, how many steps there are, how
+//! long the warm-up is, how often the held-out set is scored, and which records are held out.
+//!
+//! Steps are sized by records (`batch_size`, as TRL's `per_device_train_batch_size` and MLX-LM's
+//! `--batch-size` are), not by tokens: a few hundred short pairs then get a few hundred steps
+//! instead of a handful of 1,024-token packs. `batch_tokens` stays as the memory cap: a step's
+//! records are packed into as few micro-batches of at most that many tokens as their order
+//! allows, and the gradients of the micro-batches are accumulated into one update.
+
+use super::batch::pack_indices;
+use crate::infer::sampling::Rng;
+
+/// Warm-up length when none is given: this fraction of the run …
+pub const DEFAULT_WARMUP_RATIO: f32 = 0.05;
+/// … but never more than this many steps.
+pub const WARMUP_CAP: usize = 100;
+/// Held-out scorings per run when `--eval-every` is not given (plus the one at the end).
+pub const EVALS_PER_RUN: usize = 10;
+
+/// The example order of one epoch: a seeded shuffle of `0..n`.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut rng = Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// The steps of one epoch: `batch_size` records each (the last one may have fewer), each step
+/// a list of micro-batches of at most `batch_tokens` tokens (a longer record gets its own).
+pub fn epoch_steps(
+    order: &[usize],
+    lens: &[usize],
+    batch_size: usize,
+    batch_tokens: usize,
+) -> Vec<Vec<Vec<usize>>> {
+    order
+        .chunks(batch_size.max(1))
+        .map(|records| pack_indices(records, lens, batch_tokens))
+        .collect()
+}
+
+/// Optimizer steps of a run: `steps` when given, else `epochs` passes of ⌈n / batch_size⌉.
+pub fn total_steps(n: usize, batch_size: usize, epochs: usize, steps: Option<usize>) -> usize {
+    steps.unwrap_or_else(|| epochs * n.div_ceil(batch_size.max(1)))
+}
+
+/// Warm-up steps: `warmup` when given, else ⌈ratio · total⌉ capped at `WARMUP_CAP`, and never
+/// the whole run.
+pub fn warmup_steps(total: usize, warmup: Option<usize>, ratio: f32) -> usize {
+    match warmup {
+        Some(w) => w,
+        None => {
+            let w = (ratio.max(0.0) as f64 * total as f64).ceil() as usize;
+            w.min(WARMUP_CAP).min(total.saturating_sub(1))
+        }
+    }
+}
+
+/// Steps between held-out scorings: `every` when given, else about `EVALS_PER_RUN` per run.
+pub fn eval_interval(total: usize, every: Option<usize>) -> usize {
+    every.unwrap_or_else(|| total.div_ceil(EVALS_PER_RUN).max(1))
+}
+
+/// The longest micro-batch any step can pack: the longest record, or the `batch_size` longest
+/// records together, whichever is longer, but not past the `batch_tokens` cap.
+pub fn max_micro_batch_tokens(lens: &[usize], batch_size: usize, batch_tokens: usize) -> usize {
+    let mut sorted = lens.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let longest = sorted.first().copied().unwrap_or(1);
+    let together: usize = sorted.iter().take(batch_size.max(1)).sum();
+    longest.max(together.min(batch_tokens)).max(1)
+}
+
+/// Held-out records taken from the training file when there is no `--eval-data`: the
+/// fraction `frac` of `n`, at least `HOLDOUT_MIN`, at most `HOLDOUT_MAX`; none when `frac`
+/// is 0 or when that would leave fewer than three records for each one held out.
+pub const HOLDOUT_MIN: usize = 5;
+pub const HOLDOUT_MAX: usize = 200;
+
+/// How many of `n` records `holdout` sets aside (see `HOLDOUT_MIN`).
+pub fn holdout_count(n: usize, frac: f32) -> usize {
+    if frac <= 0.0 {
+        return 0;
+    }
+    let k = ((frac as f64 * n as f64).round() as usize).clamp(HOLDOUT_MIN, HOLDOUT_MAX);
+    if 4 * k > n {
+        0
+    } else {
+        k
+    }
+}
+
+/// Split `0..n` into (train, held-out) index lists, seeded: the held-out records are a random
+/// sample (independent of the epoch shuffles), both lists in file order.
+pub fn holdout(n: usize, frac: f32, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let k = holdout_count(n, frac);
+    let mut order = epoch_order(n, seed ^ 0x4845_4c44_4f55_54, 0);
+    let mut held: Vec<usize> = order.drain(..k).collect();
+    held.sort_unstable();
+    order.sort_unstable();
+    (order, held)
+}
+
+/// The line printed before a run starts, e.g. "160 records → 320 steps (batch 1, 2 epochs),
+/// warm-up 16".
+pub fn describe(
+    records: usize,
+    batch_size: usize,
+    epochs: usize,
+    steps: Option<usize>,
+    total: usize,
+    warmup: usize,
+) -> String {
+    let how = match steps {
+        Some(_) => format!("batch {batch_size}, --steps"),
+        None => format!(
+            "batch {batch_size}, {epochs} epoch{}",
+            if epochs == 1 { "" } else { "s" }
+        ),
+    };
+    format!("{records} records → {total} steps ({how}), warm-up {warmup}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_counted_in_records() {
+        assert_eq!(total_steps(160, 1, 2, None), 320);
+        assert_eq!(total_steps(160, 4, 2, None), 80);
+        assert_eq!(total_steps(161, 4, 2, None), 82); // the last step of an epoch takes 1
+        assert_eq!(total_steps(161, 4, 2, Some(7)), 7);
+        let order: Vec<usize> = (0..10).collect();
+        let lens = [30; 10];
+        let steps = epoch_steps(&order, &lens, 4, 1024);
+        assert_eq!(steps.len(), 3);
+        assert_eq!(steps[0], vec![vec![0, 1, 2, 3]]);
+        assert_eq!(steps[2], vec![vec![8, 9]]);
+        // The token cap splits a step into micro-batches; every record is still in its step.
+        let capped = epoch_steps(&order, &lens, 4, 64);
+        assert_eq!(capped[0], vec![vec![0, 1], vec![2, 3]]);
+        let flat: Vec<usize> = capped.concat().concat();
+        assert_eq!(flat, order);
+        assert_eq!(max_micro_batch_tokens(&lens, 4, 64), 60);
+        assert_eq!(max_micro_batch_tokens(&[10, 500, 20], 1, 64), 500);
+        assert_eq!(max_micro_batch_tokens(&[10, 50, 20], 2, 1024), 70);
+    }
+
+    #[test]
+    fn warmup_is_a_capped_fraction_unless_given() {
+        assert_eq!(warmup_steps(320, None, 0.05), 16);
+        assert_eq!(warmup_steps(19, None, 0.05), 1);
+        assert_eq!(warmup_steps(100_000, None, 0.05), WARMUP_CAP);
+        assert_eq!(warmup_steps(1, None, 0.5), 0);
+        assert_eq!(warmup_steps(320, Some(10), 0.05), 10);
+        assert_eq!(warmup_steps(320, None, 0.0), 0);
+    }
+
+    #[test]
+    fn holdout_is_seeded_disjoint_and_sized() {
+        let (train, held) = holdout(200, 0.05, 42);
+        assert_eq!(held.len(), 10);
+        assert_eq!(train.len(), 190);
+        let mut all: Vec<usize> = train.iter().chain(&held).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..200).collect::<Vec<_>>(), "disjoint and covering");
+        assert_eq!(holdout(200, 0.05, 42), (train.clone(), held.clone()));
+        assert_ne!(
+            holdout(200, 0.05, 43).1,
+            held,
+            "another seed, another split"
+        );
+        assert_eq!(holdout_count(50, 0.05), HOLDOUT_MIN);
+        assert_eq!(holdout_count(10_000, 0.05), HOLDOUT_MAX);
+        assert_eq!(
+            holdout_count(12, 0.05),
+            0,
+            "too few records to hold any out"
+        );
+        assert_eq!(holdout_count(200, 0.0), 0);
+        assert_eq!(holdout(200, 0.0, 1).0.len(), 200);
+    }
+
+    #[test]
+    fn auto_eval_interval() {
+        assert_eq!(eval_interval(320, None), 32);
+        assert_eq!(eval_interval(5, None), 1);
+        assert_eq!(eval_interval(320, Some(7)), 7);
+    }
+}

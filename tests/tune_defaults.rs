@@ -1,0 +1,162 @@
+//! The run-shaping defaults of issue 10 through the real trainer on the tiny Llama fixture:
+//! `--keep best` leaves the adapter of the lowest held-out step (and `last` the last one), and
+//! the CLI's held-out split takes its records out of training (the step count shows it).
+//! The pure rules (step counts, warm-up ratio, split) have unit tests in `src/train/plan.rs`.
+
+use edge_sft::data::{load_jsonl, DataOptions, Example};
+use edge_sft::eval::{score_all, EvalReport};
+use edge_sft::format::peft::read_adapter;
+use edge_sft::loaded::LoadedModel;
+use edge_sft::model::lora::LoraSet;
+use edge_sft::train::params::for_each_tensor;
+use edge_sft::train::trainer::{tune, Keep, TrainHooks, TuneOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/tiny")
+        .join(p)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("edge-sft-defaults-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Evals(Vec<(usize, f64)>);
+impl TrainHooks for Evals {
+    fn on_eval(&mut self, step: usize, e: &EvalReport) {
+        self.0.push((step, e.mean_nll));
+    }
+}
+
+fn mean_nll(lm: &LoadedModel, data: &[Example], lora: &LoraSet) -> f64 {
+    let s = score_all(&lm.model, data, Some(lora), |_, _| {}).unwrap();
+    EvalReport::from_scores(&s, 0).mean_nll
+}
+
+fn flat(l: &LoraSet) -> Vec<f32> {
+    let mut v = Vec::new();
+    for_each_tensor(l, |t| v.extend_from_slice(t));
+    v
+}
+
+/// Train on three records, score the fourth every step, with a learning rate high enough that
+/// the held-out NLL turns back up before the end.
+fn run(
+    keep: Keep,
+    out: &Path,
+) -> (
+    LoadedModel,
+    Vec<Example>,
+    Evals,
+    edge_sft::train::trainer::TuneOutcome,
+) {
+    let lm = LoadedModel::open(&fixture("llama/hf_f32")).unwrap();
+    let all = load_jsonl(
+        &fixture("records.jsonl"),
+        &lm.tokenizer,
+        &lm.chat,
+        &DataOptions::default(),
+    )
+    .unwrap()
+    .examples;
+    let (train, held) = all.split_at(3);
+    let opts = TuneOptions {
+        lr: 2e-2,
+        steps: Some(24),
+        eval_every: Some(1),
+        save_every: 0,
+        keep,
+        seed: 3,
+        ..TuneOptions::default()
+    };
+    let mut hooks = Evals(Vec::new());
+    let o = tune(&lm.model, train, Some(held), &opts, out, false, &mut hooks).unwrap();
+    (lm, held.to_vec(), hooks, o)
+}
+
+#[test]
+fn keep_best_leaves_the_lowest_held_out_step() {
+    let dir = tmp("best");
+    let (lm, held, evals, o) = run(Keep::Best, &dir);
+    let steps: Vec<&(usize, f64)> = evals.0.iter().filter(|(s, _)| *s > 0).collect();
+    assert_eq!(steps.len(), 24, "scored after every step");
+    let (best_step, best) =
+        steps.iter().fold(
+            (0, f64::INFINITY),
+            |acc, &&(s, v)| if v < acc.1 { (s, v) } else { acc },
+        );
+    assert!(
+        best_step < 24,
+        "the held-out NLL must turn back up for this test to tell best from last: {:?}",
+        evals.0
+    );
+    assert_eq!(o.best, Some((best_step, best)));
+    assert_eq!(o.kept_step, best_step);
+    let on_disk = read_adapter(&dir, &lm.model.config).unwrap();
+    let disk_nll = mean_nll(&lm, &held, &on_disk);
+    assert!(
+        (disk_nll - best).abs() <= 1e-9 * best.abs(),
+        "adapter on disk scores {disk_nll}, the best step scored {best}"
+    );
+    let last = steps.last().unwrap().1;
+    assert!(disk_nll < last, "best {disk_nll} vs last {last}");
+    assert_ne!(
+        flat(&on_disk),
+        flat(&o.lora),
+        "the kept adapter is not the last step's"
+    );
+}
+
+#[test]
+fn keep_last_leaves_the_last_step() {
+    let dir = tmp("last");
+    let (lm, _, _, o) = run(Keep::Last, &dir);
+    assert_eq!(o.kept_step, 24);
+    let on_disk = read_adapter(&dir, &lm.model.config).unwrap();
+    let (a, b) = (flat(&on_disk), flat(&o.lora));
+    assert_eq!(a.len(), b.len());
+    // PEFT files hold Q/K rows in HF order; read_adapter permutes them back, exactly.
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
+/// The CLI holds out a seeded sample when there is no --eval-data: with 40 records and
+/// --eval-split 0.25, 10 are held out, so one epoch of batch 1 is 30 steps, not 40.
+#[test]
+fn cli_holdout_is_not_trained_on() {
+    let dir = tmp("split");
+    let base = std::fs::read_to_string(fixture("records.jsonl")).unwrap();
+    let data = dir.join("train.jsonl");
+    std::fs::write(&data, base.repeat(10)).unwrap();
+    let out = dir.join("run");
+    let o = Command::new(env!("CARGO_BIN_EXE_edge-sft"))
+        .args(["tune", "--lora", "--threads", "1", "--epochs", "1"])
+        .args(["--eval-split", "0.25", "--seed", "9"])
+        .arg("--model")
+        .arg(fixture("llama/hf_f32"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("held out 10 of 40 records"), "{stderr}");
+    assert!(
+        stderr.contains("30 records → 30 steps (batch 1, 1 epoch)"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("done: 30 steps"), "{stdout}");
+    assert!(stdout.contains("held-out NLL "), "{stdout}");
+    assert!(stdout.contains("edge-sft generate --model"), "{stdout}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 30);
+}
