@@ -170,7 +170,7 @@ run_edge() { # isa seq threads steps [gc]
   l0=$(load1); s0=$(cpustat)
   EDGE_SFT_ISA=$isa /usr/bin/time -v -o "$WORK/$name.time" \
     timeout -s INT "$RUN_TIMEOUT" "$EDGE" tune --lora --model "$MODEL" --data "$WORK/data/seq$seq.jsonl" \
-    --out "$WORK/$name" --steps "$steps" --batch-tokens "$seq" --max-seq "$seq" --threads "$thr" \
+    --out "$WORK/$name" --steps "$steps" --batch-size 1 --batch-tokens "$seq" --max-seq "$seq" --eval-split 0 --threads "$thr" \
     --lr 2e-4 --warmup 0 --schedule constant --eval-every 0 --save-every 0 \
     ${gc:+--grad-checkpoint} > "$WORK/$name.log" 2>&1 &
   local pid=$! rc=0

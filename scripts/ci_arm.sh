@@ -171,7 +171,7 @@ for cpu in "${CPUS[@]}"; do
     else
         fail "-cpu $cpu: eval"
     fi
-    tune_args=(tune --lora --model "$TINY/llama/hf_f32" --data "$RECORDS" --steps 3 --threads 1 --batch-tokens 4096)
+    tune_args=(tune --lora --model "$TINY/llama/hf_f32" --data "$RECORDS" --steps 3 --threads 1 --batch-size 64 --batch-tokens 4096 --eval-split 0)
     rm -rf "$TMP/tune-x86" "$TMP/tune-arm"
     "$X86_BIN" "${tune_args[@]}" --out "$TMP/tune-x86" >/dev/null 2>&1 || fail "x86 tune"
     if q "$cpu" "$ARM_BIN" "${tune_args[@]}" --out "$TMP/tune-arm" >"$TMP/tune-arm.log" 2>&1; then

@@ -128,7 +128,7 @@ def main():
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     model.train()
-    step, t0 = 0, time.perf_counter()
+    step, t0, c0 = 0, time.perf_counter(), time.process_time()
     for epoch in range(a.epochs):
         order = list(range(len(train)))
         random.Random(a.seed + epoch).shuffle(order)
@@ -160,12 +160,16 @@ def main():
                     step, total, loss.item(), lr_at(step - 1, total, a), el / step),
                     file=sys.stderr)
     train_s = time.perf_counter() - t0
+    train_cpu = time.process_time() - c0
 
     tuned_nll = score(model)
     out = {"data": a.train, "test": a.test, "records": len(train), "batch_size": a.batch_size,
            "epochs": a.epochs, "lr": a.lr, "schedule": a.schedule, "warmup": a.warmup,
            "steps": total, "base_nll": None if base_nll is None else round(base_nll, 6),
            "tuned_nll": round(tuned_nll, 6), "train_seconds": round(train_s, 2),
+           # CPU seconds this process used while training: with --threads N and an idle machine
+           # about N * train_seconds; much less means other processes competed for the cores.
+           "train_cpu_seconds": round(train_cpu, 2),
            "threads": a.threads, "torch": torch.__version__, "peft": peft.__version__}
     line = json.dumps(out)
     print(line)
