@@ -185,7 +185,7 @@ fn trajectory(arch: &str, name: &str) {
         weight_decay: want["weight_decay"].as_f64().unwrap() as f32,
         max_grad_norm: want["clip_grad_norm"].as_f64().unwrap_or(0.0) as f32,
         eval_every: Some(0),
-        save_every: 0,
+        save_every: Some(0),
         init_adapter: Some(tiny(arch).join("train_init")),
         ..TuneOptions::default()
     };

@@ -69,7 +69,7 @@ fn run(
         lr: 2e-2,
         steps: Some(24),
         eval_every: Some(1),
-        save_every: 0,
+        save_every: Some(0),
         keep,
         seed: 3,
         ..TuneOptions::default()

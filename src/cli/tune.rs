@@ -125,9 +125,10 @@ pub struct Args {
     /// Which adapter to leave in --out: the step with the lowest held-out NLL, or the last step.
     #[arg(long, value_enum, default_value = "best")]
     pub keep: KeepArg,
-    /// Save a checkpoint every N steps (0 = only at the end).
-    #[arg(long, default_value_t = 50)]
-    pub save_every: usize,
+    /// Save a checkpoint every N steps (0 = only at the end; default: every 2 minutes and at the
+    /// end).
+    #[arg(long)]
+    pub save_every: Option<usize>,
     /// Start from an existing PEFT adapter (same --rank, --alpha, --targets) instead of a fresh one.
     #[arg(long)]
     pub init_adapter: Option<PathBuf>,

@@ -54,7 +54,9 @@ pub fn warmup_steps(total: usize, warmup: Option<usize>, ratio: f32) -> usize {
         Some(w) => w,
         None => {
             // The slack keeps 0.05 · 320 (16.000000x in f32) at 16.
-            let w = (ratio.max(0.0) as f64 * total as f64 - 1e-6).ceil().max(0.0) as usize;
+            let w = (ratio.max(0.0) as f64 * total as f64 - 1e-6)
+                .ceil()
+                .max(0.0) as usize;
             w.min(WARMUP_CAP).min(total.saturating_sub(1))
         }
     }

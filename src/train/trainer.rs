@@ -5,7 +5,7 @@ use super::arena::{size_table, Arena};
 use super::batch::Batch;
 use super::checkpoint::{self, State};
 use super::optim::{global_norm, lr_at, AdamW, Schedule};
-use super::params::{for_each_tensor_mut, init_lora, zeros_like};
+use super::params::{for_each_tensor, for_each_tensor_mut, init_lora, zeros_like};
 use super::plan::{self, epoch_order, epoch_steps};
 use super::proj::Dropout;
 use super::step::forward_backward_in;
@@ -57,7 +57,8 @@ pub struct TuneOptions {
     pub seed: u64,
     /// Steps between held-out scorings; `None`: about `plan::EVALS_PER_RUN` per run.
     pub eval_every: Option<usize>,
-    pub save_every: usize,
+    /// Checkpoint every N steps (0: only at the end); `None`: every `SAVE_SECONDS` of run time.
+    pub save_every: Option<usize>,
     pub keep: Keep,
     pub grad_checkpoint: bool,
     pub base_model: String,
@@ -71,6 +72,9 @@ pub struct TuneOptions {
 pub const DEFAULT_LR: f32 = 2e-4;
 pub const DEFAULT_EPOCHS: usize = 2;
 pub const DEFAULT_BATCH_SIZE: usize = 1;
+/// Time between checkpoints when no `save_every` is given: a kill loses at most this much
+/// work, and a short run writes its 3·(LoRA size) checkpoint once, at the end.
+pub const SAVE_SECONDS: f64 = 120.0;
 
 impl Default for TuneOptions {
     fn default() -> Self {
@@ -91,7 +95,7 @@ impl Default for TuneOptions {
             max_grad_norm: 1.0,
             seed: 42,
             eval_every: None,
-            save_every: 50,
+            save_every: None,
             keep: Keep::Best,
             grad_checkpoint: false,
             base_model: String::new(),
@@ -201,6 +205,16 @@ pub struct TuneOutcome {
     /// spent in steps, evaluations and checkpoints.
     pub tokens: usize,
     pub seconds: f64,
+}
+
+/// `dst ← src`, tensor by tensor (same layout), without reallocating.
+fn copy_params(dst: &mut LoraSet, src: &LoraSet) {
+    let mut from: Vec<&[f32]> = Vec::new();
+    for_each_tensor(src, |t| from.push(t));
+    let mut from = from.into_iter();
+    for_each_tensor_mut(dst, |t| {
+        t.copy_from_slice(from.next().expect("same layout"))
+    });
 }
 
 fn fingerprint(examples: &[Example]) -> String {
@@ -331,10 +345,16 @@ pub fn tune(
             ))
         })
     };
-    // The adapter in `out` follows the last step, unless the run keeps its best held-out step
-    // and has scored one: then it is rewritten only when the held-out NLL improves.
+    // The adapter in `out` is the last step's, unless the run keeps its best held-out step and
+    // has scored one: then it is the best step's, held in memory (one copy of the LoRA
+    // parameters) and written with each checkpoint and at the end.
     let keeps_best = opts.keep == Keep::Best && eval.is_some();
-    let save = |state: &State, params: &LoraSet, opt: &AdamW| -> Result<()> {
+    let mut best_params: Option<(usize, LoraSet)> = None;
+    let save = |state: &State,
+                params: &LoraSet,
+                opt: &AdamW,
+                best: &Option<(usize, LoraSet)>|
+     -> Result<()> {
         checkpoint::save(out, state, params, opt).map_err(|e| {
             Error::Usage(format!(
                 "writing the checkpoint for step {} failed: {e}\nthe previous checkpoint in {} is kept",
@@ -342,11 +362,14 @@ pub fn tune(
                 checkpoint::checkpoint_dir(out).display()
             ))
         })?;
-        if !keeps_best || state.best_step.is_none() {
-            write_kept(params, state.step)?;
+        match best {
+            Some((step, p)) if keeps_best => write_kept(p, *step),
+            // Resumed past the best step: the best adapter is already on disk.
+            None if keeps_best && state.best_step.is_some() => Ok(()),
+            _ => write_kept(params, state.step),
         }
-        Ok(())
     };
+    let mut last_save = Instant::now();
 
     let mut grads = zeros_like(&params);
     let mut steps = epoch_steps(
@@ -459,7 +482,13 @@ pub fn tune(
                     state.best_eval = Some(r.mean_nll);
                     state.best_step = Some(state.step);
                     if keeps_best {
-                        write_kept(&params, state.step)?;
+                        match &mut best_params {
+                            Some((s, p)) => {
+                                *s = state.step;
+                                copy_params(p, &params);
+                            }
+                            None => best_params = Some((state.step, params.clone())),
+                        }
                     }
                 }
                 if last {
@@ -482,13 +511,18 @@ pub fn tune(
         let line = serde_json::to_string(&rep).expect("report serializes");
         writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
         hooks.on_step(&rep);
-        if (opts.save_every > 0 && state.step.is_multiple_of(opts.save_every)) || last {
-            save(&state, &params, &opt)?;
+        let due = match opts.save_every {
+            Some(n) => n > 0 && state.step.is_multiple_of(n),
+            None => last_save.elapsed().as_secs_f64() >= SAVE_SECONDS,
+        };
+        if due || last {
+            save(&state, &params, &opt, &best_params)?;
+            last_save = Instant::now();
             hooks.on_checkpoint(state.step);
         }
     }
     if interrupted {
-        save(&state, &params, &opt)?;
+        save(&state, &params, &opt, &best_params)?;
         hooks.on_checkpoint(state.step);
     }
     let best = state.best_step.zip(state.best_eval);
