@@ -54,7 +54,7 @@ SETTINGS = {
     "b8-lr2e-3-e3": (8, 2e-3, 3),
     "default": None,
 }
-GRID = ["b1-lr2e-4-e2", "b1-lr5e-4-e1", "b1-lr1e-3-e1", "b1-lr5e-4-e2", "b4-lr1e-3-e2", "default"]
+GRID = ["b1-lr2e-4-e2", "b1-lr1e-3-e1", "b1-lr5e-4-e2", "default"]
 
 
 def cpu_model():

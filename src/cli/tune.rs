@@ -41,7 +41,7 @@ pub enum KeepArg {
 objective instead. Loss is normalised by the number of scored tokens in each optimizer step, \
 across its micro-batches, as PEFT/TRL do.\n\n\
 Defaults (chosen by a sweep on three data sets at 50, 200 and 1,000 records, \
-benches/results/defaults.md): --batch-size 1, --epochs 2, --lr 2e-4, cosine schedule with \
+benches/results/defaults.md): --batch-size 1, --epochs 1, --lr 1e-3, cosine schedule with \
 5% warm-up, LoRA r=8 α=16 on all seven projections. A few percent of the records are held out \
 and scored 10 times a run; the adapter of the best-scoring step is kept.\n\n\
 Output folder: adapter_config.json + adapter_model.safetensors (PEFT), metrics.jsonl, checkpoint/.\n\

@@ -69,8 +69,8 @@ pub struct TuneOptions {
 }
 
 /// The defaults, chosen by the sweep in `benches/results/defaults.md`.
-pub const DEFAULT_LR: f32 = 2e-4;
-pub const DEFAULT_EPOCHS: usize = 2;
+pub const DEFAULT_LR: f32 = 1e-3;
+pub const DEFAULT_EPOCHS: usize = 1;
 pub const DEFAULT_BATCH_SIZE: usize = 1;
 /// Time between checkpoints when no `save_every` is given: a kill loses at most this much
 /// work, and a short run writes its 3·(LoRA size) checkpoint once, at the end.
