@@ -9,7 +9,7 @@ use edge_sft::format::peft::read_adapter;
 use edge_sft::loaded::LoadedModel;
 use edge_sft::model::lora::LoraSet;
 use edge_sft::train::params::for_each_tensor;
-use edge_sft::train::trainer::{tune, Keep, TrainHooks, TuneOptions};
+use edge_sft::train::trainer::{tune, within_noise, Keep, TrainHooks, TuneOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -80,36 +80,54 @@ fn run(
 }
 
 #[test]
-fn keep_best_leaves_the_lowest_held_out_step() {
+fn keep_best_leaves_the_latest_step_within_noise_of_the_lowest() {
     let dir = tmp("best");
     let (lm, held, evals, o) = run(Keep::Best, &dir);
-    let steps: Vec<&(usize, f64)> = evals.0.iter().filter(|(s, _)| *s > 0).collect();
+    let steps: Vec<(usize, f64)> = evals.0.iter().copied().filter(|(s, _)| *s > 0).collect();
     assert_eq!(steps.len(), 24, "scored after every step");
     let (best_step, best) =
         steps.iter().fold(
             (0, f64::INFINITY),
-            |acc, &&(s, v)| if v < acc.1 { (s, v) } else { acc },
+            |acc, &(s, v)| if v < acc.1 { (s, v) } else { acc },
         );
-    assert!(
-        best_step < 24,
-        "the held-out NLL must turn back up for this test to tell best from last: {:?}",
-        evals.0
-    );
     assert_eq!(o.best, Some((best_step, best)));
-    assert_eq!(o.kept_step, best_step);
+    // The kept step: the latest one within noise of the lowest NLL seen up to it.
+    let mut lowest = f64::INFINITY;
+    let mut want = (0, 0.0);
+    for &(s, v) in &steps {
+        lowest = lowest.min(v);
+        if within_noise(v, lowest) {
+            want = (s, v);
+        }
+    }
+    assert!(
+        want.0 < 24,
+        "the held-out NLL must turn back up for this test to tell kept from last: {steps:?}"
+    );
+    assert_eq!((o.kept_step, o.kept_eval), (want.0, Some(want.1)));
+    assert!(within_noise(want.1, best) && want.0 >= best_step);
     let on_disk = read_adapter(&dir, &lm.model.config).unwrap();
     let disk_nll = mean_nll(&lm, &held, &on_disk);
     assert!(
-        (disk_nll - best).abs() <= 1e-9 * best.abs(),
-        "adapter on disk scores {disk_nll}, the best step scored {best}"
+        (disk_nll - want.1).abs() <= 1e-9 * want.1.abs(),
+        "adapter on disk scores {disk_nll}, the kept step scored {}",
+        want.1
     );
     let last = steps.last().unwrap().1;
-    assert!(disk_nll < last, "best {disk_nll} vs last {last}");
+    assert!(disk_nll < last, "kept {disk_nll} vs last {last}");
     assert_ne!(
         flat(&on_disk),
         flat(&o.lora),
         "the kept adapter is not the last step's"
     );
+}
+
+#[test]
+fn noise_tolerance() {
+    assert!(within_noise(3.63, 3.6173)); // 0.35% above: noise on a small held-out set
+    assert!(!within_noise(3.70, 3.6173));
+    assert!(within_noise(0.054, 0.05)); // low NLLs: the absolute 0.005 dominates
+    assert!(!within_noise(0.06, 0.05));
 }
 
 #[test]

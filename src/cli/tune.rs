@@ -428,9 +428,10 @@ fn summarize(a: &Args, out: &std::path::Path, o: &TuneOutcome, scored: bool) {
             .as_ref()
             .map(|f| format!(", last step {:.4}", f.mean_nll))
             .unwrap_or_default();
+        let kept = o.kept_eval.unwrap_or(best);
         println!(
-            "held-out NLL {:.4} → {:.4} (best at step {best_step}{last}; {} records, {} tokens)",
-            b.mean_nll, best, b.records, b.scored_tokens
+            "held-out NLL {:.4} → {kept:.4} (lowest {best:.4} at step {best_step}{last}; {} records, {} tokens)",
+            b.mean_nll, b.records, b.scored_tokens
         );
         if best >= b.mean_nll {
             println!(
@@ -439,10 +440,13 @@ fn summarize(a: &Args, out: &std::path::Path, o: &TuneOutcome, scored: bool) {
             );
         }
     } else if let Some((best_step, best)) = o.best {
-        println!("held-out NLL {best:.4} at step {best_step} (best)");
+        println!("held-out NLL {best:.4} at step {best_step} (lowest)");
     }
     let which = if scored && matches!(a.keep, KeepArg::Best) {
-        format!("the best step, {}", o.kept_step)
+        format!(
+            "step {}: the last one within noise (1% + 0.005) of the lowest held-out NLL",
+            o.kept_step
+        )
     } else {
         format!("the last step, {}", o.kept_step)
     };

@@ -38,6 +38,11 @@ pub struct State {
     pub best_eval: Option<f64>,
     #[serde(default)]
     pub best_step: Option<usize>,
+    /// The step whose adapter `Keep::Best` keeps (see `trainer::within_noise`) and its NLL.
+    #[serde(default)]
+    pub kept_step: Option<usize>,
+    #[serde(default)]
+    pub kept_eval: Option<f64>,
 }
 
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
