@@ -100,7 +100,7 @@ pub fn holdout_count(n: usize, frac: f32) -> usize {
 /// sample (independent of the epoch shuffles), both lists in file order.
 pub fn holdout(n: usize, frac: f32, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let k = holdout_count(n, frac);
-    let mut order = epoch_order(n, seed ^ 0x4845_4c44_4f55_54, 0);
+    let mut order = epoch_order(n, seed ^ 0x0048_454c_444f_5554, 0);
     let mut held: Vec<usize> = order.drain(..k).collect();
     held.sort_unstable();
     order.sort_unstable();
