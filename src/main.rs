@@ -32,6 +32,8 @@ enum Command {
     Generate(cli::generate::Args),
     /// Train LoRA adapters on prompt→response data (loss on response tokens only).
     Tune(cli::tune::Args),
+    /// Convert a LoRA adapter between PEFT and GGUF (llama.cpp --lora, ollama ADAPTER).
+    Export(cli::export::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => a.threads,
         Command::Generate(a) => a.threads,
         Command::Tune(a) => a.threads,
+        Command::Export(_) => None,
     };
     if let Err(e) = cli::init_threads(threads) {
         eprintln!("error: {e}");
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cli::eval::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Tune(a) => cli::tune::run(a),
+        Command::Export(a) => cli::export::run(a),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

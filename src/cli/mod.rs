@@ -2,6 +2,7 @@
 
 pub mod common;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod tune;

@@ -1,6 +1,7 @@
-//! On-disk formats: GGUF (read), Hugging Face safetensors folders (read), PEFT adapters.
+//! On-disk formats: GGUF (read), Hugging Face safetensors folders (read), PEFT and GGUF LoRA adapters.
 
 pub mod gguf;
+pub mod gguf_adapter;
 pub mod gguf_write;
 pub mod hf_dir;
 pub mod peft;
