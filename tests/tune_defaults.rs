@@ -5,6 +5,7 @@
 
 use edge_sft::data::{load_jsonl, DataOptions, Example};
 use edge_sft::eval::{score_all, EvalReport};
+use edge_sft::format::gguf_adapter::read_gguf_adapter;
 use edge_sft::format::peft::read_adapter;
 use edge_sft::loaded::LoadedModel;
 use edge_sft::model::lora::LoraSet;
@@ -140,6 +141,9 @@ fn keep_last_leaves_the_last_step() {
     assert_eq!(a.len(), b.len());
     // PEFT files hold Q/K rows in HF order; read_adapter permutes them back, exactly.
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    // The llama.cpp adapter beside it holds the same step, bit for bit (f32 by default).
+    let gguf = flat(&read_gguf_adapter(&dir.join("adapter.gguf"), &lm.model.config).unwrap());
+    assert!(gguf.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
 }
 
 /// The CLI holds out a seeded sample when there is no --eval-data: with 40 records and

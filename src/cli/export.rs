@@ -28,6 +28,16 @@ pub enum DtypeArg {
     Bf16,
 }
 
+impl From<DtypeArg> for AdapterDtype {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => AdapterDtype::F32,
+            DtypeArg::F16 => AdapterDtype::F16,
+            DtypeArg::Bf16 => AdapterDtype::Bf16,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  \
 edge-sft export runs/me --model model.Q4_1.gguf --to gguf --out runs/me/adapter.gguf\n  \
@@ -83,11 +93,7 @@ pub fn run(a: Args) -> Result<()> {
             } else {
                 a.out.clone()
             };
-            let dtype = match a.adapter_dtype {
-                DtypeArg::F32 => AdapterDtype::F32,
-                DtypeArg::F16 => AdapterDtype::F16,
-                DtypeArg::Bf16 => AdapterDtype::Bf16,
-            };
+            let dtype: AdapterDtype = a.adapter_dtype.into();
             write_gguf_adapter(&out, &lora, &cfg, &base_name, dtype)?;
             eprintln!(
                 "wrote {} ({n} pairs, r={}, α={}, {}); use it with: llama-cli -m {} --lora {}",

@@ -44,7 +44,8 @@ Defaults (chosen by a sweep on three data sets at 50, 200 and 1,000 records, \
 benches/results/defaults.md): --batch-size 1, --epochs 1, --lr 1e-3, cosine schedule with \
 5% warm-up, LoRA r=8 α=16 on all seven projections. A few percent of the records are held out \
 and scored 10 times a run; the adapter of the best-scoring step is kept.\n\n\
-Output folder: adapter_config.json + adapter_model.safetensors (PEFT), metrics.jsonl, checkpoint/.\n\
+Output folder: adapter_config.json + adapter_model.safetensors (PEFT), adapter.gguf (llama.cpp \
+--lora, ollama ADAPTER), metrics.jsonl, checkpoint/.\n\
 Ctrl-C (or SIGTERM) saves a checkpoint; continue with --resume OUT.\n\n\
 Example:\n  edge-sft tune --lora --model models/SmolLM2-135M-Instruct.Q4_1.gguf \\\n    \
 --data train.jsonl --eval-data heldout.jsonl --out runs/me"
@@ -132,6 +133,9 @@ pub struct Args {
     /// Start from an existing PEFT adapter (same --rank, --alpha, --targets) instead of a fresh one.
     #[arg(long)]
     pub init_adapter: Option<PathBuf>,
+    /// Element type of OUT/adapter.gguf, the llama.cpp/ollama adapter written beside the PEFT files.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub adapter_dtype: super::export::DtypeArg,
     /// Keep only each layer's input and recompute the rest in backward (less memory).
     #[arg(long)]
     pub grad_checkpoint: bool,
@@ -300,6 +304,7 @@ pub fn run(a: Args) -> Result<()> {
             KeepArg::Last => Keep::Last,
         },
         grad_checkpoint: a.grad_checkpoint,
+        adapter_dtype: a.adapter_dtype.into(),
         base_model: a.model.display().to_string(),
         init_adapter: a.init_adapter.clone(),
     };
@@ -451,7 +456,7 @@ fn summarize(a: &Args, out: &std::path::Path, o: &TuneOutcome, scored: bool) {
         format!("the last step, {}", o.kept_step)
     };
     println!(
-        "adapter ({which}): {}/adapter_model.safetensors (PEFT)",
+        "adapter ({which}): {0}/adapter_model.safetensors (PEFT), {0}/adapter.gguf (llama.cpp)",
         out.display()
     );
     let model = a.model.display();

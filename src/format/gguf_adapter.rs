@@ -32,7 +32,7 @@ use std::path::Path;
 pub const ADAPTER_FILE: &str = "adapter.gguf";
 
 /// Element type of the written `lora_a` / `lora_b` tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum AdapterDtype {
     #[default]
     F32,

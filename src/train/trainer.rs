@@ -12,6 +12,7 @@ use super::step::forward_backward_in;
 use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::eval::{score_all, EvalReport};
+use crate::format::gguf_adapter::{write_gguf_adapter, AdapterDtype, ADAPTER_FILE};
 use crate::format::peft::{read_adapter, write_adapter};
 use crate::infer::sampling::Rng;
 use crate::model::lora::{LoraSet, Target};
@@ -61,6 +62,8 @@ pub struct TuneOptions {
     pub save_every: Option<usize>,
     pub keep: Keep,
     pub grad_checkpoint: bool,
+    /// Element type of the `adapter.gguf` written beside the PEFT files.
+    pub adapter_dtype: AdapterDtype,
     pub base_model: String,
     /// Start from this PEFT adapter instead of a fresh initialisation (rank, α and targets
     /// must match the options).
@@ -98,6 +101,7 @@ impl Default for TuneOptions {
             save_every: None,
             keep: Keep::Best,
             grad_checkpoint: false,
+            adapter_dtype: AdapterDtype::F32,
             base_model: String::new(),
             init_adapter: None,
         }
@@ -115,6 +119,7 @@ impl TuneOptions {
                 "save_every",
                 "keep",
                 "grad_checkpoint",
+                "adapter_dtype",
                 "base_model",
                 "steps",
                 "epochs",
@@ -349,13 +354,24 @@ pub fn tune(
         }
         _ => None,
     };
+    // Both layouts of one adapter: PEFT (for Python) and GGUF (for llama.cpp / ollama).
     let write_kept = |params: &LoraSet, step: usize| -> Result<()> {
-        write_adapter(out, params, &model.config, &opts.base_model, opts.dropout).map_err(|e| {
-            Error::Usage(format!(
+        write_adapter(out, params, &model.config, &opts.base_model, opts.dropout)
+            .and_then(|_| {
+                write_gguf_adapter(
+                    &out.join(ADAPTER_FILE),
+                    params,
+                    &model.config,
+                    &opts.base_model,
+                    opts.adapter_dtype,
+                )
+            })
+            .map_err(|e| {
+                Error::Usage(format!(
                 "writing the adapter of step {step} failed: {e}\nthe adapter already in {} is kept",
                 out.display()
             ))
-        })
+            })
     };
     // The adapter in `out` is the last step's, unless the run keeps its best held-out step and
     // has scored one: then it is the best step's, held in memory (one copy of the LoRA
