@@ -52,6 +52,8 @@ SETTINGS = {
     "b4-lr5e-4-e2": (4, 5e-4, 2),
     "b4-lr1e-3-e2": (4, 1e-3, 2),
     "b8-lr2e-3-e3": (8, 2e-3, 3),
+    "b1-lr2e-3-e1": (1, 2e-3, 1),
+    "b2-lr2e-3-e1": (2, 2e-3, 1),
     "default": None,
 }
 GRID = ["b1-lr2e-4-e2", "b1-lr1e-3-e1", "b1-lr5e-4-e2", "default"]
