@@ -480,3 +480,82 @@ fn export_cli_converts_both_ways() {
     assert!(!d.join("bad").exists(), "nothing written on error");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `tune --init-adapter` takes a PEFT-made adapter (r=4, α=8 here, while the flags default to
+/// r=8, α=16) or its GGUF form, adopts its rank, α and targets, and continues from it: one step
+/// at a tiny learning rate leaves it close to where it started. A rank_pattern is refused.
+#[test]
+fn tune_continues_from_a_peft_or_gguf_adapter() {
+    let d = tmp("init");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let model = tiny("llama/q8_0.gguf");
+    let c = cfg("llama", "q8_0");
+    let init = tiny("llama/train_init");
+    let gguf = d.join("init.gguf");
+    write_gguf_adapter(
+        &gguf,
+        &read_any_adapter(&init, &c).unwrap(),
+        &c,
+        "tiny",
+        AdapterDtype::F32,
+    )
+    .unwrap();
+    let tune = |from: &Path, out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_edge-sft"))
+            .args([
+                "tune",
+                "--lora",
+                "--threads",
+                "1",
+                "--steps",
+                "1",
+                "--lr",
+                "1e-7",
+            ])
+            .args(["--eval-split", "0", "--model", &s(&model)])
+            .args(["--data", &s(&tiny("records.jsonl"))])
+            .args(["--out", &s(out), "--init-adapter", &s(from)])
+            .output()
+            .unwrap()
+    };
+    let start = read_any_adapter(&init, &c).unwrap();
+    for from in [&init, &gguf] {
+        let out = d.join(format!(
+            "run-{}",
+            from.file_name().unwrap().to_string_lossy()
+        ));
+        let o = tune(from, &out);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains("r=4 α=8"), "{err}");
+        let got = read_any_adapter(&out, &c).unwrap();
+        assert_eq!((got.rank, got.alpha), (4, 8.0));
+        assert_eq!(got.targets, start.targets);
+        for (la, lb) in got.layers.iter().zip(&start.layers) {
+            for (pa, pb) in la.iter().zip(lb) {
+                let (Some(pa), Some(pb)) = (pa, pb) else {
+                    assert!(pa.is_none() && pb.is_none());
+                    continue;
+                };
+                // One AdamW step at lr 1e-7 moves each value by about 1e-7.
+                for (x, y) in pa.a.iter().chain(&pa.b).zip(pb.a.iter().chain(&pb.b)) {
+                    assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+                }
+            }
+        }
+    }
+    // A PEFT config with per-module ranks is refused, naming the key.
+    let bad = d.join("pattern");
+    std::fs::create_dir_all(&bad).unwrap();
+    for f in ["adapter_model.safetensors", "adapter_config.json"] {
+        std::fs::copy(init.join(f), bad.join(f)).unwrap();
+    }
+    let cfg_text = std::fs::read_to_string(bad.join("adapter_config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg_text).unwrap();
+    v["rank_pattern"] = serde_json::json!({"q_proj": 16});
+    std::fs::write(bad.join("adapter_config.json"), v.to_string()).unwrap();
+    let o = tune(&bad, &d.join("run-bad"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("rank_pattern"), "{err}");
+}

@@ -130,7 +130,8 @@ pub struct Args {
     /// end).
     #[arg(long)]
     pub save_every: Option<usize>,
-    /// Start from an existing PEFT adapter (same --rank, --alpha, --targets) instead of a fresh one.
+    /// Continue training an existing adapter: a PEFT folder (from edge-sft or PEFT itself) or a
+    /// GGUF LoRA file. Its rank, α and targets replace --rank, --alpha and --targets.
     #[arg(long)]
     pub init_adapter: Option<PathBuf>,
     /// Element type of OUT/adapter.gguf, the llama.cpp/ollama adapter written beside the PEFT files.
@@ -277,7 +278,7 @@ pub fn run(a: Args) -> Result<()> {
     } = lm;
     drop(tokenizer);
 
-    let opts = TuneOptions {
+    let mut opts = TuneOptions {
         rank: a.rank,
         alpha: a.alpha,
         dropout: a.dropout,
@@ -308,6 +309,24 @@ pub fn run(a: Args) -> Result<()> {
         base_model: a.model.display().to_string(),
         init_adapter: a.init_adapter.clone(),
     };
+    if let Some(p) = &a.init_adapter {
+        let start = edge_sft::format::gguf_adapter::read_any_adapter(p, &model.config)?;
+        eprintln!(
+            "starting from {}: r={} α={} on {}",
+            p.display(),
+            start.rank,
+            start.alpha,
+            start
+                .targets
+                .iter()
+                .map(|t| t.short())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        opts.rank = start.rank;
+        opts.alpha = start.alpha;
+        opts.targets = start.targets;
+    }
     let total = plan::total_steps(train.examples.len(), a.batch_size, a.epochs, a.steps);
     eprintln!(
         "tuning {} ({} threads), LoRA r={} α={} on {}, lr {:e}",
@@ -315,7 +334,11 @@ pub fn run(a: Args) -> Result<()> {
         threads,
         opts.rank,
         opts.alpha,
-        a.targets.join(","),
+        opts.targets
+            .iter()
+            .map(|t| t.short())
+            .collect::<Vec<_>>()
+            .join(","),
         opts.lr
     );
     eprintln!(

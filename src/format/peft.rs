@@ -83,6 +83,16 @@ pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
     if json["peft_type"].as_str().is_some_and(|t| t != "LORA") {
         return Err(Error::format(&cfg_path, "peft_type is not LORA"));
     }
+    // Per-module ranks or alphas: one LoraSet has a single rank and scale, so refuse rather than
+    // fail later on a shape or scale the adapter was not trained with.
+    for key in ["rank_pattern", "alpha_pattern"] {
+        if json[key].as_object().is_some_and(|m| !m.is_empty()) {
+            return Err(Error::format(
+                &cfg_path,
+                format!("{key} (per-module LoRA ranks/alphas) is not supported; train with one r and lora_alpha"),
+            ));
+        }
+    }
 
     let w_path = dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&w_path).map_err(|e| Error::io(&w_path, e))?;

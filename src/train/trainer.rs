@@ -12,8 +12,10 @@ use super::step::forward_backward_in;
 use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::eval::{score_all, EvalReport};
-use crate::format::gguf_adapter::{write_gguf_adapter, AdapterDtype, ADAPTER_FILE};
-use crate::format::peft::{read_adapter, write_adapter};
+use crate::format::gguf_adapter::{
+    read_any_adapter, write_gguf_adapter, AdapterDtype, ADAPTER_FILE,
+};
+use crate::format::peft::write_adapter;
 use crate::infer::sampling::Rng;
 use crate::model::lora::{LoraSet, Target};
 use crate::model::Model;
@@ -65,8 +67,9 @@ pub struct TuneOptions {
     /// Element type of the `adapter.gguf` written beside the PEFT files.
     pub adapter_dtype: AdapterDtype,
     pub base_model: String,
-    /// Start from this PEFT adapter instead of a fresh initialisation (rank, α and targets
-    /// must match the options).
+    /// Start from this adapter (a PEFT folder or a GGUF LoRA file) instead of a fresh
+    /// initialisation; rank, α and targets must match the options (the CLI takes them from
+    /// the adapter).
     #[serde(skip)]
     pub init_adapter: Option<std::path::PathBuf>,
 }
@@ -282,7 +285,7 @@ pub fn tune(
         opts.seed,
     );
     if let Some(dir) = &opts.init_adapter {
-        let start = read_adapter(dir, &model.config)?;
+        let start = read_any_adapter(dir, &model.config)?;
         let mut want = opts.targets.clone();
         want.sort();
         if start.rank != opts.rank || start.alpha != opts.alpha || start.targets != want {
