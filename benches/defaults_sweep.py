@@ -70,7 +70,7 @@ def cpu_model():
     return platform.processor()
 
 
-def run_one(data, size, name, workdir, threads):
+def run_one(data, size, name, workdir, threads, seed=None):
     train = os.path.join(ROOT, "benches", "data", f"{data}_train{size}.jsonl")
     test = os.path.join(ROOT, "benches", "data", f"{data}_test.jsonl")
     out = os.path.join(workdir, f"{data}-{size}-{name}")
@@ -78,6 +78,8 @@ def run_one(data, size, name, workdir, threads):
     cmd = [BIN, "tune", "--lora", "--model", MODEL, "--data", train, "--out", out]
     if threads:
         cmd += ["--threads", str(threads)]
+    if seed is not None:
+        cmd += ["--seed", str(seed)]
     setting = SETTINGS[name]
     if setting is not None:
         bs, lr, ep = setting
@@ -101,7 +103,7 @@ def run_one(data, size, name, workdir, threads):
         sys.exit(f"eval failed on {out}\n{e.stderr[-2000:]}")
     score = json.loads(e.stdout.strip().splitlines()[-1])
     row = {
-        "data": data, "size": size, "setting": name,
+        "data": data, "size": size, "setting": name, "seed": 42 if seed is None else seed,
         "batch_size": setting[0] if setting else None,
         "lr": setting[1] if setting else None,
         "epochs": setting[2] if setting else None,
@@ -114,6 +116,31 @@ def run_one(data, size, name, workdir, threads):
     }
     shutil.rmtree(out, ignore_errors=True)
     return row
+
+
+REASONING = """## How the defaults were chosen
+
+- **Steps by records, batch 1.** The old default packed records into 1,024-token micro-batches:
+  160 short pairs made 19 steps, 10 of them warm-up, and the adapter barely moved. One record
+  per step gives a few hundred updates to a few hundred pairs. With short records a step's cost
+  is its tokens, so batch 4 was only about 15% faster per token, and batch 4 at lr 1e-3 for two
+  epochs took longer than batch 1 for one epoch and was worse on two of three sets (50 records).
+- **lr 1e-3, one epoch.** At batch 1, lr 1e-3 for one epoch reached a lower test NLL than PEFT's
+  lr 2e-4 for two epochs on the extraction and instruction sets at every size, at half the time
+  (see the tables); lr 2e-3 was worse on two of three sets, lr 5e-4 for one epoch worse on all.
+  Two epochs at lr 5e-4 was sometimes better still, but costs twice the time, and the issue's
+  bar is at most 2x the fastest setting that reaches PEFT's quality (which is a one-epoch
+  setting everywhere): so one epoch.
+- **Warm-up 5%** of the steps (at most 100): 10 warm-up steps out of 19 was most of the old run.
+- **Held-out split 5% (at least 5 records), best step kept.** It costs the training set a few
+  records (about 0.02 nats on 50 chat pairs, inside the seed noise) and buys a base → tuned
+  held-out NLL at the end of every run and protection against a run that goes bad late. On a
+  handful of records the lowest held-out NLL is partly luck, so the kept step is the latest one
+  within 1% + 0.005 nats of the lowest (a pure argmin kept step 114 of 190 on 10 chat records,
+  and scored worse on the test set than the last step).
+- **Open-ended chat (chatterbot) is the hard case:** every setting lands within the seed noise
+  of every other (about ±0.04 nats on 60 test pairs), so there the defaults match PEFT within
+  noise rather than beat it; on the structured sets they are far ahead."""
 
 
 def load_jsonl(path):
@@ -129,11 +156,17 @@ def report(results, peft_path, md_path):
     # Latest row per (data, size, setting).
     latest = {}
     for r in rows:
-        latest[(r["data"], r["size"], r["setting"])] = r
+        if r.get("seed", 42) == 42:
+            latest[(r["data"], r["size"], r["setting"])] = r
+    seeds = {}
+    for r in rows:
+        seeds.setdefault((r["data"], r["size"], r["setting"]), {})[r.get("seed", 42)] = r["test_nll"]
     peft_by = {}
     for r in peft:
         if r.get("batch_size", 1) == 1 and r.get("epochs") == 2 and abs(r.get("lr", 0) - 2e-4) < 1e-12:
-            peft_by[(r["data"], r["records"])] = r
+            name = os.path.basename(r["data"]).split("_train")[0]
+            size = int(os.path.basename(r["data"]).split("_train")[1].split(".")[0])
+            peft_by[(name, size)] = r
     hosts = sorted({r["host"] for r in rows})
     lines = ["# Defaults sweep (issue 10)", "",
              f"Host: {', '.join(hosts)}; 2 threads. Made by `python3 benches/defaults_sweep.py`"
@@ -142,6 +175,18 @@ def report(results, peft_path, md_path):
              "test NLL = mean NLL per response token on the data set's 60-record test file (never"
              " trained on). `≤ PEFT` = no worse than PyTorch + PEFT with batch 1, 2 epochs, lr 2e-4"
              " on the same records. cpu s = user + sys seconds of the tune process (2 threads).", ""]
+    lines += [REASONING, ""]
+    multi = {k: v for k, v in seeds.items() if len(v) > 1}
+    if multi:
+        lines += ["## Seed noise", "",
+                  "The same setting with other `--seed` values (record order, LoRA init and, for the"
+                  " default, which records are held out): how far single-run differences can be trusted.", "",
+                  "| data | records | setting | test NLL by seed | mean | spread |", "|---|---|---|---|---|---|"]
+        for (d, n, st), v in sorted(multi.items()):
+            vals = [v[k] for k in sorted(v)]
+            lines.append(f"| {d} | {n} | {st} | " + ", ".join(f"{k}: {v[k]:.4f}" for k in sorted(v))
+                         + f" | {sum(vals) / len(vals):.4f} | {max(vals) - min(vals):.4f} |")
+        lines.append("")
     lines += ["## Same hyperparameters as PEFT", "",
               "edge-sft with PEFT's setting (batch 1, 2 epochs, lr 2e-4, cosine, r 8, α 16, all 7 "
               "targets, no held-out split) against PyTorch + PEFT with the same setting on the same "
@@ -196,6 +241,7 @@ def main():
     ap.add_argument("--sizes", default="50,200")
     ap.add_argument("--settings", default=",".join(GRID))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", default="", help="comma-separated --seed values (default: tune's 42)")
     ap.add_argument("--results", default=os.path.join(ROOT, "benches", "results", "defaults.jsonl"))
     ap.add_argument("--workdir", default="/tmp/edge-sft-sweep")
     ap.add_argument("--report", action="store_true", help="only write benches/results/defaults.md")
@@ -209,10 +255,11 @@ def main():
     for size in [int(s) for s in a.sizes.split(",")]:
         for data in a.data.split(","):
             for name in a.settings.split(","):
-                row = run_one(data, size, name, a.workdir, a.threads)
-                with open(a.results, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
+                for seed in [int(x) for x in a.seeds.split(",")] if a.seeds else [None]:
+                    row = run_one(data, size, name, a.workdir, a.threads, seed)
+                    with open(a.results, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(json.dumps(row), flush=True)
     report(a.results, peft, md)
 
 
