@@ -17,7 +17,7 @@ $BIN tune --lora --model "$MODEL" --data examples/extract_train.jsonl --out runs
 echo
 $BIN eval --model "$MODEL" --data examples/extract_test.jsonl --adapter runs/demo
 echo
-PROMPT="Could you find 3 seats flying out of Lisbon and landing in Oslo on March 14?"
+PROMPT="Book a table for 2 at Luigi's on Friday at 8pm."
 echo "> $PROMPT"
 echo "base model:"
 $BIN generate --model "$MODEL" --prompt "$PROMPT" --max-tokens 48
