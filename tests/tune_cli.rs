@@ -227,3 +227,53 @@ fn a_failed_checkpoint_write_keeps_the_previous_checkpoint() {
         "temp files left behind: {leftovers:?}"
     );
 }
+
+/// Two runs on one --out: the second is refused at once, naming the holder, and writes nothing;
+/// a lock left by a run killed with SIGKILL does not block `--resume`.
+#[test]
+fn a_second_run_on_the_same_out_is_refused_and_a_killed_runs_lock_is_not_stale() {
+    let dir = tmp("lock");
+    let data = train_file(&dir);
+    let out = dir.join("run");
+    let mut first = tune_cmd(&data, &out, &["--steps", "400", "--save-every", "2"])
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while state_step(&out).is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let o = run(tune_cmd(&data, &out, &["--steps", "400", "--force"]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the second run must not start");
+    assert!(
+        err.contains("is in use by process") && err.contains(&first.id().to_string()),
+        "{err}"
+    );
+    assert!(
+        out.join("checkpoint").exists(),
+        "--force of the refused run must not have cleared the first run's checkpoint"
+    );
+    first.kill().unwrap(); // SIGKILL: the kernel drops the lock
+    let _ = first.wait();
+    let mut c = tune_cmd(&data, &out, &["--steps", "400", "--save-every", "2"]);
+    c.args(["--resume"]).arg(&out);
+    let mut again = c.spawn().unwrap();
+    let at = state_step(&out).unwrap();
+    let t0 = Instant::now();
+    while state_step(&out).is_none_or(|s| s <= at) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the resumed run made no progress: is the lock stale?"
+        );
+        if let Some(status) = again.try_wait().unwrap() {
+            panic!("the resumed run exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    again.kill().unwrap();
+    let _ = again.wait();
+}

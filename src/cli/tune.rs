@@ -7,6 +7,7 @@ use edge_sft::eval::EvalReport;
 use edge_sft::loaded::LoadedModel;
 use edge_sft::model::lora::Target;
 use edge_sft::train::checkpoint;
+use edge_sft::train::lock::OutLock;
 use edge_sft::train::optim::Schedule;
 use edge_sft::train::plan::{self, DEFAULT_WARMUP_RATIO};
 use edge_sft::train::trainer::{
@@ -253,6 +254,9 @@ pub fn run(a: Args) -> Result<()> {
             out.display()
         )));
     }
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    // Before anything in the folder is read or cleared: one run per folder.
+    let _lock = OutLock::acquire(&out)?;
     let has_run = checkpoint::exists(&out) || out.join("adapter_config.json").exists();
     if !resume && has_run {
         if !a.force {

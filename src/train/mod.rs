@@ -5,6 +5,7 @@ pub mod attention;
 pub mod batch;
 pub mod checkpoint;
 pub mod layer;
+pub mod lock;
 pub mod loss;
 pub mod ops;
 pub mod optim;

@@ -254,8 +254,9 @@ fn mean_eval(model: &Model, data: &[Example], lora: Option<&LoraSet>) -> Result<
     Ok(EvalReport::from_scores(&scores, 0))
 }
 
-/// Train LoRA adapters on `train`; write checkpoints, metrics and the PEFT adapter into `out`.
-/// With `resume`, continue from `out/checkpoint`.
+/// Train LoRA adapters on `train`; write checkpoints, metrics and the adapter files into `out`.
+/// With `resume`, continue from `out/checkpoint`. The caller holds `lock::OutLock` on `out` for
+/// the run (taken before it clears or checks the folder), so two runs never write one folder.
 pub fn tune(
     model: &Model,
     train: &[Example],
