@@ -2,7 +2,6 @@
 //! Hugging Face folder, plus an optional adapter. The CLI and the daemon start here.
 
 use crate::error::{Error, Result};
-use crate::format::peft;
 use crate::model::load::{load_gguf, load_hf};
 use crate::model::lora::LoraSet;
 use crate::model::Model;
@@ -49,8 +48,9 @@ impl LoadedModel {
     }
 
     /// Read a PEFT adapter folder for this model.
-    pub fn read_adapter(&self, dir: &Path) -> Result<LoraSet> {
-        peft::read_adapter(dir, &self.model.config)
+    /// A PEFT adapter folder or a GGUF LoRA file, for this model.
+    pub fn read_adapter(&self, path: &Path) -> Result<LoraSet> {
+        crate::format::gguf_adapter::read_any_adapter(path, &self.model.config)
     }
 }
 

@@ -559,3 +559,62 @@ fn tune_continues_from_a_peft_or_gguf_adapter() {
     assert!(!o.status.success());
     assert!(err.contains("rank_pattern"), "{err}");
 }
+
+/// `eval` and `generate` take the GGUF file wherever they take the PEFT folder, with the same
+/// numbers; `generate --template raw` is the old `--raw`.
+#[test]
+fn eval_and_generate_accept_adapter_gguf() {
+    let d = tmp("evalgguf");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let model = s(&tiny("llama/q8_0.gguf"));
+    let c = cfg("llama", "q8_0");
+    let init = tiny("llama/train_init");
+    let gguf = d.join("adapter.gguf");
+    let lora = read_any_adapter(&init, &c).unwrap();
+    write_gguf_adapter(&gguf, &lora, &c, "tiny", AdapterDtype::F32).unwrap();
+    let cli = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_edge-sft"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let data = s(&tiny("records.jsonl"));
+    let eval = |adapter: &Path| {
+        cli(&[
+            "eval",
+            "--json",
+            "--adapter-only",
+            "--threads",
+            "1",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--adapter",
+            &s(adapter),
+        ])
+    };
+    assert_eq!(eval(&init), eval(&gguf));
+    let gen = |adapter: &Path, flag: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--threads",
+            "1",
+            "--max-tokens",
+            "8",
+            "--model",
+            &model,
+            "--prompt",
+            "the cat",
+            "--adapter",
+        ];
+        let a = s(adapter);
+        args.push(&a);
+        args.extend_from_slice(flag);
+        cli(&args)
+    };
+    assert_eq!(gen(&init, &[]), gen(&gguf, &[]));
+    assert_eq!(gen(&gguf, &["--template", "raw"]), gen(&gguf, &["--raw"]));
+}

@@ -22,7 +22,8 @@ pub struct Args {
     /// JSONL data to score.
     #[arg(long)]
     pub data: PathBuf,
-    /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+    /// An adapter: a PEFT folder (adapter_config.json + adapter_model.safetensors, e.g. a tune
+    /// --out) or a GGUF LoRA file (adapter.gguf).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// With --adapter, skip scoring the base model.

@@ -13,7 +13,7 @@ pub struct Args {
     /// A .gguf file or a Hugging Face model folder.
     #[arg(long)]
     pub model: PathBuf,
-    /// A PEFT adapter folder to apply.
+    /// An adapter to apply: a PEFT folder (e.g. a tune --out) or a GGUF LoRA file (adapter.gguf).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// The user message.
@@ -34,8 +34,12 @@ pub struct Args {
     /// Sampling seed (only used when --temperature > 0).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Use the prompt as raw text, without the chat template.
-    #[arg(long)]
+    /// How the prompt becomes text: the model's chat template, or raw (no template), the same
+    /// names as tune's and eval's --template.
+    #[arg(long, value_enum, default_value = "model")]
+    pub template: super::common::TemplateArg,
+    /// Same as --template raw (kept for scripts written before --template).
+    #[arg(long, hide = true)]
     pub raw: bool,
     /// Worker threads (default: physical cores).
     #[arg(long)]
@@ -58,7 +62,8 @@ pub fn run(a: Args) -> Result<()> {
         .transpose()?;
     let tok = &lm.tokenizer;
 
-    let prompt_ids = if a.raw {
+    let raw = a.raw || matches!(a.template, super::common::TemplateArg::Raw);
+    let prompt_ids = if raw {
         let mut ids = Vec::new();
         if tok.add_bos {
             ids.extend(tok.bos_id);
