@@ -277,3 +277,50 @@ fn a_second_run_on_the_same_out_is_refused_and_a_killed_runs_lock_is_not_stale()
     again.kill().unwrap();
     let _ = again.wait();
 }
+
+/// A learning rate that wrecks the model stops the run with a non-zero exit and a reason naming
+/// the step and what to try; the adapter left on disk is finite.
+#[test]
+fn divergence_stops_the_run_and_keeps_the_last_good_adapter() {
+    let dir = tmp("diverge");
+    let data = train_file(&dir);
+    let out = dir.join("run");
+    // A sane first run leaves a good adapter and checkpoint …
+    let o = run(tune_cmd(&data, &out, &["--steps", "3"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // … then a wrecking continuation from it.
+    let mut c = Command::new(BIN);
+    c.args([
+        "tune",
+        "--lora",
+        "--threads",
+        "1",
+        "--steps",
+        "40",
+        "--save-every",
+        "1",
+    ])
+    .args(["--lr", "1e6", "--force", "--model"])
+    .arg(fixture("llama/hf_f32"))
+    .arg("--data")
+    .arg(&data)
+    .arg("--out")
+    .arg(&out)
+    .arg("--init-adapter")
+    .arg(&out);
+    let o = run(c);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a diverged run must fail: {err}");
+    assert!(err.contains("training diverged at step "), "{err}");
+    assert!(err.contains("lower --lr"), "{err}");
+    // Whatever is on disk (the last checkpointed step before the divergence was caught) is
+    // finite: no non-finite value is ever written into an adapter.
+    let now = adapter_bytes(&out);
+    let st = safetensors::SafeTensors::deserialize(&now).unwrap();
+    for (name, t) in st.tensors() {
+        for c in t.data().chunks_exact(4) {
+            let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            assert!(v.is_finite(), "{name} holds {v}");
+        }
+    }
+}

@@ -4,6 +4,7 @@ pub mod arena;
 pub mod attention;
 pub mod batch;
 pub mod checkpoint;
+pub mod diverge;
 pub mod layer;
 pub mod lock;
 pub mod loss;

@@ -4,6 +4,7 @@
 use super::arena::{size_table, Arena};
 use super::batch::Batch;
 use super::checkpoint::{self, State};
+use super::diverge::{all_finite, DivergenceWatch};
 use super::optim::{global_norm, lr_at, AdamW, Schedule};
 use super::params::{for_each_tensor, for_each_tensor_mut, init_lora, zeros_like};
 use super::plan::{self, epoch_order, epoch_steps};
@@ -360,6 +361,13 @@ pub fn tune(
     };
     // Both layouts of one adapter: PEFT (for Python) and GGUF (for llama.cpp / ollama).
     let write_kept = |params: &LoraSet, step: usize| -> Result<()> {
+        if !all_finite(params) {
+            return Err(Error::Numeric(format!(
+                "the adapter of step {step} holds a non-finite value; not writing it (the adapter \
+                 already in {} is kept); try a lower --lr",
+                out.display()
+            )));
+        }
         write_adapter(out, params, &model.config, &opts.base_model, opts.dropout)
             .and_then(|_| {
                 write_gguf_adapter(
@@ -433,6 +441,7 @@ pub fn tune(
     let mut final_eval = None;
     let mut interrupted = false;
     let mut tokens_trained = 0usize;
+    let mut watch = DivergenceWatch::default();
     while state.step < total_steps {
         if hooks.should_stop() {
             interrupted = true;
@@ -483,12 +492,12 @@ pub fn tune(
         }
         let loss = if scored > 0 { nll / scored as f64 } else { 0.0 };
         let gn = global_norm(&grads);
-        if !loss.is_finite() || !gn.is_finite() {
+        if let Some(why) = watch.check(state.step + 1, loss, gn, &grads, model.config.vocab_size) {
             return Err(Error::Numeric(format!(
-                "step {}: loss {loss}, gradient norm {gn}; stopping. The last good checkpoint in {} is kept; \
-                 try a lower --lr",
-                state.step + 1,
-                checkpoint::checkpoint_dir(out).display()
+                "training diverged at {why}; stopping. Nothing of this step is written: the last \
+                 checkpoint and adapter in {}, if any, are kept; try a lower --lr (now {:e})",
+                out.display(),
+                opts.lr
             )));
         }
         let mult = if opts.max_grad_norm > 0.0 {
