@@ -14,7 +14,7 @@ pub enum LossOnArg {
 pub enum TemplateArg {
     /// The model's own chat template (GGUF tokenizer.chat_template / tokenizer_config.json).
     Model,
-    /// No template: prompt and response concatenated, EOS appended to the response.
+    /// No template: prompt and response tokenized apart and their ids concatenated, then EOS.
     Raw,
 }
 
