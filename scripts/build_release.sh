@@ -27,7 +27,7 @@ build() {
             edge_rustup_targets aarch64-linux-android
             if [ -z "${CARGO_TARGET_AARCH64_LINUX_ANDROID_LINKER:-}" ]; then
                 echo "error: linking for Android needs the NDK: set CARGO_TARGET_AARCH64_LINUX_ANDROID_LINKER," >&2
-                echo "  CC_aarch64_linux_android and AR_aarch64_linux_android (see README.md, 'ARM and cross builds')" >&2
+                echo "  CC_aarch64_linux_android and AR_aarch64_linux_android (see docs/arm.md)" >&2
                 exit 1
             fi
             ;;
