@@ -148,6 +148,7 @@ fn keep_last_leaves_the_last_step() {
 
 /// The CLI holds out a seeded sample when there is no --eval-data: with 40 records and
 /// --eval-split 0.25, 10 are held out, so one epoch of batch 1 is 30 steps, not 40.
+/// Without `--lora` too: LoRA is the only method, so a user need not say it.
 #[test]
 fn cli_holdout_is_not_trained_on() {
     let dir = tmp("split");
@@ -156,7 +157,7 @@ fn cli_holdout_is_not_trained_on() {
     std::fs::write(&data, base.repeat(10)).unwrap();
     let out = dir.join("run");
     let o = Command::new(env!("CARGO_BIN_EXE_edge-sft"))
-        .args(["tune", "--lora", "--threads", "1", "--epochs", "1"])
+        .args(["tune", "--threads", "1", "--epochs", "1"])
         .args(["--eval-split", "0.25", "--seed", "9"])
         .arg("--model")
         .arg(fixture("llama/hf_f32"))

@@ -53,8 +53,9 @@ Example:\n  edge-sft tune --lora --model models/SmolLM2-135M-Instruct.Q4_1.gguf 
 --data train.jsonl --eval-data heldout.jsonl --out runs/me"
 )]
 pub struct Args {
-    /// Train LoRA adapters (the only method for now; the base stays frozen).
-    #[arg(long, required = true)]
+    /// Train LoRA adapters: the only method, so also what happens without this flag (the base
+    /// stays frozen either way).
+    #[arg(long)]
     pub lora: bool,
     /// A .gguf file or a Hugging Face model folder.
     #[arg(long)]
@@ -494,8 +495,12 @@ fn summarize(a: &Args, out: &std::path::Path, o: &TuneOutcome, scored: bool) {
     let out = out.display();
     println!("try it:");
     println!("  edge-sft generate --model {model} --adapter {out} --prompt \"...\"");
-    println!(
-        "  edge-sft eval --model {model} --adapter {out} --data {}",
-        a.eval_data.as_ref().unwrap_or(&a.data).display()
-    );
+    // The held-out split lives only in memory, and scoring the training file would flatter the
+    // adapter, so without --eval-data the user is asked for records the run never saw.
+    let heldout = a
+        .eval_data
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "HELDOUT.jsonl".into());
+    println!("  edge-sft eval --model {model} --adapter {out} --data {heldout}");
 }
