@@ -10,7 +10,9 @@ use edge_sft::format::peft::read_adapter;
 use edge_sft::loaded::LoadedModel;
 use edge_sft::model::lora::LoraSet;
 use edge_sft::train::params::for_each_tensor;
-use edge_sft::train::trainer::{tune, within_noise, Keep, TrainHooks, TuneOptions};
+use edge_sft::train::trainer::{
+    made_progress, tune, within_noise, Keep, TrainHooks, TuneOptions,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -49,6 +51,7 @@ fn flat(l: &LoraSet) -> Vec<f32> {
 /// the held-out NLL turns back up before the end.
 fn run(
     keep: Keep,
+    patience: usize,
     out: &Path,
 ) -> (
     LoadedModel,
@@ -72,6 +75,7 @@ fn run(
         eval_every: Some(1),
         save_every: Some(0),
         keep,
+        patience,
         seed: 3,
         ..TuneOptions::default()
     };
@@ -83,7 +87,7 @@ fn run(
 #[test]
 fn keep_best_leaves_the_latest_step_within_noise_of_the_lowest() {
     let dir = tmp("best");
-    let (lm, held, evals, o) = run(Keep::Best, &dir);
+    let (lm, held, evals, o) = run(Keep::Best, 0, &dir);
     let steps: Vec<(usize, f64)> = evals.0.iter().copied().filter(|(s, _)| *s > 0).collect();
     assert_eq!(steps.len(), 24, "scored after every step");
     let (best_step, best) =
@@ -123,6 +127,46 @@ fn keep_best_leaves_the_latest_step_within_noise_of_the_lowest() {
     );
 }
 
+/// With patience 3 the same run stops at the third scoring in a row that does not beat the last
+/// progress (the base model's NLL counting as the first), and the adapter on disk is still the
+/// kept step's.
+#[test]
+fn early_stop_after_patience_scorings_without_progress() {
+    let dir = tmp("early");
+    let (lm, held, evals, o) = run(Keep::Best, 3, &dir);
+    let mut reference = evals.0[0].1; // step 0: the base model
+    let mut stalled = 0;
+    let mut want = None;
+    for &(s, v) in &evals.0[1..] {
+        if made_progress(v, reference) {
+            reference = v;
+            stalled = 0;
+        } else {
+            stalled += 1;
+        }
+        if stalled == 3 {
+            want = Some(s);
+            break;
+        }
+    }
+    let want = want.expect("this run's held-out NLL must stall for the test to mean anything");
+    assert!(o.stopped_early, "{:?}", evals.0);
+    assert_eq!(o.steps_done, want);
+    assert_eq!(evals.0.last().unwrap().0, want, "no scoring after the stop");
+    assert!(o.steps_done < o.total_steps);
+    let on_disk = read_adapter(&dir, &lm.model.config).unwrap();
+    let disk_nll = mean_nll(&lm, &held, &on_disk);
+    assert!((disk_nll - o.kept_eval.unwrap()).abs() <= 1e-9 * disk_nll.abs());
+}
+
+#[test]
+fn progress_needs_more_than_noise() {
+    assert!(made_progress(3.50, 3.6173));
+    assert!(!made_progress(3.59, 3.6173)); // 0.75% lower: inside 1% + 0.005
+    assert!(made_progress(0.04, 0.05));
+    assert!(!made_progress(0.046, 0.05));
+}
+
 #[test]
 fn noise_tolerance() {
     assert!(within_noise(3.63, 3.6173)); // 0.35% above: noise on a small held-out set
@@ -134,7 +178,7 @@ fn noise_tolerance() {
 #[test]
 fn keep_last_leaves_the_last_step() {
     let dir = tmp("last");
-    let (lm, _, _, o) = run(Keep::Last, &dir);
+    let (lm, _, _, o) = run(Keep::Last, 0, &dir);
     assert_eq!(o.kept_step, 24);
     let on_disk = read_adapter(&dir, &lm.model.config).unwrap();
     let (a, b) = (flat(&on_disk), flat(&o.lora));

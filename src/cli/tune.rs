@@ -12,7 +12,7 @@ use edge_sft::train::optim::Schedule;
 use edge_sft::train::plan::{self, DEFAULT_WARMUP_RATIO};
 use edge_sft::train::trainer::{
     tune, Keep, StepReport, TrainHooks, TuneOptions, TuneOutcome, DEFAULT_BATCH_SIZE,
-    DEFAULT_EPOCHS, DEFAULT_LR,
+    DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_PATIENCE,
 };
 use edge_sft::Result;
 use std::io::IsTerminal;
@@ -132,6 +132,11 @@ pub struct Args {
     /// one within noise, 1% + 0.005 nats, of the lowest NLL), or the last step.
     #[arg(long, value_enum, default_value = "best")]
     pub keep: KeepArg,
+    /// Stop early when this many held-out scorings in a row do not beat the last one that
+    /// improved by more than noise (1% + 0.005 nats); 0 = always run to the end. Needs held-out
+    /// records (the split or --eval-data).
+    #[arg(long, default_value_t = DEFAULT_PATIENCE)]
+    pub patience: usize,
     /// Save a checkpoint every N steps (0 = only at the end; default: every 2 minutes and at the
     /// end).
     #[arg(long)]
@@ -198,6 +203,15 @@ impl TrainHooks for CliHooks {
         let line = format!(
             "eval @ step {step}: mean NLL {:.4}, Σ log Pr(y|x) {:.2} over {} tokens",
             e.mean_nll, e.sum_logprob, e.scored_tokens
+        );
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+    fn on_early_stop(&mut self, step: usize, patience: usize) {
+        let line = format!(
+            "stopping early at step {step}: {patience} held-out scorings in a row without progress"
         );
         match &self.bar {
             Some(b) => b.println(line),
@@ -313,6 +327,7 @@ pub fn run(a: Args) -> Result<()> {
             KeepArg::Best => Keep::Best,
             KeepArg::Last => Keep::Last,
         },
+        patience: a.patience,
         grad_checkpoint: a.grad_checkpoint,
         adapter_dtype: a.adapter_dtype.into(),
         base_model: a.model.display().to_string(),
@@ -361,6 +376,12 @@ pub fn run(a: Args) -> Result<()> {
             plan::warmup_steps(total, a.warmup, a.warmup_ratio)
         )
     );
+    if eval.is_some() && a.patience > 0 {
+        eprintln!(
+            "stops early if {} held-out scorings in a row make no progress (--patience)",
+            a.patience
+        );
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -453,8 +474,16 @@ fn fmt_duration(s: f64) -> String {
 /// The end of a run: what was done, how the held-out NLL moved, where the adapter is and how to
 /// try it.
 fn summarize(a: &Args, out: &std::path::Path, o: &TuneOutcome, scored: bool) {
+    let early = if o.stopped_early {
+        format!(
+            " (stopped early, of {} planned: the held-out NLL had stopped improving)",
+            o.total_steps
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "done: {} steps in {} ({:.0} tokens/s)",
+        "done: {} steps{early} in {} ({:.0} tokens/s)",
         o.steps_done,
         fmt_duration(o.seconds),
         o.tokens as f64 / o.seconds.max(1e-9)

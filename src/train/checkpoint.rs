@@ -43,6 +43,13 @@ pub struct State {
     pub kept_step: Option<usize>,
     #[serde(default)]
     pub kept_eval: Option<f64>,
+    /// Early stopping: the held-out NLL of the last scoring that made progress (beat the one
+    /// before it by more than noise; the base model's score to begin with), and the scorings
+    /// since then that did not.
+    #[serde(default)]
+    pub progress_eval: Option<f64>,
+    #[serde(default)]
+    pub stalled_evals: usize,
 }
 
 pub fn checkpoint_dir(out: &Path) -> PathBuf {

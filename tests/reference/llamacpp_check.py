@@ -162,6 +162,22 @@ def convert_peft(script: str, hf_base: str, run: str, out: str) -> None:
                     "f32", run], check=True)
 
 
+def compare_adapters(ours: str, theirs: str) -> dict:
+    """Tensor by tensor: same names, shapes and values (max |difference|)."""
+    import gguf
+
+    a = {t.name: t for t in gguf.GGUFReader(ours).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
+    assert set(a) == set(b), f"tensor names differ: {sorted(set(a) ^ set(b))[:6]}"
+    worst = 0.0
+    for name, t in a.items():
+        x = np.asarray(t.data, dtype=np.float64)
+        y = np.asarray(b[name].data, dtype=np.float64)
+        assert x.shape == y.shape, f"{name}: {x.shape} vs {y.shape}"
+        worst = max(worst, float(np.abs(x - y).max()))
+    return {"tensors": len(a), "max_abs_diff": worst}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -181,6 +197,13 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(str(model.parent), gguf_file=model.name)
     records = [json.loads(line) for line in open(args.data) if line.strip()]
 
+    conv = None
+    if args.convert_script:
+        conv = os.path.join(tempfile.mkdtemp(), "converted-lora.gguf")
+        convert_peft(args.convert_script, args.hf_base, args.run, conv)
+        tensors = compare_adapters(os.path.join(args.run, "adapter.gguf"), conv)
+        print(f"adapter.gguf vs llama.cpp's conversion of the PEFT files: {tensors}")
+
     scorer = LlamaScorer(str(model), n_ctx=1024, threads=args.threads)
     encoded = [encode(scorer, tok, r) for r in records]
     counts = [sum(m) for _, m in encoded]
@@ -198,9 +221,8 @@ def main() -> None:
     res: dict = {"model": model.name, "data": args.data, "records": len(records),
                  "scored_tokens": sum(counts)}
     llama = {"base": score_all(None, scorer), "adapter.gguf": score_all(adapter_gguf, scorer)}
-    if args.convert_script:
-        conv = os.path.join(tempfile.mkdtemp(), "converted-lora.gguf")
-        convert_peft(args.convert_script, args.hf_base, args.run, conv)
+    if conv:
+        res["converted_tensors"] = tensors
         llama["converted"] = score_all(conv, scorer)
     if args.merged:
         merged = LlamaScorer(args.merged, n_ctx=1024, threads=args.threads)
