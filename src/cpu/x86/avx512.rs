@@ -343,6 +343,13 @@ pub(crate) unsafe fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
                 _mm512_storeu_ps(o.add(16), _mm512_add_ps(_mm512_mul_ps(hi, vd), vm));
             }
         }
+        // No SIMD decoder yet: the scalar reference (exact by definition).
+        GgmlType::Q5_0
+        | GgmlType::Q5_1
+        | GgmlType::Q4_K
+        | GgmlType::Q5_K
+        | GgmlType::Q6_K
+        | GgmlType::Q8_K => crate::quant::dequantize_row(ty, src, dst),
     }
 }
 
