@@ -74,9 +74,10 @@ const ALL_TYPES: [GgmlType; 6] = [
     GgmlType::Q4_1,
 ];
 
-/// The types with no SIMD block decoder of their own (scalar decode into f32 panels); the
-/// K-quants need rows of whole 256-value super-blocks.
-const SCALAR_DECODED_TYPES: [GgmlType; 6] = [
+/// The types with no fused SIMD block decoder (decoded into f32 rows and panels: Q4_K and Q6_K
+/// by the x86 row decoders, the others by the scalar code); the K-quants need rows of whole
+/// 256-value super-blocks.
+const ROW_DECODED_TYPES: [GgmlType; 6] = [
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q4_K,
@@ -85,7 +86,7 @@ const SCALAR_DECODED_TYPES: [GgmlType; 6] = [
     GgmlType::Q8_K,
 ];
 
-/// Random blocks of one of `SCALAR_DECODED_TYPES` for `cols` values: random bytes, then small
+/// Random blocks of one of `ROW_DECODED_TYPES` for `cols` values: random bytes, then small
 /// finite super-block scales written over the scale fields.
 fn random_blocks(rng: &mut Rng, ty: GgmlType, cols: usize, bytes: &mut Vec<u8>) {
     // Byte offsets of the f16 scale fields (d first).
@@ -359,10 +360,10 @@ fn matmul_w_matches_reference() {
 }
 
 #[test]
-fn scalar_decoded_types_match_reference_everywhere() {
-    // Q5_0, Q5_1 and the K-quants have no SIMD block decoders: every ISA decodes them with the
-    // scalar code into f32 rows and panels (GEMV rows, Wᵀ panels, and W panels whose 32- to
-    // 128-column tiles cut through 256-value super-blocks). Exact dequantization, products
+fn row_decoded_types_match_reference_everywhere() {
+    // Q5_0, Q5_1 and the K-quants have no fused block decoders: every ISA decodes them into
+    // f32 rows and panels (GEMV rows, Wᵀ panels, and W panels whose 32- to 128-column tiles
+    // cut through 256-value super-blocks), Q4_K and Q6_K with the x86 row decoders. Exact dequantization, products
     // within the usual tolerance, and bit-identical results from unaligned bytes.
     let wt_shapes = [
         (1, 67, 256),
@@ -372,7 +373,7 @@ fn scalar_decoded_types_match_reference_everywhere() {
         (100, 70, 512),
     ];
     let w_shapes = [(1, 64, 256), (3, 300, 512), (17, 67, 768), (40, 576, 256)];
-    for ty in SCALAR_DECODED_TYPES {
+    for ty in ROW_DECODED_TYPES {
         let w = random_matrix(ty, 3, 768, 3);
         let mut want = vec![0.0f32; 768];
         let mut got = vec![0.0f32; 768];
