@@ -57,6 +57,20 @@ fn matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
                 let nq = if ty == GgmlType::Q8_0 { 32 } else { 16 };
                 bytes.extend((0..nq).map(|_| lcg(&mut s) as u8));
             }
+            _ => {
+                // Q5_0, Q5_1, K-quants: random bytes, then sane f16 scales over d (and the
+                // min / dmin that follows it); Q6_K keeps d last, Q8_K has an f32 d.
+                let mut blk: Vec<u8> = (0..ty.type_size()).map(|_| lcg(&mut s) as u8).collect();
+                let d_at = if ty == GgmlType::Q6_K { 208 } else { 0 };
+                blk[d_at..d_at + 2].copy_from_slice(&f16::from_f32(0.002).to_le_bytes());
+                if matches!(ty, GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K) {
+                    blk[2..4].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
+                }
+                if ty == GgmlType::Q8_K {
+                    blk[..4].copy_from_slice(&0.002f32.to_le_bytes());
+                }
+                bytes.extend_from_slice(&blk);
+            }
         }
     }
     QMatrix::new("bench", ty, rows, cols, Backing::Owned(Arc::new(bytes)), 0).unwrap()

@@ -309,6 +309,18 @@ fn unknown_tensor_type() {
     let e = open_bytes(&dir, "u.gguf", &bytes).err().unwrap();
     assert!(e.contains("blk.0.attn_q.weight"), "{e}");
     assert!(e.contains("type id 99"), "{e}");
+
+    // A real ggml type edge-sft does not read (Q2_K): named by id, with the supported list.
+    let mut bytes = sample_writer().to_bytes().unwrap();
+    let (_, ty, _) = tensor_fields(&bytes, "blk.0.ffn_up.weight");
+    bytes[ty..ty + 4].copy_from_slice(&10u32.to_le_bytes());
+    let e = open_bytes(&dir, "u.gguf", &bytes).err().unwrap();
+    assert!(e.contains("blk.0.ffn_up.weight"), "{e}");
+    assert!(e.contains("type id 10"), "{e}");
+    assert!(
+        e.contains("Q5_0") && e.contains("Q4_K") && e.contains("Q6_K"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -320,6 +332,15 @@ fn row_not_whole_blocks() {
     let e = open_bytes(&dir, "b.gguf", &bytes).err().unwrap();
     assert!(e.contains("token_embd.weight"), "{e}");
     assert!(e.contains("whole number of Q8_0 blocks"), "{e}");
+
+    // A K-quant row must be whole 256-value super-blocks: 64 values as Q4_K are refused.
+    let mut bytes = sample_writer().to_bytes().unwrap();
+    let (_, ty, _) = tensor_fields(&bytes, "blk.0.attn_q.weight");
+    bytes[ty..ty + 4].copy_from_slice(&12u32.to_le_bytes());
+    let e = open_bytes(&dir, "b.gguf", &bytes).err().unwrap();
+    assert!(e.contains("blk.0.attn_q.weight"), "{e}");
+    assert!(e.contains("row length 64"), "{e}");
+    assert!(e.contains("Q4_K blocks of 256"), "{e}");
 
     let mut bytes = sample_writer().to_bytes().unwrap();
     let (p, _, _) = tensor_fields(&bytes, "token_embd.weight");

@@ -74,6 +74,41 @@ const ALL_TYPES: [GgmlType; 6] = [
     GgmlType::Q4_1,
 ];
 
+/// The types with no fused SIMD block decoder (decoded into f32 rows and panels: Q4_K and Q6_K
+/// by the x86 row decoders, the others by the scalar code); the K-quants need rows of whole
+/// 256-value super-blocks.
+const ROW_DECODED_TYPES: [GgmlType; 6] = [
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_K,
+];
+
+/// Random blocks of one of `ROW_DECODED_TYPES` for `cols` values: random bytes, then small
+/// finite super-block scales written over the scale fields.
+fn random_blocks(rng: &mut Rng, ty: GgmlType, cols: usize, bytes: &mut Vec<u8>) {
+    // Byte offsets of the f16 scale fields (d first).
+    let f16_fields: &[usize] = match ty {
+        GgmlType::Q5_0 => &[0],
+        GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        _ => &[],
+    };
+    for _ in 0..cols / ty.block_size() {
+        let mut blk: Vec<u8> = (0..ty.type_size()).map(|_| rng.byte()).collect();
+        for (i, &off) in f16_fields.iter().enumerate() {
+            let v = rng.f() * if i == 0 { 0.01 } else { 0.2 };
+            blk[off..off + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+        }
+        if ty == GgmlType::Q8_K {
+            blk[..4].copy_from_slice(&(rng.f() * 0.01).to_le_bytes());
+        }
+        bytes.extend_from_slice(&blk);
+    }
+}
+
 /// A random [rows, cols] matrix of type `ty` with valid (finite) scales.
 fn random_matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> QMatrix {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -107,6 +142,7 @@ fn random_matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> QMatrix {
                     }
                 }
             }
+            _ => random_blocks(&mut rng, ty, cols, &mut bytes),
         }
     }
     QMatrix::new(
@@ -317,6 +353,77 @@ fn matmul_w_matches_reference() {
                 let mut got = vec![f32::NAN; n * cols];
                 cpu::matmul_w_with(isa, &dy, n, &w, &mut got);
                 let what = format!("matmul_w {} {:?} n={n} {rows}x{cols}", ty.name(), isa);
+                assert_close_tol(&what, &got, &want, &mag, tol(isa));
+            }
+        }
+    }
+}
+
+#[test]
+fn row_decoded_types_match_reference_everywhere() {
+    // Q5_0, Q5_1 and the K-quants have no fused block decoders: every ISA decodes them into
+    // f32 rows and panels (GEMV rows, Wᵀ panels, and W panels whose 32- to 128-column tiles
+    // cut through 256-value super-blocks), Q4_K and Q6_K with the x86 row decoders. Exact dequantization, products
+    // within the usual tolerance, and bit-identical results from unaligned bytes.
+    let wt_shapes = [
+        (1, 67, 256),
+        (3, 96, 512),
+        (4, 41, 256),
+        (17, 131, 768),
+        (100, 70, 512),
+    ];
+    let w_shapes = [(1, 64, 256), (3, 300, 512), (17, 67, 768), (40, 576, 256)];
+    for ty in ROW_DECODED_TYPES {
+        let w = random_matrix(ty, 3, 768, 3);
+        let mut want = vec![0.0f32; 768];
+        let mut got = vec![0.0f32; 768];
+        for r in 0..3 {
+            edge_sft::quant::dequantize_row(ty, w.row(r), &mut want);
+            for isa in cpu::available_isas() {
+                cpu::dequantize_row_with(isa, ty, w.row(r), &mut got);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits()),
+                    "dequantize {} {isa:?} row {r}",
+                    ty.name()
+                );
+            }
+        }
+        for (si, &(n, rows, cols)) in wt_shapes.iter().enumerate() {
+            let w = random_matrix(ty, rows, cols, 50 + si as u64);
+            let x = Rng(51 + si as u64).vec(n * cols, 1.0);
+            let mut want = vec![0.0f32; n * rows];
+            reference::matmul_wt(&x, n, &w, &mut want);
+            let wabs = QMatrix::from_f32("abs", rows, cols, &abs(&reference::dequantize(&w)));
+            let mut mag = vec![0.0f32; n * rows];
+            reference::matmul_wt(&abs(&x), n, &wabs, &mut mag);
+            let mut shifted = vec![0u8];
+            shifted.extend_from_slice(w.bytes());
+            let w1 = QMatrix::new("odd", ty, rows, cols, Backing::Owned(Arc::new(shifted)), 1)
+                .expect("fits");
+            for isa in cpu::available_isas() {
+                let mut got = vec![f32::NAN; n * rows];
+                cpu::matmul_wt_with(isa, &x, n, &w, &mut got);
+                let what = format!("matmul_wt {} {isa:?} n={n} {rows}x{cols}", ty.name());
+                assert_close_tol(&what, &got, &want, &mag, tol(isa));
+                let mut got1 = vec![f32::NAN; n * rows];
+                cpu::matmul_wt_with(isa, &x, n, &w1, &mut got1);
+                assert!(got == got1, "{what}: unaligned differs");
+            }
+        }
+        for (si, &(n, rows, cols)) in w_shapes.iter().enumerate() {
+            let w = random_matrix(ty, rows, cols, 60 + si as u64);
+            let dy = Rng(61 + si as u64).vec(n * rows, 1.0);
+            let mut want = vec![0.0f32; n * cols];
+            reference::matmul_w(&dy, n, &w, &mut want);
+            let wabs = QMatrix::from_f32("abs", rows, cols, &abs(&reference::dequantize(&w)));
+            let mut mag = vec![0.0f32; n * cols];
+            reference::matmul_w(&abs(&dy), n, &wabs, &mut mag);
+            for isa in cpu::available_isas() {
+                let mut got = vec![f32::NAN; n * cols];
+                cpu::matmul_w_with(isa, &dy, n, &w, &mut got);
+                let what = format!("matmul_w {} {isa:?} n={n} {rows}x{cols}", ty.name());
                 assert_close_tol(&what, &got, &want, &mag, tol(isa));
             }
         }

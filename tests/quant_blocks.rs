@@ -111,6 +111,7 @@ fn round_trip_error_bounds() {
                         GgmlType::Q4_1 => {
                             (mx - mn) / 15.0 * 0.5 + (mx - mn) * 1e-2 + mn.abs() * 1e-3
                         }
+                        other => unreachable!("{} is not quantized here", other.name()),
                     };
                     assert!(
                         err <= bound,

@@ -2,6 +2,7 @@
 
 use edge_sft::format::gguf::GgufFile;
 use edge_sft::loaded::LoadedModel;
+use edge_sft::quant::GgmlType;
 use edge_sft::Result;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -16,35 +17,82 @@ pub struct Args {
     pub json: bool,
 }
 
+/// Tensors and bytes per ggml type, in GGUF type id order.
+type TypeStats = BTreeMap<GgmlType, (usize, usize)>;
+
+/// Per-type counts and bytes, and the parameter count, of every tensor in a GGUF file.
+fn gguf_types(g: &GgufFile) -> (TypeStats, usize) {
+    let mut types = TypeStats::new();
+    let mut params = 0usize;
+    for t in &g.tensors {
+        let e = types.entry(t.dtype).or_default();
+        e.0 += 1;
+        e.1 += t.size;
+        params += t.n_elements();
+    }
+    (types, params)
+}
+
+fn print_types(types: &TypeStats) {
+    for (i, (t, (n, bytes))) in types.iter().enumerate() {
+        let label = if i == 0 { "tensor types" } else { "" };
+        println!(
+            "{label:<13} {:<5} {n:>5} tensors {bytes:>13} bytes ({:.1} MB)",
+            t.name(),
+            *bytes as f64 / 1e6
+        );
+    }
+}
+
 pub fn run(a: Args) -> Result<()> {
-    let lm = LoadedModel::open(&a.model)?;
+    // The tensor table comes straight from the file and needs no architecture support, so
+    // it is shown even for a model edge-sft cannot load (before that error).
+    let from_file = if a.model.is_file() {
+        Some(gguf_types(&GgufFile::open(&a.model)?))
+    } else {
+        None
+    };
+    let lm = match LoadedModel::open(&a.model) {
+        Ok(lm) => lm,
+        Err(e) => {
+            if let (Some((types, _)), false) = (&from_file, a.json) {
+                println!("model         {}", a.model.display());
+                print_types(types);
+            }
+            return Err(e);
+        }
+    };
     let m = &lm.model;
     let c = &m.config;
-    let mut types: BTreeMap<String, usize> = BTreeMap::new();
-    let mut params = 0usize;
-    if a.model.is_file() {
-        let g = GgufFile::open(&a.model)?;
-        for t in &g.tensors {
-            *types.entry(t.dtype.name().to_string()).or_default() += 1;
-            params += t.n_elements();
-        }
-    } else {
-        let mut add = |q: &edge_sft::model::weights::QMatrix| {
-            *types.entry(q.dtype.name().to_string()).or_default() += 1;
-            params += q.rows * q.cols;
-        };
-        add(&m.tok_embd);
-        if !c.tied_embeddings {
-            add(&m.output);
-        }
-        for l in &m.layers {
-            for q in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
-                add(q);
+    let (types, params) = match from_file {
+        Some(tp) => tp,
+        None => {
+            let mut types = TypeStats::new();
+            let mut params = 0usize;
+            let mut add = |q: &edge_sft::model::weights::QMatrix| {
+                let e = types.entry(q.dtype).or_default();
+                e.0 += 1;
+                e.1 += q.bytes().len();
+                params += q.rows * q.cols;
+            };
+            add(&m.tok_embd);
+            if !c.tied_embeddings {
+                add(&m.output);
             }
+            for l in &m.layers {
+                for q in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                    add(q);
+                }
+            }
+            // Norm weights: two per layer plus the final one.
+            params += (2 * c.n_layers + 1) * c.d_model;
+            (types, params)
         }
-        // Norm weights: two per layer plus the final one.
-        params += (2 * c.n_layers + 1) * c.d_model;
-    }
+    };
+    let type_counts: BTreeMap<&str, usize> =
+        types.iter().map(|(t, &(n, _))| (t.name(), n)).collect();
+    let type_bytes: BTreeMap<&str, usize> =
+        types.iter().map(|(t, &(_, b))| (t.name(), b)).collect();
     let isa = edge_sft::cpu::isa_name(edge_sft::cpu::active_isa());
     let info = json!({
         "path": a.model.display().to_string(),
@@ -63,7 +111,8 @@ pub fn run(a: Args) -> Result<()> {
         "tied_embeddings": c.tied_embeddings,
         "qkv_bias": c.qkv_bias,
         "parameters": params,
-        "tensor_types": types,
+        "tensor_types": type_counts,
+        "tensor_type_bytes": type_bytes,
         "tokenizer": lm.tokenizer.kind,
         "tokenizer_vocab": lm.tokenizer.vocab_size(),
         "chat_template": !lm.chat.is_fallback,
@@ -92,8 +141,7 @@ pub fn run(a: Args) -> Result<()> {
         if c.tied_embeddings { "tied" } else { "untied" }
     );
     println!("parameters    {} ({:.1} M)", params, params as f64 / 1e6);
-    let t: Vec<String> = types.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    println!("tensor types  {}", t.join(", "));
+    print_types(&types);
     println!(
         "tokenizer     {}, {} tokens",
         lm.tokenizer.kind,

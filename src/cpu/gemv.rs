@@ -1,13 +1,14 @@
 //! y = x·Wᵀ for a few rows of x (generation: n = 1), where packing panels would cost more than
 //! the product. With SIMD (x86, NEON) a fused kernel decodes each 32-value block of 4 W rows
 //! into registers and dots it with the x rows (block scales applied once per block dot); on
-//! the portable path, and for widths that are not whole blocks, each W row is dequantized
+//! the portable path, for widths that are not whole blocks, and for types without such a
+//! block decoder (Q5_0, Q5_1, the K-quants), each W row is dequantized
 //! into a thread-local buffer and dotted with every x row. Parallel over chunks of W rows, each output element computed by
 //! one task in a fixed order (deterministic).
 
 use super::dispatch::Isa;
 use super::par;
-use super::vecops::{dequant_unchecked, dot_unchecked};
+use super::vecops::{dequant_unchecked, dot_unchecked, has_block32_simd};
 use crate::model::weights::QMatrix;
 use crate::quant::GgmlType;
 use std::cell::RefCell;
@@ -84,7 +85,7 @@ pub(crate) fn gemv_wt(
     let nout = rows.len();
     assert!(x.len() == n * k && y.len() == n * nout, "gemv_wt: shapes");
     let yp = YPtr(y.as_mut_ptr());
-    let fused = fused_for(isa).filter(|_| k.is_multiple_of(32));
+    let fused = fused_for(isa).filter(|_| k.is_multiple_of(32) && has_block32_simd(w.dtype));
     let task = |t: usize| {
         let j0 = t * ROWS_PER_TASK;
         let j1 = (j0 + ROWS_PER_TASK).min(nout);
@@ -102,7 +103,8 @@ pub(crate) fn gemv_wt(
                 for i0 in (0..n).step_by(f.xs_per_call) {
                     let nx = f.xs_per_call.min(n - i0);
                     // SAFETY: the caller ran check(isa); every row holds k values of w.dtype
-                    // (k a multiple of 32, checked when choosing this path) and x holds nx
+                    // (k a multiple of 32 and w.dtype one with a block decoder, checked when
+                    // choosing this path) and x holds nx
                     // rows of k values from i0 on.
                     unsafe { (f.run)(w.dtype, &wrows[..g], k, &x[i0 * k..], k, nx, &mut out) };
                     for i in 0..nx {

@@ -7,6 +7,7 @@ use super::vecops::dequant_unchecked;
 #[cfg(target_arch = "x86_64")]
 use super::x86::{bf16, pack512, pack512::Rows};
 use crate::model::weights::QMatrix;
+use crate::quant::kquants::QK_K;
 
 /// Where B(p, j) (p < k, j < n) comes from.
 #[derive(Clone, Copy)]
@@ -19,14 +20,31 @@ pub(crate) enum BSrc<'a> {
     W { w: &'a QMatrix },
 }
 
-/// Dequantize W[r, c0..c0+len] (block-aligned) into `out`.
+/// Dequantize W[r, c0..c0+len] into `out`.
+///
+/// The drivers cut k into chunks of 256 and columns into tasks of 32 to 128, so segments
+/// are whole blocks of the 32-value types, but may cut through a K-quant's 256-value
+/// super-block (columns of dy·W). Such a segment decodes every super-block it touches whole
+/// into a stack buffer and copies out its part: exact, at up to 8× the decoding work for
+/// those panels.
 fn dequant_segment(isa: Isa, w: &QMatrix, r: usize, c0: usize, out: &mut [f32]) {
     let bs = w.dtype.block_size();
     let ts = w.dtype.type_size();
-    debug_assert!(c0.is_multiple_of(bs) && out.len().is_multiple_of(bs));
     let row = w.row(r);
-    let bytes = &row[c0 / bs * ts..(c0 + out.len()) / bs * ts];
-    dequant_unchecked(isa, w.dtype, bytes, out);
+    let end = c0 + out.len();
+    if c0.is_multiple_of(bs) && end.is_multiple_of(bs) {
+        dequant_unchecked(isa, w.dtype, &row[c0 / bs * ts..end / bs * ts], out);
+        return;
+    }
+    assert!(bs <= QK_K, "dequant_segment: block of {bs} values");
+    let mut buf = [0f32; QK_K];
+    let blk = &mut buf[..bs];
+    for b in c0 / bs..end.div_ceil(bs) {
+        dequant_unchecked(isa, w.dtype, &row[b * ts..(b + 1) * ts], blk);
+        // The overlap of this block's values b·bs..(b+1)·bs with c0..end.
+        let (lo, hi) = ((b * bs).max(c0), ((b + 1) * bs).min(end));
+        out[lo - c0..hi - c0].copy_from_slice(&blk[lo - b * bs..hi - b * bs]);
+    }
 }
 
 /// dst[p*ldb + r] = src[r*lds + p] for r < 8, p < kc with the ISA's SIMD transpose; false if
@@ -52,7 +70,7 @@ fn transpose8(isa: Isa, src: &[f32], lds: usize, kc: usize, dst: &mut [f32], ldb
 }
 
 /// dst[p*ldb + r] = W[r0 + r, p0 + p] for r < 8, p < kc (multiples of 32), decoded straight
-/// into the transposed panel by the ISA's code; false if the ISA has no such code.
+/// into the transposed panel by the ISA's code; false if the ISA or the type has no such code.
 fn pack_wt8(
     isa: Isa,
     w: &QMatrix,
@@ -65,7 +83,7 @@ fn pack_wt8(
     assert!(kc == 0 || dst.len() >= (kc - 1) * ldb + 8);
     match isa.f32_isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => {
+        Isa::Avx2 | Isa::Avx512 if super::vecops::has_block32_simd(w.dtype) => {
             let rows: [&[u8]; 8] = std::array::from_fn(|r| w.row(r0 + r));
             // SAFETY: dst's size was asserted above; pack_wt8 checks the rows hold p0 + kc
             // values and that p0, kc are multiples of 32; the caller ran check(isa), and both
@@ -188,10 +206,14 @@ pub(crate) fn pack_b(
     }
 }
 
-/// Rows r0..r0+n of `w` as raw block rows, if they exist and each holds at least `blocks`
-/// 32-value blocks: the bounds check behind every direct decoder call.
+/// Rows r0..r0+n of `w` as raw block rows, if they exist, each holds at least `blocks`
+/// 32-value blocks, and the type has a 32-value block decoder: the check behind every direct
+/// decoder call.
 #[cfg(target_arch = "x86_64")]
 fn block_rows(w: &QMatrix, r0: usize, n: usize, blocks: usize) -> Option<Rows> {
+    if !super::vecops::has_block32_simd(w.dtype) {
+        return None;
+    }
     let bytes = w.bytes();
     let stride = w.row_bytes();
     let need = w.dtype.row_bytes(32 * blocks)?;

@@ -258,6 +258,24 @@ pub fn dequantize_row_with(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f32]) 
     }
 }
 
+/// Whether `ty` has the SIMD decoders of 32-value blocks that the fused paths build on
+/// (`x86::gemv_avx2::decode`, `x86::pack512::decode`, the NEON GEMV): the float types, Q8_0,
+/// Q4_0 and Q4_1. The others (Q5_0, Q5_1 and the 256-value K-quants) go through
+/// [`dequant_unchecked`] into f32 rows and panels instead (AVX2/AVX-512 row decoders for Q4_K
+/// and Q6_K in `x86/kquant.rs`, the scalar decoder for the rest); the fused entry points panic on
+/// them, so every caller asks this first.
+pub(crate) fn has_block32_simd(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::BF16
+            | GgmlType::Q8_0
+            | GgmlType::Q4_0
+            | GgmlType::Q4_1
+    )
+}
+
 /// [`dequantize_row_with`] without the feature and length checks, for the GEMM drivers.
 /// The caller must have run `check(isa)` and pass whole blocks (`src` = `dst.len()` values).
 pub(crate) fn dequant_unchecked(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f32]) {

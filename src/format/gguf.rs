@@ -415,8 +415,8 @@ impl GgufFile {
         let err = |msg: String| Error::tensor(path, &name, msg);
         let dtype = GgmlType::from_u32(type_id).ok_or_else(|| {
             err(format!(
-                "unknown or unsupported tensor type id {type_id} (supported: F32, F16, BF16, \
-                 Q8_0, Q4_0, Q4_1)"
+                "unknown or unsupported tensor type id {type_id} (supported: {})",
+                GgmlType::supported_names()
             ))
         })?;
         let n_el = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
@@ -426,12 +426,19 @@ impl GgufFile {
         let size = match (n_el, row) {
             (None, _) => return Err(err(format!("dims {dims:?} overflow"))),
             (_, None) => {
+                // K-quant super-blocks hold 256 values; ggml never writes a K-quant row of
+                // another length, so this is a corrupt or hand-made file.
+                let why = if dtype.is_k_quant() {
+                    " (K-quant super-blocks hold 256 values)"
+                } else {
+                    ""
+                };
                 return Err(err(format!(
-                    "row length {} is not a whole number of {} blocks of {}",
+                    "row length {} is not a whole number of {} blocks of {}{why}",
                     dims[0],
                     dtype.name(),
                     dtype.block_size()
-                )))
+                )));
             }
             (Some(_), Some(row)) => dims[1..]
                 .iter()

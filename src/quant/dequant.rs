@@ -1,10 +1,13 @@
 //! Scalar reference dequantization and quantization of one row, bit-for-bit the same as ggml's
 //! `dequantize_row_*` and `quantize_row_*_ref` (ggml-quants.c). SIMD kernels elsewhere are
-//! tested against these.
+//! tested against these. Dequantization covers every [`GgmlType`]; quantization only the
+//! types edge-sft writes (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
 
 use super::blocks::{
     BlockQ4_0, BlockQ4_1, BlockQ8_0, BLOCK_Q4_0_BYTES, BLOCK_Q4_1_BYTES, BLOCK_Q8_0_BYTES, QK,
 };
+use super::kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use super::q5::{BlockQ5_0, BlockQ5_1};
 use super::GgmlType;
 use half::{bf16, f16};
 
@@ -82,6 +85,22 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
                 }
             }
         }
+        GgmlType::Q5_0 => blockwise(ty, src, dst, |b, y| BlockQ5_0::from_bytes(b).dequantize(y)),
+        GgmlType::Q5_1 => blockwise(ty, src, dst, |b, y| BlockQ5_1::from_bytes(b).dequantize(y)),
+        GgmlType::Q4_K => blockwise(ty, src, dst, |b, y| BlockQ4K::from_bytes(b).dequantize(y)),
+        GgmlType::Q5_K => blockwise(ty, src, dst, |b, y| BlockQ5K::from_bytes(b).dequantize(y)),
+        GgmlType::Q6_K => blockwise(ty, src, dst, |b, y| BlockQ6K::from_bytes(b).dequantize(y)),
+        GgmlType::Q8_K => blockwise(ty, src, dst, |b, y| BlockQ8K::from_bytes(b).dequantize(y)),
+    }
+}
+
+/// Runs `decode(block bytes, block values)` over the whole blocks of a checked row.
+fn blockwise(ty: GgmlType, src: &[u8], dst: &mut [f32], decode: impl Fn(&[u8], &mut [f32])) {
+    for (y, b) in dst
+        .chunks_exact_mut(ty.block_size())
+        .zip(src.chunks_exact(ty.type_size()))
+    {
+        decode(b, y);
     }
 }
 
@@ -97,7 +116,9 @@ pub fn f32_to_bf16(x: f32) -> bf16 {
 /// Quantize `src` into `ty` blocks appended to `dst`, as ggml's `quantize_row_*_ref` does.
 ///
 /// Panics if `src.len()` is not a whole number of blocks of `ty`; check with
-/// [`GgmlType::row_bytes`] first when the length comes from user data.
+/// [`GgmlType::row_bytes`] first when the length comes from user data. Also panics for the
+/// types edge-sft reads but never writes (Q5_0, Q5_1 and the K-quants): no caller asks for
+/// them (adapters are written as F32/F16/BF16), so such a call is a programming error.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut Vec<u8>) {
     let bytes = ty.row_bytes(src.len());
     assert!(
@@ -124,6 +145,15 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut Vec<u8>) {
         GgmlType::Q4_1 => src
             .chunks_exact(QK)
             .for_each(|x| quantize_block_q4_1(x).write_to(dst)),
+        GgmlType::Q5_0
+        | GgmlType::Q5_1
+        | GgmlType::Q4_K
+        | GgmlType::Q5_K
+        | GgmlType::Q6_K
+        | GgmlType::Q8_K => panic!(
+            "quantize_row: edge-sft does not write {} (it only reads it)",
+            ty.name()
+        ),
     }
 }
 

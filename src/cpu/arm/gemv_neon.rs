@@ -201,5 +201,7 @@ pub(crate) unsafe fn dot_rows(
         GgmlType::Q8_0 => go!(Q8_0),
         GgmlType::Q4_0 => go!(Q4_0),
         GgmlType::Q4_1 => go!(Q4_1),
+        // Callers check `has_block32_simd` first (see its doc).
+        other => panic!("no 32-value block decoder for {}", other.name()),
     }
 }

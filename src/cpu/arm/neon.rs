@@ -263,8 +263,16 @@ pub(crate) unsafe fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     );
     let d = dst.as_mut_ptr();
     match ty {
-        // No stable f16 vector type yet: the portable conversion (exact either way).
-        GgmlType::F32 | GgmlType::F16 => crate::quant::dequantize_row(ty, src, dst),
+        // No stable f16 vector type yet: the portable conversion (exact either way); and no
+        // NEON decoder yet for the 5-bit formats and K-quants.
+        GgmlType::F32
+        | GgmlType::F16
+        | GgmlType::Q5_0
+        | GgmlType::Q5_1
+        | GgmlType::Q4_K
+        | GgmlType::Q5_K
+        | GgmlType::Q6_K
+        | GgmlType::Q8_K => crate::quant::dequantize_row(ty, src, dst),
         GgmlType::BF16 => {
             // Byte loads: the mapped data need not be 2-byte aligned.
             let s = src.as_ptr();

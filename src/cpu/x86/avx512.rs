@@ -343,6 +343,15 @@ pub(crate) unsafe fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
                 _mm512_storeu_ps(o.add(16), _mm512_add_ps(_mm512_mul_ps(hi, vd), vm));
             }
         }
+        // SAFETY: this function's own target features include the callee's; the callee
+        // checks the block/length contract itself.
+        GgmlType::Q4_K => super::kquant::q4k_avx512(src, dst),
+        // SAFETY: as for Q4_K just above.
+        GgmlType::Q6_K => super::kquant::q6k_avx512(src, dst),
+        // No SIMD decoder yet: the scalar reference (exact by definition).
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K | GgmlType::Q8_K => {
+            crate::quant::dequantize_row(ty, src, dst)
+        }
     }
 }
 

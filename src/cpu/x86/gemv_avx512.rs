@@ -144,5 +144,7 @@ pub(crate) unsafe fn dot_rows(
         GgmlType::Q8_0 => go!(GgmlType::Q8_0),
         GgmlType::Q4_0 => go!(GgmlType::Q4_0),
         GgmlType::Q4_1 => go!(GgmlType::Q4_1),
+        // Callers check `has_block32_simd` first (see its doc).
+        other => panic!("no 32-value block decoder for {}", other.name()),
     }
 }

@@ -127,5 +127,7 @@ pub(crate) unsafe fn pack_wt8(
         GgmlType::Q8_0 => pack_wt8_t::<Q8_0>(rows, b0, nblk, dst, ldd),
         GgmlType::Q4_0 => pack_wt8_t::<Q4_0>(rows, b0, nblk, dst, ldd),
         GgmlType::Q4_1 => pack_wt8_t::<Q4_1>(rows, b0, nblk, dst, ldd),
+        // Callers check `has_block32_simd` first (see its doc).
+        other => panic!("no 32-value block decoder for {}", other.name()),
     }
 }
