@@ -9,6 +9,7 @@ pub mod eval;
 pub mod format;
 pub mod infer;
 pub mod loaded;
+pub mod merge;
 pub mod model;
 pub mod quant;
 pub mod tokenize;
