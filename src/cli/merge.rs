@@ -4,9 +4,10 @@
 use super::common::Progress;
 use edge_sft::error::Error;
 use edge_sft::format::gguf::GgufFile;
-use edge_sft::format::gguf_adapter::read_any_adapter;
+use edge_sft::format::gguf_adapter::{gguf_base_name, read_any_adapter};
 use edge_sft::merge::{merge_gguf, MergeOptions};
 use edge_sft::model::load::gguf_config;
+use edge_sft::model::lora::{LoraSet, Target};
 use edge_sft::quant::GgmlType;
 use edge_sft::Result;
 use std::path::PathBuf;
@@ -46,12 +47,14 @@ type, e.g. Q4_1). Every other tensor, the tokenizer, the chat template and all o
 copied unchanged; a tied output projection stays tied. The result needs no --adapter: any GGUF \
 runtime (llama.cpp, ollama, edge-sft itself) loads it as a plain model.",
     after_help = "Example:\n  \
-edge-sft tune --model model.Q4_1.gguf --data train.jsonl --out runs/me\n  \
+edge-sft tune --lora --model model.Q4_1.gguf --data train.jsonl --out runs/me\n  \
 edge-sft merge --model model.Q4_1.gguf --adapter runs/me --out model-me.Q4_1.gguf\n  \
 edge-sft eval --model model-me.Q4_1.gguf --data heldout.jsonl\n\n\
-Requantizing costs a little accuracy: the merged weights are rounded to the output type again. \
-Compare `eval --model BASE --adapter A` with `eval --model MERGED` to see how much; \
---dtype q8_0 or f16 keeps more of the adapter at a larger file. The file is written tensor by \
+Requantizing costs accuracy: the merged weights are rounded to the output type again. Rounding \
+to the base's own 4-bit grid (the default for a Q4_0/Q4_1 base) can undo most of a small \
+update, since W + delta rounds back to W: on SmolLM2-135M Q4_1 a 60-step adapter kept ~7% of \
+its update that way (see docs/merge.md). --dtype q8_0 (or f16, f32) keeps it at a larger file. \
+Always compare `eval --model BASE --adapter A` with `eval --model MERGED`. The file is written tensor by \
 tensor (memory stays about one tensor) to a temp file that is renamed into place when complete."
 )]
 pub struct Args {
@@ -72,6 +75,18 @@ pub struct Args {
     /// Worker threads (default: physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// The 4-bit type of a touched base tensor that would be requantized into that same type.
+fn same_4bit_grid(g: &GgufFile, lora: &LoraSet, dtype: Option<GgmlType>) -> Option<GgmlType> {
+    lora.layers.iter().enumerate().find_map(|(layer, slots)| {
+        Target::ALL.into_iter().find_map(|t| {
+            slots[t.index()].as_ref()?;
+            let ty = g.tensor(&gguf_base_name(layer, t))?.dtype;
+            let four_bit = matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1);
+            (four_bit && dtype.is_none_or(|d| d == ty)).then_some(ty)
+        })
+    })
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -97,6 +112,14 @@ pub fn run(a: Args) -> Result<()> {
     let opts = MergeOptions {
         dtype: a.dtype.map(GgmlType::from),
     };
+    if let Some(ty) = same_4bit_grid(&g, &lora, opts.dtype) {
+        eprintln!(
+            "note: requantizing into the base's own {} grid rounds a small LoRA update mostly \
+             back to the base weights; check the merged model with `edge-sft eval`, or merge \
+             with --dtype q8_0 (or f16) to keep the update (docs/merge.md)",
+            ty.name()
+        );
+    }
     let mut p = Progress::new("tensor");
     let report = merge_gguf(&g, &lora, &a.out, &opts, |done, total, _| {
         p.update(done, total)
