@@ -60,15 +60,15 @@ pub fn ftype_of(ty: GgmlType) -> u32 {
 }
 
 /// One tensor the adapter changes.
-struct Touched<'a> {
-    pair: &'a LoraPair,
-    out_type: GgmlType,
+pub(crate) struct Touched<'a> {
+    pub pair: &'a LoraPair,
+    pub out_type: GgmlType,
 }
 
 /// Check the adapter against the base tensors and list what it touches, by base tensor name.
 /// Every error names the tensor: a pair for a tensor the base lacks, or of another shape (an
 /// adapter made for another model), or an output type the row length cannot be stored in.
-fn plan<'a>(
+pub(crate) fn plan<'a>(
     g: &GgufFile,
     lora: &'a LoraSet,
     opts: &MergeOptions,
@@ -187,7 +187,12 @@ pub fn merge_gguf(
     })
 }
 
-fn read_at(file: &mut std::fs::File, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
+pub(crate) fn read_at(
+    file: &mut std::fs::File,
+    path: &Path,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     file.seek(SeekFrom::Start(offset))
         .and_then(|_| file.read_exact(&mut buf))
@@ -230,7 +235,6 @@ fn merge_tensor(
         "merge plan out of date"
     );
     let mut out = vec![0u8; out_row * rows];
-    let r = p.rank;
     out.par_chunks_mut(out_row)
         .zip(src.par_chunks(in_row))
         .enumerate()
@@ -244,26 +248,7 @@ fn merge_tensor(
             },
             |(w, delta, q), (i, (dst, s))| {
                 dequantize_row(t.dtype, s, w);
-                // delta = B[i, :] · A, summed in f32 over the rank, then scaled once.
-                delta.fill(0.0);
-                for (k, &b) in p.b[i * r..(i + 1) * r].iter().enumerate() {
-                    for (d, &a) in delta.iter_mut().zip(&p.a[k * cols..(k + 1) * cols]) {
-                        *d += b * a;
-                    }
-                }
-                for (x, d) in w.iter_mut().zip(delta.iter()) {
-                    *x += scale * d;
-                }
-                if let Some(j) = w.iter().position(|x| !x.is_finite()) {
-                    return Err(Error::tensor(
-                        &g.path,
-                        &t.name,
-                        format!(
-                            "merged value at row {i}, column {j} is {} (non-finite)",
-                            w[j]
-                        ),
-                    ));
-                }
+                add_delta(g, t, w, delta, p, i, scale)?;
                 q.clear();
                 quantize_row(out_type, w, q);
                 dst.copy_from_slice(q);
@@ -271,4 +256,39 @@ fn merge_tensor(
             },
         )?;
     Ok(out)
+}
+
+/// Add row `i` of `scale·B·A` to the dequantized base row `w` (`delta` is scratch of the row's
+/// length); a non-finite result is an error naming the tensor, row and column.
+pub(crate) fn add_delta(
+    g: &GgufFile,
+    t: &TensorInfo,
+    w: &mut [f32],
+    delta: &mut [f32],
+    p: &LoraPair,
+    i: usize,
+    scale: f32,
+) -> Result<()> {
+    let (r, cols) = (p.rank, p.in_dim);
+    // delta = B[i, :] · A, summed in f32 over the rank, then scaled once.
+    delta.fill(0.0);
+    for (k, &b) in p.b[i * r..(i + 1) * r].iter().enumerate() {
+        for (d, &a) in delta.iter_mut().zip(&p.a[k * cols..(k + 1) * cols]) {
+            *d += b * a;
+        }
+    }
+    for (x, d) in w.iter_mut().zip(delta.iter()) {
+        *x += scale * d;
+    }
+    match w.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(j) => Err(Error::tensor(
+            &g.path,
+            &t.name,
+            format!(
+                "merged value at row {i}, column {j} is {} (non-finite)",
+                w[j]
+            ),
+        )),
+    }
 }

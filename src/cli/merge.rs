@@ -6,6 +6,7 @@ use edge_sft::error::Error;
 use edge_sft::format::gguf::GgufFile;
 use edge_sft::format::gguf_adapter::{gguf_base_name, read_any_adapter};
 use edge_sft::merge::{merge_gguf, MergeOptions};
+use edge_sft::merge_hf::merge_to_hf;
 use edge_sft::model::load::gguf_config;
 use edge_sft::model::lora::{LoraSet, Target};
 use edge_sft::quant::GgmlType;
@@ -38,6 +39,15 @@ impl From<MergeDtype> for GgmlType {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    /// One GGUF file (llama.cpp, ollama, edge-sft).
+    Gguf,
+    /// A Hugging Face folder: config.json, model.safetensors (f32/f16/bf16), tokenizer.json,
+    /// tokenizer_config.json (transformers, edge-sft).
+    Hf,
+}
+
 #[derive(clap::Args)]
 #[command(
     long_about = "Fold a LoRA adapter into its base model and write one standalone GGUF file.\n\n\
@@ -49,7 +59,8 @@ runtime (llama.cpp, ollama, edge-sft itself) loads it as a plain model.",
     after_help = "Example:\n  \
 edge-sft tune --lora --model model.Q4_1.gguf --data train.jsonl --out runs/me\n  \
 edge-sft merge --model model.Q4_1.gguf --adapter runs/me --out model-me.Q4_1.gguf\n  \
-edge-sft eval --model model-me.Q4_1.gguf --data heldout.jsonl\n\n\
+edge-sft eval --model model-me.Q4_1.gguf --data heldout.jsonl\n  \
+edge-sft merge --model model.Q4_1.gguf --adapter runs/me --format hf --out model-me-hf/\n\n\
 Requantizing costs accuracy: the merged weights are rounded to the output type again. Rounding \
 to the base's own 4-bit grid (the default for a Q4_0/Q4_1 base) can undo most of a small \
 update, since W + delta rounds back to W: on SmolLM2-135M Q4_1 a 60-step adapter kept ~7% of \
@@ -65,11 +76,15 @@ pub struct Args {
     /// (adapter.gguf).
     #[arg(long)]
     pub adapter: PathBuf,
-    /// The merged model to write (.gguf).
+    /// The merged model to write: a .gguf file, or a folder with --format hf.
     #[arg(long)]
     pub out: PathBuf,
-    /// Type of the merged projections (default: each base tensor's own type). Tensors the
-    /// adapter does not touch are always copied unchanged.
+    /// Output format.
+    #[arg(long, value_enum, default_value = "gguf")]
+    pub format: FormatArg,
+    /// GGUF: type of the merged projections (default: each base tensor's own type; untouched
+    /// tensors are always copied unchanged). HF: type of every tensor, f32 (default), f16 or
+    /// bf16.
     #[arg(long, value_enum)]
     pub dtype: Option<MergeDtype>,
     /// Worker threads (default: physical cores).
@@ -112,6 +127,23 @@ pub fn run(a: Args) -> Result<()> {
     let opts = MergeOptions {
         dtype: a.dtype.map(GgmlType::from),
     };
+    if a.format == FormatArg::Hf {
+        let dtype = opts.dtype.unwrap_or(GgmlType::F32);
+        let mut p = Progress::new("tensor");
+        let report = merge_to_hf(&g, &cfg, &lora, &a.out, dtype, |done, total, _| {
+            p.update(done, total)
+        })?;
+        eprintln!(
+            "wrote {}/{{config.json,model.safetensors,tokenizer.json,tokenizer_config.json}} \
+             ({} tensors in {}, {} merged; {:.1} MB)",
+            a.out.display(),
+            report.tensors,
+            dtype.name(),
+            report.merged,
+            report.file_bytes as f64 / 1e6
+        );
+        return Ok(());
+    }
     if let Some(ty) = same_4bit_grid(&g, &lora, opts.dtype) {
         eprintln!(
             "note: requantizing into the base's own {} grid rounds a small LoRA update mostly \

@@ -4,6 +4,7 @@
 use edge_sft::data::Example;
 use edge_sft::eval::score_example;
 use edge_sft::format::gguf::GgufFile;
+use edge_sft::format::gguf_write::GgufWriter;
 use edge_sft::format::peft::target_dims;
 use edge_sft::loaded::LoadedModel;
 use edge_sft::merge::{merge_gguf, MergeOptions};
@@ -116,4 +117,21 @@ pub fn cli_err(args: &[&str]) -> String {
     let o = cli(args);
     assert!(!o.status.success(), "{args:?} should fail");
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A copy of the GGUF `src` without `output.weight`: the same model with tied embeddings (as
+/// SmolLM2 ships), written to `out`.
+pub fn tied_copy(src: &Path, out: &Path) -> PathBuf {
+    let g = GgufFile::open(src).unwrap();
+    assert!(g.tensor("output.weight").is_some());
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.set(k.clone(), v.clone());
+    }
+    for t in g.tensors.iter().filter(|t| t.name != "output.weight") {
+        w.add_tensor(t.name.clone(), &t.dims, t.dtype, g.tensor_bytes(t))
+            .unwrap();
+    }
+    w.write(out).unwrap();
+    out.to_path_buf()
 }
