@@ -36,6 +36,7 @@ enum Command {
     /// Convert a LoRA adapter between PEFT and GGUF (llama.cpp --lora, ollama ADAPTER).
     Export(cli::export::Args),
     /// Fold a LoRA adapter into its base model and write one standalone GGUF.
+    #[command(long_about = cli::merge::LONG_ABOUT)]
     Merge(cli::merge::Args),
 }
 

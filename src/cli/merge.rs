@@ -48,15 +48,18 @@ pub enum FormatArg {
     Hf,
 }
 
-#[derive(clap::Args)]
-#[command(
-    long_about = "Fold a LoRA adapter into its base model and write one standalone GGUF file.\n\n\
+/// The long `merge --help` text (set on the subcommand in main.rs, where clap reads it).
+pub const LONG_ABOUT: &str =
+    "Fold a LoRA adapter into its base model and write one standalone GGUF file.\n\n\
 For every projection the adapter touches, the base weight W is dequantized, the adapter's update \
 (α/r)·B·A is added in f32, and the result is quantized again (by default in the base tensor's own \
 type, e.g. Q4_1). Every other tensor, the tokenizer, the chat template and all other metadata are \
 copied unchanged; a tied output projection stays tied. The result needs no --adapter: any GGUF \
-runtime (llama.cpp, ollama, edge-sft itself) loads it as a plain model.",
-    after_help = "Example:\n  \
+runtime (llama.cpp, ollama, edge-sft itself) loads it as a plain model. With --format hf the \
+merged model is written instead as a Hugging Face folder (float tensors) for transformers.";
+
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  \
 edge-sft tune --lora --model model.Q4_1.gguf --data train.jsonl --out runs/me\n  \
 edge-sft merge --model model.Q4_1.gguf --adapter runs/me --out model-me.Q4_1.gguf\n  \
 edge-sft eval --model model-me.Q4_1.gguf --data heldout.jsonl\n  \
@@ -66,8 +69,7 @@ to the base's own 4-bit grid (the default for a Q4_0/Q4_1 base) can undo most of
 update, since W + delta rounds back to W: on SmolLM2-135M Q4_1 a 60-step adapter kept ~7% of \
 its update that way (see docs/merge.md). --dtype q8_0 (or f16, f32) keeps it at a larger file. \
 Always compare `eval --model BASE --adapter A` with `eval --model MERGED`. The file is written tensor by \
-tensor (memory stays about one tensor) to a temp file that is renamed into place when complete."
-)]
+tensor (memory stays about one tensor) to a temp file that is renamed into place when complete.")]
 pub struct Args {
     /// The base model, a .gguf file: the one the adapter was trained on.
     #[arg(long)]
