@@ -9,6 +9,8 @@ pub mod eval;
 pub mod format;
 pub mod infer;
 pub mod loaded;
+pub mod merge;
+pub mod merge_hf;
 pub mod model;
 pub mod quant;
 pub mod tokenize;

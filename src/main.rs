@@ -15,7 +15,8 @@ frozen, and trains LoRA adapters on your prompt→response data with the loss on
 only; it also scores data sets and generates, with or without an adapter.\n\n\
 Start with:\n  edge-sft inspect MODEL.gguf\n  edge-sft eval --model MODEL.gguf --data data.jsonl\n  \
 edge-sft tune --lora --model MODEL.gguf --data train.jsonl --eval-data heldout.jsonl --out runs/me\n  \
-edge-sft generate --model MODEL.gguf --adapter runs/me --prompt \"What is the capital of France?\""
+edge-sft generate --model MODEL.gguf --adapter runs/me --prompt \"What is the capital of France?\"\n  \
+edge-sft merge --model MODEL.gguf --adapter runs/me --out MODEL-me.gguf"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,6 +35,9 @@ enum Command {
     Tune(cli::tune::Args),
     /// Convert a LoRA adapter between PEFT and GGUF (llama.cpp --lora, ollama ADAPTER).
     Export(cli::export::Args),
+    /// Fold a LoRA adapter into its base model and write one standalone GGUF.
+    #[command(long_about = cli::merge::LONG_ABOUT)]
+    Merge(cli::merge::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => a.threads,
         Command::Tune(a) => a.threads,
         Command::Export(_) => None,
+        Command::Merge(a) => a.threads,
     };
     if let Err(e) = cli::init_threads(threads) {
         eprintln!("error: {e}");
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cli::generate::run(a),
         Command::Tune(a) => cli::tune::run(a),
         Command::Export(a) => cli::export::run(a),
+        Command::Merge(a) => cli::merge::run(a),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod inspect;
+pub mod merge;
 pub mod tune;
 
 use edge_sft::Result;

@@ -144,39 +144,20 @@ impl<'a> GgufWriter<'a> {
 
     /// Write the file to `w` (not atomic; see [`GgufWriter::write`]).
     pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
-        for (k, v) in &self.metadata {
-            if !uniform(v) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("metadata '{k}': GGUF arrays must hold one element type"),
-                ));
-            }
-        }
         let align = self.alignment() as u64;
-        let mut head = Vec::new();
-        head.extend_from_slice(&GGUF_MAGIC);
-        head.extend_from_slice(&3u32.to_le_bytes());
-        head.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        head.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
-        for (k, v) in &self.metadata {
-            put_str(&mut head, k);
-            head.extend_from_slice(&v.type_id().to_le_bytes());
-            put_value(&mut head, v);
-        }
-        // Data offsets are relative to the data section; each tensor starts aligned.
-        let mut offset = 0u64;
-        for t in &self.tensors {
-            put_str(&mut head, &t.name);
-            head.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-            for d in &t.dims {
-                head.extend_from_slice(&d.to_le_bytes());
-            }
-            head.extend_from_slice(&(t.dtype as u32).to_le_bytes());
-            head.extend_from_slice(&offset.to_le_bytes());
-            offset = (offset + t.data.len() as u64).div_ceil(align) * align;
-        }
-        pad(&mut head, align);
-        w.write_all(&head)?;
+        let table: Vec<(&str, &[u64], GgmlType, u64)> = self
+            .tensors
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_str(),
+                    t.dims.as_slice(),
+                    t.dtype,
+                    t.data.len() as u64,
+                )
+            })
+            .collect();
+        w.write_all(&encode_header(&self.metadata, &table, align)?)?;
         for t in &self.tensors {
             w.write_all(&t.data)?;
             let rem = (t.data.len() as u64) % align;
@@ -228,6 +209,49 @@ pub fn write_atomic(
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// The GGUF v3 header, metadata and tensor table, padded to `align`: everything before the data
+/// section. `tensors` are (name, ggml dims, type, data bytes); each tensor's data offset is the
+/// sum of the earlier sizes, each rounded up to `align`. Shared by [`GgufWriter`] and the
+/// streaming writer (format/gguf_stream.rs), so both lay files out identically.
+pub(crate) fn encode_header(
+    metadata: &[(String, Value)],
+    tensors: &[(&str, &[u64], GgmlType, u64)],
+    align: u64,
+) -> std::io::Result<Vec<u8>> {
+    for (k, v) in metadata {
+        if !uniform(v) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("metadata '{k}': GGUF arrays must hold one element type"),
+            ));
+        }
+    }
+    let mut head = Vec::new();
+    head.extend_from_slice(&GGUF_MAGIC);
+    head.extend_from_slice(&3u32.to_le_bytes());
+    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        put_str(&mut head, k);
+        head.extend_from_slice(&v.type_id().to_le_bytes());
+        put_value(&mut head, v);
+    }
+    // Data offsets are relative to the data section; each tensor starts aligned.
+    let mut offset = 0u64;
+    for (name, dims, dtype, size) in tensors {
+        put_str(&mut head, name);
+        head.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in *dims {
+            head.extend_from_slice(&d.to_le_bytes());
+        }
+        head.extend_from_slice(&(*dtype as u32).to_le_bytes());
+        head.extend_from_slice(&offset.to_le_bytes());
+        offset = (offset + size).div_ceil(align) * align;
+    }
+    pad(&mut head, align);
+    Ok(head)
 }
 
 fn pad(buf: &mut Vec<u8>, align: u64) {

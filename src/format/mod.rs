@@ -2,6 +2,7 @@
 
 pub mod gguf;
 pub mod gguf_adapter;
+pub mod gguf_stream;
 pub mod gguf_write;
 pub mod hf_dir;
 pub mod peft;

@@ -1,0 +1,294 @@
+//! Folding a LoRA adapter into its base model: for every adapted projection,
+//! `W' = W + scale·B·A` (scale = α/r, or α/√r for rsLoRA), written as a new GGUF file that any
+//! GGUF runtime loads without an adapter.
+//!
+//! The adapter must be in the base's row order, as [`crate::format::gguf_adapter::read_any_adapter`]
+//! returns it for a GGUF base (llama.cpp's RoPE-permuted q/k rows for Llama), so `B·A` adds to
+//! the stored rows directly.
+//!
+//! The output keeps every metadata key of the base (tokenizer, chat template, ...) and every
+//! tensor in the base's order. Tensors the adapter does not touch are copied byte for byte (a
+//! tied output projection stays tied: no `output.weight` appears). Touched tensors are
+//! dequantized, the delta is added in f32, and the result is quantized again with ggml's
+//! reference quantizers, in the base tensor's own type or in [`MergeOptions::dtype`].
+//!
+//! Memory: the header and tensor table are written first, then one tensor at a time, read with
+//! plain file reads (not through the memory map), so the peak is about one tensor in its stored
+//! and its output type plus the adapter, whatever the model's size.
+
+use crate::error::{Error, Result};
+use crate::format::gguf::{GgufFile, TensorInfo, Value};
+use crate::format::gguf_adapter::gguf_base_name;
+use crate::format::gguf_stream::{GgufStreamWriter, TensorSpec};
+use crate::model::lora::{LoraPair, LoraSet, Target};
+use crate::quant::dequant::quantize_row;
+use crate::quant::{dequantize_row, GgmlType};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// How to merge.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MergeOptions {
+    /// Type of the merged (adapted) tensors; `None` keeps each base tensor's own type.
+    /// Untouched tensors are always copied as they are.
+    pub dtype: Option<GgmlType>,
+}
+
+/// What a merge wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergeReport {
+    /// Tensors in the output (the same as in the base).
+    pub tensors: usize,
+    /// Tensors that received a LoRA delta.
+    pub merged: usize,
+    /// Size of the output file in bytes.
+    pub file_bytes: u64,
+}
+
+/// llama.cpp's `general.file_type` (`llama_ftype`) for a model mostly in `ty`.
+pub fn ftype_of(ty: GgmlType) -> u32 {
+    match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 7,
+        GgmlType::BF16 => 32,
+    }
+}
+
+/// One tensor the adapter changes.
+pub(crate) struct Touched<'a> {
+    pub pair: &'a LoraPair,
+    pub out_type: GgmlType,
+}
+
+/// Check the adapter against the base tensors and list what it touches, by base tensor name.
+/// Every error names the tensor: a pair for a tensor the base lacks, or of another shape (an
+/// adapter made for another model), or an output type the row length cannot be stored in.
+pub(crate) fn plan<'a>(
+    g: &GgufFile,
+    lora: &'a LoraSet,
+    opts: &MergeOptions,
+) -> Result<HashMap<String, Touched<'a>>> {
+    let mut touched = HashMap::new();
+    for (layer, slots) in lora.layers.iter().enumerate() {
+        for t in Target::ALL {
+            let Some(pair) = &slots[t.index()] else {
+                continue;
+            };
+            let name = gguf_base_name(layer, t);
+            let err = |msg: String| Error::tensor(&g.path, &name, msg);
+            let info = g.tensor(&name).ok_or_else(|| {
+                err("the adapter has a LoRA pair for this tensor, but the base model has no such tensor (adapter made for another model?)".into())
+            })?;
+            let (cols, rows) = matrix_dims(info)
+                .ok_or_else(|| err(format!("dims {:?}: not a matrix", info.dims)))?;
+            if (cols, rows) != (pair.in_dim, pair.out_dim) {
+                return Err(err(format!(
+                    "the base tensor is [out {rows}, in {cols}] but the adapter's pair is for \
+                     [out {}, in {}]: the adapter was made for another model",
+                    pair.out_dim, pair.in_dim
+                )));
+            }
+            if pair.a.len() != pair.rank * cols || pair.b.len() != rows * pair.rank {
+                return Err(err(format!(
+                    "adapter pair of rank {} has {} + {} values, expected {} + {}",
+                    pair.rank,
+                    pair.a.len(),
+                    pair.b.len(),
+                    pair.rank * cols,
+                    rows * pair.rank
+                )));
+            }
+            let out_type = opts.dtype.unwrap_or(info.dtype);
+            if out_type.row_bytes(cols).is_none() {
+                return Err(err(format!(
+                    "rows of {cols} values cannot be stored as {} (blocks of {}); choose \
+                     --dtype f32, f16 or bf16",
+                    out_type.name(),
+                    out_type.block_size()
+                )));
+            }
+            touched.insert(name, Touched { pair, out_type });
+        }
+    }
+    Ok(touched)
+}
+
+/// (cols, rows) of a 2-D tensor (trailing dims of 1 allowed).
+fn matrix_dims(t: &TensorInfo) -> Option<(usize, usize)> {
+    if t.dims.len() < 2 || t.dims[2..].iter().any(|&d| d != 1) {
+        return None;
+    }
+    Some((t.dims[0] as usize, t.dims[1] as usize))
+}
+
+/// Merge `lora` into the GGUF base `g` and write the result to `out` (atomically, streaming).
+/// `progress(done, total, name)` is called after each tensor.
+pub fn merge_gguf(
+    g: &GgufFile,
+    lora: &LoraSet,
+    out: &Path,
+    opts: &MergeOptions,
+    mut progress: impl FnMut(usize, usize, &str),
+) -> Result<MergeReport> {
+    if let (Ok(a), Ok(b)) = (out.canonicalize(), g.path.canonicalize()) {
+        if a == b {
+            return Err(Error::Usage(format!(
+                "{}: the output would overwrite the base model it is read from; choose another --out",
+                out.display()
+            )));
+        }
+    }
+    let touched = plan(g, lora, opts)?;
+    let mut metadata: Vec<(String, Value)> = g
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(ty) = opts.dtype {
+        if let Some(slot) = metadata.iter_mut().find(|(k, _)| k == "general.file_type") {
+            slot.1 = Value::U32(ftype_of(ty));
+        }
+    }
+    let specs: Vec<TensorSpec> = g
+        .tensors
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            dtype: touched.get(&t.name).map_or(t.dtype, |x| x.out_type),
+        })
+        .collect();
+    let mut w = GgufStreamWriter::create(out, &metadata, &specs)?;
+    let mut file = std::fs::File::open(&g.path).map_err(|e| Error::io(&g.path, e))?;
+    let n = g.tensors.len();
+    for (i, t) in g.tensors.iter().enumerate() {
+        match touched.get(&t.name) {
+            None => copy_tensor(&mut file, g, t, &mut w)?,
+            Some(x) => {
+                let src = read_at(&mut file, &g.path, t.offset as u64, t.size)?;
+                let bytes = merge_tensor(g, t, &src, x.pair, lora.scale, x.out_type)?;
+                drop(src);
+                w.write(&bytes)?;
+            }
+        }
+        progress(i + 1, n, &t.name);
+    }
+    w.finish()?;
+    let file_bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
+    Ok(MergeReport {
+        tensors: n,
+        merged: touched.len(),
+        file_bytes,
+    })
+}
+
+pub(crate) fn read_at(
+    file: &mut std::fs::File,
+    path: &Path,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut buf))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(buf)
+}
+
+/// Copy a tensor's bytes unchanged, a few MiB at a time.
+fn copy_tensor(
+    file: &mut std::fs::File,
+    g: &GgufFile,
+    t: &TensorInfo,
+    w: &mut GgufStreamWriter,
+) -> Result<()> {
+    const CHUNK: usize = 4 << 20;
+    let mut done = 0;
+    while done < t.size {
+        let len = CHUNK.min(t.size - done);
+        w.write(&read_at(file, &g.path, (t.offset + done) as u64, len)?)?;
+        done += len;
+    }
+    Ok(())
+}
+
+/// `src` (the base tensor's bytes) dequantized, plus `scale·B·A`, quantized as `out_type`.
+fn merge_tensor(
+    g: &GgufFile,
+    t: &TensorInfo,
+    src: &[u8],
+    p: &LoraPair,
+    scale: f32,
+    out_type: GgmlType,
+) -> Result<Vec<u8>> {
+    let (cols, rows) = (p.in_dim, p.out_dim);
+    // Checked when planning; a mismatch here would be a bug in the plan.
+    let in_row = t.dtype.row_bytes(cols).unwrap_or(0);
+    let out_row = out_type.row_bytes(cols).unwrap_or(0);
+    assert!(
+        in_row * rows == src.len() && out_row > 0,
+        "merge plan out of date"
+    );
+    let mut out = vec![0u8; out_row * rows];
+    out.par_chunks_mut(out_row)
+        .zip(src.par_chunks(in_row))
+        .enumerate()
+        .try_for_each_init(
+            || {
+                (
+                    vec![0f32; cols],
+                    vec![0f32; cols],
+                    Vec::with_capacity(out_row),
+                )
+            },
+            |(w, delta, q), (i, (dst, s))| {
+                dequantize_row(t.dtype, s, w);
+                add_delta(g, t, w, delta, p, i, scale)?;
+                q.clear();
+                quantize_row(out_type, w, q);
+                dst.copy_from_slice(q);
+                Ok(())
+            },
+        )?;
+    Ok(out)
+}
+
+/// Add row `i` of `scale·B·A` to the dequantized base row `w` (`delta` is scratch of the row's
+/// length); a non-finite result is an error naming the tensor, row and column.
+pub(crate) fn add_delta(
+    g: &GgufFile,
+    t: &TensorInfo,
+    w: &mut [f32],
+    delta: &mut [f32],
+    p: &LoraPair,
+    i: usize,
+    scale: f32,
+) -> Result<()> {
+    let (r, cols) = (p.rank, p.in_dim);
+    // delta = B[i, :] · A, summed in f32 over the rank, then scaled once.
+    delta.fill(0.0);
+    for (k, &b) in p.b[i * r..(i + 1) * r].iter().enumerate() {
+        for (d, &a) in delta.iter_mut().zip(&p.a[k * cols..(k + 1) * cols]) {
+            *d += b * a;
+        }
+    }
+    for (x, d) in w.iter_mut().zip(delta.iter()) {
+        *x += scale * d;
+    }
+    match w.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(j) => Err(Error::tensor(
+            &g.path,
+            &t.name,
+            format!(
+                "merged value at row {i}, column {j} is {} (non-finite)",
+                w[j]
+            ),
+        )),
+    }
+}
