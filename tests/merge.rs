@@ -70,7 +70,7 @@ fn every_dtype_is_the_quantized_f32_merge() {
         let path = d.join(format!("{}.gguf", want_ty.name()));
         merge_to(&base, &lora, &path, dtype);
         let m = GgufFile::open(&path).unwrap();
-        let want_ft = dtype.map_or(Some(7), |t| Some(edge_sft::merge::ftype_of(t)));
+        let want_ft = dtype.map_or(Some(7), edge_sft::merge::ftype_of);
         assert_eq!(m.get_u32("general.file_type"), want_ft);
         for layer in 0..cfg.n_layers {
             for t in Target::ALL {

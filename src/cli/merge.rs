@@ -53,7 +53,8 @@ pub const LONG_ABOUT: &str =
     "Fold a LoRA adapter into its base model and write one standalone GGUF file.\n\n\
 For every projection the adapter touches, the base weight W is dequantized, the adapter's update \
 (α/r)·B·A is added in f32, and the result is quantized again (by default in the base tensor's own \
-type, e.g. Q4_1). Every other tensor, the tokenizer, the chat template and all other metadata are \
+type when that is a float type or Q8_0, in Q8_0 when the base's is coarser: 4-bit grids round a \
+small update back to the base weights). Every other tensor, the tokenizer, the chat template and all other metadata are \
 copied unchanged; a tied output projection stays tied. The result needs no --adapter: any GGUF \
 runtime (llama.cpp, ollama, edge-sft itself) loads it as a plain model. With --format hf the \
 merged model is written instead as a Hugging Face folder (float tensors) for transformers.";
@@ -61,13 +62,14 @@ merged model is written instead as a Hugging Face folder (float tensors) for tra
 #[derive(clap::Args)]
 #[command(after_help = "Example:\n  \
 edge-sft tune --lora --model model.Q4_1.gguf --data train.jsonl --out runs/me\n  \
-edge-sft merge --model model.Q4_1.gguf --adapter runs/me --out model-me.Q4_1.gguf\n  \
-edge-sft eval --model model-me.Q4_1.gguf --data heldout.jsonl\n  \
+edge-sft merge --model model.Q4_1.gguf --adapter runs/me --out model-me.gguf\n  \
+edge-sft eval --model model-me.gguf --data heldout.jsonl\n  \
 edge-sft merge --model model.Q4_1.gguf --adapter runs/me --format hf --out model-me-hf/\n\n\
 Requantizing costs accuracy: the merged weights are rounded to the output type again. Rounding \
-to the base's own 4-bit grid (the default for a Q4_0/Q4_1 base) can undo most of a small \
-update, since W + delta rounds back to W: on SmolLM2-135M Q4_1 a 60-step adapter kept ~7% of \
-its update that way (see docs/merge.md). --dtype q8_0 (or f16, f32) keeps it at a larger file. \
+to the base's own 4-bit grid undoes most of a small update, since W + delta rounds back to W: on \
+SmolLM2-135M Q4_1 a 60-step adapter kept ~7% of its update that way (docs/merge.md). So merged \
+projections of a 4-bit, 5-bit or K-quant base are written as Q8_0 unless --dtype says otherwise \
+(the file grows by about half). \
 Always compare `eval --model BASE --adapter A` with `eval --model MERGED`. The file is written tensor by \
 tensor (memory stays about one tensor) to a temp file that is renamed into place when complete.")]
 pub struct Args {
@@ -84,8 +86,8 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "gguf")]
     pub format: FormatArg,
-    /// GGUF: type of the merged projections (default: each base tensor's own type; untouched
-    /// tensors are always copied unchanged). HF: type of every tensor, f32 (default), f16 or
+    /// GGUF: type of the merged projections (default: the base tensor's type if float or Q8_0,
+    /// else Q8_0; untouched tensors are always copied unchanged). HF: type of every tensor, f32 (default), f16 or
     /// bf16.
     #[arg(long, value_enum)]
     pub dtype: Option<MergeDtype>,
@@ -94,14 +96,14 @@ pub struct Args {
     pub threads: Option<usize>,
 }
 
-/// The 4-bit type of a touched base tensor that would be requantized into that same type.
+/// The 4-bit type of a touched base tensor that --dtype asks to requantize into that same type.
 fn same_4bit_grid(g: &GgufFile, lora: &LoraSet, dtype: Option<GgmlType>) -> Option<GgmlType> {
     lora.layers.iter().enumerate().find_map(|(layer, slots)| {
         Target::ALL.into_iter().find_map(|t| {
             slots[t.index()].as_ref()?;
             let ty = g.tensor(&gguf_base_name(layer, t))?.dtype;
             let four_bit = matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1);
-            (four_bit && dtype.is_none_or(|d| d == ty)).then_some(ty)
+            (four_bit && dtype == Some(ty)).then_some(ty)
         })
     })
 }
@@ -158,7 +160,9 @@ pub fn run(a: Args) -> Result<()> {
     let report = merge_gguf(&g, &lora, &a.out, &opts, |done, total, _| {
         p.update(done, total)
     })?;
-    let ty = opts.dtype.map_or("each base tensor's type", GgmlType::name);
+    let ty = opts
+        .dtype
+        .map_or("Q8_0 or the base tensor's float type", GgmlType::name);
     eprintln!(
         "wrote {} ({} tensors: {} merged into {ty}, {} copied; {:.1} MB)\n\
          use it with: edge-sft eval --model {} --data DATA.jsonl",
