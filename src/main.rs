@@ -34,6 +34,13 @@ enum Command {
     Tune(cli::tune::Args),
     /// Convert a LoRA adapter between PEFT and GGUF (llama.cpp --lora, ollama ADAPTER).
     Export(cli::export::Args),
+    /// Personalize on the device: watch an inbox of JSONL pairs, train when on charge and idle,
+    /// gate and publish adapters.
+    Daemon(cli::daemon::Args),
+    /// List the daemon's adapter versions or roll `current` back.
+    Adapters(cli::daemon::AdaptersArgs),
+    /// Show what the daemon is doing (over its socket, or from its state files).
+    Status(cli::daemon::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +51,8 @@ fn main() -> ExitCode {
         Command::Generate(a) => a.threads,
         Command::Tune(a) => a.threads,
         Command::Export(_) => None,
+        Command::Daemon(a) => a.thread_hint(),
+        Command::Adapters(_) | Command::Status(_) => None,
     };
     if let Err(e) = cli::init_threads(threads) {
         eprintln!("error: {e}");
@@ -57,6 +66,9 @@ fn main() -> ExitCode {
         Command::Generate(a) => cli::generate::run(a),
         Command::Tune(a) => cli::tune::run(a),
         Command::Export(a) => cli::export::run(a),
+        Command::Daemon(a) => cli::daemon::run(a),
+        Command::Adapters(a) => cli::daemon::adapters(a),
+        Command::Status(a) => cli::daemon::show_status(a),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
