@@ -102,3 +102,31 @@ fn check_all_skips_load_once_running_and_names_the_failure() {
     let outside = check_all(&t, false, 180);
     assert!(outside.iter().any(|(n, c)| *n == "window" && !c.ok));
 }
+
+#[test]
+fn the_example_config_parses_and_names_every_key_with_its_default() {
+    use edge_sft::daemon::config::Config;
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/edge-sft.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let c = Config::load(&p).unwrap();
+    let d = Config::default();
+    // Every key of the config (and of [triggers]) appears in the example...
+    let v = serde_json::to_value(&d).unwrap();
+    let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    keys.extend(v["triggers"].as_object().unwrap().keys().cloned());
+    for k in keys.iter().filter(|k| *k != "triggers") {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{k} = "))),
+            "examples/edge-sft.toml does not set `{k}`"
+        );
+    }
+    // ...with its default value (the paths aside, which resolve against the file's folder).
+    let mut a = serde_json::to_value(&c).unwrap();
+    let mut b = v;
+    for o in [&mut a, &mut b] {
+        for k in ["model", "inbox", "state", "general_set"] {
+            o.as_object_mut().unwrap().remove(k);
+        }
+    }
+    assert_eq!(a, b);
+}
