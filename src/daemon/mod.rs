@@ -30,6 +30,7 @@ use round::{Ctx, RoundEnd};
 use state::{private_dir, DaemonState};
 use status::{Shared, Status};
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +50,7 @@ fn lock_state(dir: &std::path::Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&p)
         .map_err(|e| Error::io(&p, e))?;
     match f.try_lock() {

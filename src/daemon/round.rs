@@ -204,7 +204,7 @@ pub fn run(ctx: &Ctx, st: &mut DaemonState, store: &[Stored]) -> Result<RoundEnd
             );
         }
         set_state(ctx, "training");
-        std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+        super::state::private_dir(&run_dir)?;
         let _lock = OutLock::acquire(&run_dir)?;
         let mut opts = TuneOptions {
             lr: ctx.cfg.lr,
