@@ -150,6 +150,39 @@ fn wait_exit(mut c: Child, secs: u64) -> String {
     }
 }
 
+/// Every socket the process holds is a Unix socket: none is in /proc/net/{tcp,tcp6,udp,udp6,raw}.
+fn assert_no_network_sockets(pid: u32) {
+    let mut sockets = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(t) = std::fs::read_link(e.path()) {
+            let t = t.to_string_lossy().to_string();
+            if let Some(ino) = t.strip_prefix("socket:[").and_then(|x| x.strip_suffix(']')) {
+                sockets.push(ino.to_string());
+            }
+        }
+    }
+    assert!(!sockets.is_empty(), "the status socket should be open");
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
+    for ino in &sockets {
+        for net in ["tcp", "tcp6", "udp", "udp6", "raw", "raw6"] {
+            let table = std::fs::read_to_string(format!("/proc/net/{net}")).unwrap_or_default();
+            let hit = table
+                .lines()
+                .skip(1)
+                .any(|l| l.split_whitespace().nth(9) == Some(ino.as_str()));
+            assert!(!hit, "socket {ino} of the daemon is a {net} socket");
+        }
+        assert!(
+            unix.lines()
+                .any(|l| l.split_whitespace().nth(6) == Some(ino.as_str())),
+            "socket {ino} is not a Unix socket"
+        );
+    }
+}
+
 #[test]
 fn a_round_is_promoted_published_and_reported_then_rolled_back() {
     let d = tmp("promote");
@@ -251,6 +284,7 @@ fn status_socket_answers_and_sigterm_mid_round_checkpoints_then_resumes() {
     });
     let s = status_json(&d);
     assert_eq!(s["pid"].as_u64().unwrap(), c.id() as u64);
+    assert_no_network_sockets(c.id());
     assert_eq!(s["stored"], 12);
     sigterm(&c);
     let err = wait_exit(c, 30);
