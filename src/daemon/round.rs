@@ -305,8 +305,11 @@ pub fn run(ctx: &Ctx, st: &mut DaemonState, store: &[Stored]) -> Result<RoundEnd
     finish(ctx, st, &p, d, steps, started.elapsed().as_secs_f64())
 }
 
+/// A rejected decision with no scores (`why` empty: to be filled in by the gate).
 fn failed(ctx: &Ctx, p: &Plan, bad: usize, why: &str) -> Decision {
-    log(&format!("round {}: {why}", p.round));
+    if !why.is_empty() {
+        log(&format!("round {}: {why}", p.round));
+    }
     Decision {
         round: p.round,
         unix_time: unix_now(),
