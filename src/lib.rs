@@ -3,6 +3,7 @@
 //! The CLI (`src/main.rs`, `src/cli/`) is a thin shell over this library.
 
 pub mod cpu;
+pub mod daemon;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -38,6 +38,13 @@ enum Command {
     /// Fold a LoRA adapter into its base model and write one standalone GGUF.
     #[command(long_about = cli::merge::LONG_ABOUT)]
     Merge(cli::merge::Args),
+    /// Personalize on the device: watch an inbox of JSONL pairs, train when on charge and idle,
+    /// gate and publish adapters.
+    Daemon(cli::daemon::Args),
+    /// List the daemon's adapter versions or roll `current` back.
+    Adapters(cli::daemon::AdaptersArgs),
+    /// Show what the daemon is doing (over its socket, or from its state files).
+    Status(cli::daemon::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +56,8 @@ fn main() -> ExitCode {
         Command::Tune(a) => a.threads,
         Command::Export(_) => None,
         Command::Merge(a) => a.threads,
+        Command::Daemon(a) => a.thread_hint(),
+        Command::Adapters(_) | Command::Status(_) => None,
     };
     if let Err(e) = cli::init_threads(threads) {
         eprintln!("error: {e}");
@@ -63,6 +72,9 @@ fn main() -> ExitCode {
         Command::Tune(a) => cli::tune::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Merge(a) => cli::merge::run(a),
+        Command::Daemon(a) => cli::daemon::run(a),
+        Command::Adapters(a) => cli::daemon::adapters(a),
+        Command::Status(a) => cli::daemon::show_status(a),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! One file per subcommand. Each parses its arguments with clap and calls the library.
 
 pub mod common;
+pub mod daemon;
 pub mod eval;
 pub mod export;
 pub mod generate;
