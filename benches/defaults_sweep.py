@@ -56,6 +56,8 @@ SETTINGS = {
     "b2-lr2e-3-e1": (2, 2e-3, 1),
     "default": None,
 }
+# Rows named "v1-default" in the results are `default` runs made with the first defaults (until
+# 2026-12-05 06:30): batch 1, lr 1e-3, one epoch, 5% held out, best step kept, no early stop.
 GRID = ["b1-lr2e-4-e2", "b1-lr1e-3-e1", "b1-lr5e-4-e2", "default"]
 
 

@@ -5,6 +5,7 @@
 
 use super::optim::AdamW;
 use super::params::{for_each_tensor, unflatten};
+use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::format::gguf_write::write_atomic;
 use crate::format::safetensors_write::{write_f32_safetensors, F32Tensor};
@@ -38,7 +39,7 @@ pub struct State {
     pub best_eval: Option<f64>,
     #[serde(default)]
     pub best_step: Option<usize>,
-    /// The step whose adapter `Keep::Best` keeps (see `trainer::within_noise`) and its NLL.
+    /// The step whose adapter `Keep::Best` keeps (see `heldout::within_noise`) and its NLL.
     #[serde(default)]
     pub kept_step: Option<usize>,
     #[serde(default)]
@@ -158,4 +159,20 @@ pub fn load_tensors(
     opt.v = v;
     opt.t = state.adam_t;
     Ok(())
+}
+
+/// A fingerprint of the training set (every id and mask bit of every example) so a resume on
+/// other data, another tokenizer or another template is refused.
+pub fn fingerprint(examples: &[Example]) -> String {
+    // FNV-1a over every id and mask bit: cheap and stable.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for ex in examples {
+        for (&id, &m) in ex.ids.iter().zip(&ex.mask) {
+            for b in id.to_le_bytes().into_iter().chain([m as u8, 0xff]) {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x100_0000_01b3);
+            }
+        }
+    }
+    format!("{h:016x}:{}", examples.len())
 }

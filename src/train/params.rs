@@ -109,3 +109,13 @@ pub fn unflatten(l: &mut LoraSet, flat: &[f32]) -> bool {
     });
     true
 }
+
+/// `dst ← src`, tensor by tensor (same layout), without reallocating.
+pub fn copy_params(dst: &mut LoraSet, src: &LoraSet) {
+    let mut from: Vec<&[f32]> = Vec::new();
+    for_each_tensor(src, |t| from.push(t));
+    let mut from = from.into_iter();
+    for_each_tensor_mut(dst, |t| {
+        t.copy_from_slice(from.next().expect("same layout"))
+    });
+}

@@ -3,10 +3,10 @@
 
 use super::arena::{size_table, Arena};
 use super::batch::Batch;
-use super::checkpoint::{self, State};
+use super::checkpoint::{self, fingerprint, State};
 use super::diverge::{all_finite, DivergenceWatch};
 use super::optim::{global_norm, lr_at, AdamW, Schedule};
-use super::params::{for_each_tensor, for_each_tensor_mut, init_lora, zeros_like};
+use super::params::{copy_params, for_each_tensor_mut, init_lora, zeros_like};
 use super::plan::{self, epoch_order, epoch_steps};
 use super::proj::Dropout;
 use super::step::forward_backward_in;
@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
+
+use super::heldout;
+pub use super::heldout::{made_progress, within_noise};
 
 /// Which adapter a run leaves in its output folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -229,47 +232,6 @@ pub struct TuneOutcome {
     /// spent in steps, evaluations and checkpoints.
     pub tokens: usize,
     pub seconds: f64,
-}
-
-/// Whether a held-out NLL is as good as the lowest one seen, up to the noise of a small
-/// held-out set: within 1% + 0.005 nats. `Keep::Best` keeps the latest step for which this
-/// holds, so an early step that scored a hair lower on a handful of records by chance does not
-/// win over the steps after it, which have seen more data (on 10 chat records, noise of that
-/// size picked step 114 of 190, and the test set scored worse than with the last step).
-pub fn within_noise(nll: f64, lowest: f64) -> bool {
-    nll <= lowest + 0.01 * lowest.abs() + 0.005
-}
-
-/// Whether a held-out NLL is progress over `reference` (the last scoring that was): lower by
-/// more than the noise margin of [`within_noise`]. Early stopping counts the scorings that
-/// are not. Comparing with the last progress, not with the previous scoring, lets a slow steady
-/// descent (each step inside the noise) still count once it adds up.
-pub fn made_progress(nll: f64, reference: f64) -> bool {
-    nll < reference - (0.01 * reference.abs() + 0.005)
-}
-
-/// `dst ← src`, tensor by tensor (same layout), without reallocating.
-fn copy_params(dst: &mut LoraSet, src: &LoraSet) {
-    let mut from: Vec<&[f32]> = Vec::new();
-    for_each_tensor(src, |t| from.push(t));
-    let mut from = from.into_iter();
-    for_each_tensor_mut(dst, |t| {
-        t.copy_from_slice(from.next().expect("same layout"))
-    });
-}
-
-fn fingerprint(examples: &[Example]) -> String {
-    // FNV-1a over every id and mask bit: cheap and stable.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for ex in examples {
-        for (&id, &m) in ex.ids.iter().zip(&ex.mask) {
-            for b in id.to_le_bytes().into_iter().chain([m as u8, 0xff]) {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x100_0000_01b3);
-            }
-        }
-    }
-    format!("{h:016x}:{}", examples.len())
 }
 
 fn mean_eval(model: &Model, data: &[Example], lora: Option<&LoraSet>) -> Result<EvalReport> {
@@ -545,35 +507,20 @@ pub fn tune(
         if let Some(ev) = eval {
             if state.step.is_multiple_of(eval_every) || last {
                 let r = mean_eval(model, ev, Some(&params))?;
-                match state.progress_eval {
-                    Some(p) if !made_progress(r.mean_nll, p) => state.stalled_evals += 1,
-                    _ => {
-                        state.progress_eval = Some(r.mean_nll);
-                        state.stalled_evals = 0;
-                    }
-                }
-                if opts.patience > 0 && state.stalled_evals >= opts.patience && !last {
+                eval_loss = Some(r.mean_nll);
+                hooks.on_eval(state.step, &r);
+                let seen = heldout::record(&mut state, r.mean_nll, opts.patience);
+                if seen.stop && !last {
                     stopped_early = true;
                     last = true;
                 }
-                eval_loss = Some(r.mean_nll);
-                hooks.on_eval(state.step, &r);
-                if state.best_eval.is_none_or(|b| r.mean_nll < b) {
-                    state.best_eval = Some(r.mean_nll);
-                    state.best_step = Some(state.step);
-                }
-                let lowest = state.best_eval.unwrap_or(r.mean_nll);
-                if within_noise(r.mean_nll, lowest) {
-                    state.kept_step = Some(state.step);
-                    state.kept_eval = Some(r.mean_nll);
-                    if keeps_best {
-                        match &mut best_params {
-                            Some((s, p)) => {
-                                *s = state.step;
-                                copy_params(p, &params);
-                            }
-                            None => best_params = Some((state.step, params.clone())),
+                if seen.keep && keeps_best {
+                    match &mut best_params {
+                        Some((s, p)) => {
+                            *s = state.step;
+                            copy_params(p, &params);
                         }
+                        None => best_params = Some((state.step, params.clone())),
                     }
                 }
                 if last {
