@@ -127,25 +127,36 @@ REASONING = """## How the defaults were chosen
   per step gives a few hundred updates to a few hundred pairs. With short records a step's cost
   is its tokens, so batch 4 was only about 15% faster per token, and batch 4 at lr 1e-3 for two
   epochs took longer than batch 1 for one epoch and was worse on two of three sets (50 records).
-- **lr 1e-3, one epoch.** At batch 1, lr 1e-3 for one epoch reached a lower test NLL than PEFT's
-  lr 2e-4 for two epochs on the extraction and instruction sets at 50 and 200 records, at half the time
-  (see the tables); lr 2e-3 was worse on two of three sets, lr 5e-4 for one epoch worse on all.
-  Two epochs at lr 5e-4 was sometimes better still, but costs twice the time, and the issue's
-  bar is at most 2x the fastest setting that reaches PEFT's quality (which is a one-epoch
-  setting everywhere): so one epoch.
+- **lr 1e-3.** At batch 1, lr 1e-3 reached a lower test NLL than PEFT's lr 2e-4 on the
+  extraction and instruction sets at every size tried; lr 2e-3 was worse on two of three sets at
+  200 records, lr 5e-4 for one epoch worse on all three at 50.
+- **Up to two epochs, with early stopping.** The first defaults (`v1-default` rows: one epoch,
+  otherwise the same) beat PEFT in half its steps at 50 and 200 records, but lost at 1,000
+  instruction records (0.414 vs 0.337): a larger, more varied set still has something to learn
+  in a second pass (two epochs at lr 1e-3 without a held-out split: 0.249). Two fixed epochs,
+  though, overfit open-ended chat (chatterbot 200: 2.675 against 2.570 for one epoch). So the
+  default plans two epochs and stops once the held-out NLL stops improving: 3 scorings in a row
+  (of the ~10 a run makes) that do not beat the last improvement by more than noise (1% + 0.005
+  nats), and it keeps the best step either way. With no flags it is at or below PEFT on every
+  set but chatterbot at 200 records (see the table above and the seed noise below).
+- **What it costs:** where one epoch is already enough (50 and 200 records), the default takes
+  about 1.6–2.5× the CPU time of the cheapest one-epoch setting that matches PEFT, because it
+  plans two epochs and pays for its held-out scorings, and small held-out sets rarely stall early
+  enough to stop it. That is above the issue's 2× bar on four of the small sets. The default's
+  rows were run at 07:00–08:30 while other jobs shared the 2 cores; the one-epoch rows at
+  03:30–04:30 with less load (CPU time moves less than wall time under load, but it moves).
+  Batch 2 at lr 2e-3 for one epoch was the cheapest setting at PEFT's quality on two of the 200-record
+  sets; a sweep of two-epoch batch-2 settings is the next thing to try for time.
 - **Warm-up 5%** of the steps (at most 100): 10 warm-up steps out of 19 was most of the old run.
 - **Held-out split 5% (at least 5 records), best step kept.** It costs the training set a few
-  records (about 0.02 nats on 50 chat pairs, inside the seed noise) and buys a base → tuned
-  held-out NLL at the end of every run and protection against a run that goes bad late. On a
-  handful of records the lowest held-out NLL is partly luck, so the kept step is the latest one
-  within 1% + 0.005 nats of the lowest (a pure argmin kept step 114 of 190 on 10 chat records,
-  and scored worse on the test set than the last step).
+  records and buys a base → tuned held-out NLL at the end of every run, the early stop, and
+  protection against a run that goes bad late. On a handful of records the lowest held-out NLL
+  is partly luck, so the kept step is the latest one within 1% + 0.005 nats of the lowest (a
+  pure argmin kept step 114 of 190 on 10 chat records, and scored worse on the test set than the
+  last step).
 - **Open-ended chat (chatterbot) is the hard case:** every setting lands within the seed noise
   of every other (about ±0.04 nats on 60 test pairs), so there the defaults match PEFT within
-  noise rather than beat it; on the structured sets they are far ahead.
-- **Not yet right at 1,000 records:** on the instruction set PEFT's two epochs reach 0.337 and
-  the defaults 0.414. Only the default was run at 1,000; the next sweep there must include
-  two-epoch settings."""
+  noise rather than beat it; on the structured sets they are far ahead."""
 
 
 def load_jsonl(path):
@@ -180,7 +191,34 @@ def report(results, peft_path, md_path):
              "test NLL = mean NLL per response token on the data set's 60-record test file (never"
              " trained on). `≤ PEFT` = no worse than PyTorch + PEFT with batch 1, 2 epochs, lr 2e-4"
              " on the same records. cpu s = user + sys seconds of the tune process (2 threads).", ""]
-    lines += [REASONING, ""]
+    lines += ["## The defaults against PEFT", "",
+              "`tune --model --data --out` and nothing else, against PyTorch + PEFT (batch 1, 2 epochs,"
+              " lr 2e-4) on the same records; fastest = the setting of this sweep with the least CPU"
+              " time whose test NLL is no worse than PEFT's (held-out split and scorings are part of"
+              " the default's time, not of the settings' rows).", "",
+              "| data | records | PEFT | default | ≤ PEFT | stopped at / planned | default cpu s | fastest at PEFT's quality | its cpu s | ratio |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for data in DATASETS:
+        for size in (50, 200, 1000):
+            p = peft_by.get((data, size))
+            d = latest.get((data, size, "default"))
+            if not (p and d):
+                continue
+            group = [r for (dd, ss, st), r in latest.items()
+                     if dd == data and ss == size and st != "default"]
+            ok_rows = [r for r in group if r["test_nll"] <= p["tuned_nll"]]
+            planned = re.search(r"→ (\d+) steps", d.get("plan") or "")
+            stop = f"{d['steps']} / {planned.group(1)}" if planned else str(d["steps"])
+            if ok_rows:
+                f = min(ok_rows, key=lambda r: r["cpu_s"])
+                fast = f"{f['setting']} ({f['test_nll']:.4f})"
+                fcpu, ratio = f"{f['cpu_s']:.0f}", f"{d['cpu_s'] / f['cpu_s']:.2f}×"
+            else:
+                fast, fcpu, ratio = "none", "–", "–"
+            ok = "yes" if d["test_nll"] <= p["tuned_nll"] else "**no**"
+            lines.append(f"| {data} | {size} | {p['tuned_nll']:.4f} | {d['test_nll']:.4f} | {ok} | {stop} "
+                         f"| {d['cpu_s']:.0f} | {fast} | {fcpu} | {ratio} |")
+    lines += ["", REASONING, ""]
     multi = {k: v for k, v in seeds.items() if len(v) > 1}
     if multi:
         lines += ["## Seed noise", "",

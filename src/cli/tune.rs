@@ -42,9 +42,10 @@ pub enum KeepArg {
 objective instead. Loss is normalised by the number of scored tokens in each optimizer step, \
 across its micro-batches, as PEFT/TRL do.\n\n\
 Defaults (chosen by a sweep on three data sets at 50, 200 and 1,000 records, \
-benches/results/defaults.md): --batch-size 1, --epochs 1, --lr 1e-3, cosine schedule with \
-5% warm-up, LoRA r=8 α=16 on all seven projections. A few percent of the records are held out \
-and scored 10 times a run; the adapter of the best-scoring step is kept. A run that diverges \
+benches/results/defaults.md): --batch-size 1, --lr 1e-3, cosine schedule with 5% warm-up, \
+up to --epochs 2, LoRA r=8 α=16 on all seven projections. A few percent of the records are held \
+out and scored 10 times a run; the adapter of the best-scoring step is kept, and the run stops \
+early once 3 scorings in a row (--patience) have not improved on it. A run that diverges \
 (non-finite or collapsing loss) stops with an error and writes nothing of the bad step.\n\n\
 Output folder: adapter_config.json + adapter_model.safetensors (PEFT), adapter.gguf (llama.cpp \
 --lora, ollama ADAPTER), metrics.jsonl, checkpoint/.\n\
