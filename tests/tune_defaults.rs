@@ -10,9 +10,7 @@ use edge_sft::format::peft::read_adapter;
 use edge_sft::loaded::LoadedModel;
 use edge_sft::model::lora::LoraSet;
 use edge_sft::train::params::for_each_tensor;
-use edge_sft::train::trainer::{
-    made_progress, tune, within_noise, Keep, TrainHooks, TuneOptions,
-};
+use edge_sft::train::trainer::{made_progress, tune, within_noise, Keep, TrainHooks, TuneOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

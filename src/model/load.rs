@@ -1,7 +1,7 @@
 //! Building a `Model` from a GGUF file or a Hugging Face folder: config from metadata, every
 //! tensor checked against the shape the config implies, weights kept in their stored blocks.
 
-use super::config::{Arch, ModelConfig, RopeStyle};
+use super::config::{Activation, Arch, BlockOptions, ModelConfig, RopeStyle};
 use super::weights::QMatrix;
 use super::{LayerWeights, Model, ModelFormat};
 use crate::error::{Error, Result};
@@ -58,6 +58,10 @@ struct LayerNames {
     gate: String,
     up: String,
     down: String,
+    q_norm: String,
+    k_norm: String,
+    attn_post_norm: String,
+    ffn_post_norm: String,
 }
 
 impl LayerNames {
@@ -76,6 +80,10 @@ impl LayerNames {
             gate: format!("{p}ffn_gate.weight"),
             up: format!("{p}ffn_up.weight"),
             down: format!("{p}ffn_down.weight"),
+            q_norm: format!("{p}attn_q_norm.weight"),
+            k_norm: format!("{p}attn_k_norm.weight"),
+            attn_post_norm: format!("{p}post_attention_norm.weight"),
+            ffn_post_norm: format!("{p}post_ffw_norm.weight"),
         }
     }
 
@@ -94,6 +102,21 @@ impl LayerNames {
             gate: format!("{p}mlp.gate_proj.weight"),
             up: format!("{p}mlp.up_proj.weight"),
             down: format!("{p}mlp.down_proj.weight"),
+            q_norm: format!("{p}self_attn.q_norm.weight"),
+            k_norm: format!("{p}self_attn.k_norm.weight"),
+            attn_post_norm: String::new(),
+            ffn_post_norm: format!("{p}post_feedforward_layernorm.weight"),
+        }
+    }
+
+    /// Gemma's HF names: its `post_attention_layernorm` is the attention-output norm and
+    /// `pre_feedforward_layernorm` the MLP input norm.
+    fn hf_gemma(i: usize) -> Self {
+        let p = format!("model.layers.{i}.");
+        LayerNames {
+            attn_post_norm: format!("{p}post_attention_layernorm.weight"),
+            ffn_norm: format!("{p}pre_feedforward_layernorm.weight"),
+            ..LayerNames::hf(i)
         }
     }
 }
@@ -136,7 +159,23 @@ impl TensorSource for HfDir {
     }
 }
 
-fn load_layer(src: &dyn TensorSource, cfg: &ModelConfig, n: &LayerNames) -> Result<LayerWeights> {
+/// Norm weights as the compute uses them (y = x̂ · w). Gemma's HF checkpoints store w − 1
+/// (y = x̂ · (1 + w)); llama.cpp's converter adds the 1 when it writes GGUF, so only HF
+/// folders need it here.
+fn norm_shift(cfg: &ModelConfig, hf: bool) -> f32 {
+    if hf && cfg.arch == Arch::Gemma3 {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+fn load_layer(
+    src: &dyn TensorSource,
+    cfg: &ModelConfig,
+    n: &LayerNames,
+    shift: f32,
+) -> Result<LayerWeights> {
     let p = src.path();
     let d = cfg.d_model;
     let m = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
@@ -149,6 +188,13 @@ fn load_layer(src: &dyn TensorSource, cfg: &ModelConfig, n: &LayerNames) -> Resu
         check_vector(p, name, &x, len)?;
         Ok(x)
     };
+    let norm = |name: &str, len: usize| -> Result<Vec<f32>> {
+        Ok(v(name, len)?.into_iter().map(|w| w + shift).collect())
+    };
+    let opt_norm = |on: bool, name: &str, len: usize| -> Result<Option<Vec<f32>>> {
+        on.then(|| norm(name, len)).transpose()
+    };
+    let b = &cfg.block;
     let bias = |name: &str, len: usize| -> Result<Option<Vec<f32>>> {
         if cfg.qkv_bias {
             Ok(Some(v(name, len)?))
@@ -163,7 +209,7 @@ fn load_layer(src: &dyn TensorSource, cfg: &ModelConfig, n: &LayerNames) -> Resu
         }
     };
     Ok(LayerWeights {
-        attn_norm: v(&n.attn_norm, d)?,
+        attn_norm: norm(&n.attn_norm, d)?,
         wq: m(&n.q, cfg.q_dim(), d)?,
         wk: m(&n.k, cfg.kv_dim(), d)?,
         wv: m(&n.v, cfg.kv_dim(), d)?,
@@ -171,10 +217,14 @@ fn load_layer(src: &dyn TensorSource, cfg: &ModelConfig, n: &LayerNames) -> Resu
         bq: bias(&n.q_bias, cfg.q_dim())?,
         bk: bias(&n.k_bias, cfg.kv_dim())?,
         bv: bias(&n.v_bias, cfg.kv_dim())?,
-        ffn_norm: v(&n.ffn_norm, d)?,
+        ffn_norm: norm(&n.ffn_norm, d)?,
         w_gate: m(&n.gate, cfg.ffn_dim, d)?,
         w_up: m(&n.up, cfg.ffn_dim, d)?,
         w_down: m(&n.down, d, cfg.ffn_dim)?,
+        q_norm: opt_norm(b.qk_norm, &n.q_norm, cfg.head_dim)?,
+        k_norm: opt_norm(b.qk_norm, &n.k_norm, cfg.head_dim)?,
+        attn_post_norm: opt_norm(b.post_norms, &n.attn_post_norm, d)?,
+        ffn_post_norm: opt_norm(b.post_norms, &n.ffn_post_norm, d)?,
     })
 }
 
@@ -188,6 +238,7 @@ fn assemble(
     format: ModelFormat,
 ) -> Result<Model> {
     let p = src.path();
+    let shift = norm_shift(&cfg, format == ModelFormat::HfSafetensors);
     let tok_embd = src.matrix(embd)?;
     check_matrix(p, &tok_embd, cfg.vocab_size, cfg.d_model)?;
     let out = if cfg.tied_embeddings {
@@ -197,10 +248,11 @@ fn assemble(
         check_matrix(p, &o, cfg.vocab_size, cfg.d_model)?;
         o
     };
-    let final_norm = src.vector(norm)?;
+    let mut final_norm = src.vector(norm)?;
     check_vector(p, norm, &final_norm, cfg.d_model)?;
+    final_norm.iter_mut().for_each(|w| *w += shift);
     let layers = (0..cfg.n_layers)
-        .map(|i| load_layer(src, &cfg, &names(i)))
+        .map(|i| load_layer(src, &cfg, &names(i), shift))
         .collect::<Result<Vec<_>>>()?;
     Ok(Model {
         config: cfg,
@@ -222,14 +274,37 @@ pub fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
     let arch = match arch_name {
         "llama" => Arch::Llama,
         "qwen2" => Arch::Qwen2,
+        "qwen3" => Arch::Qwen3,
+        "gemma3" => Arch::Gemma3,
         other => {
             return Err(Error::format(
                 p,
-                format!("unsupported architecture '{other}' (supported: llama, qwen2)"),
+                format!(
+                    "unsupported architecture '{other}' (supported: llama, qwen2, qwen3, gemma3)"
+                ),
             ))
         }
     };
     let key = |k: &str| format!("{arch_name}.{k}");
+    for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if g.get(&key(k)).is_some() {
+            return Err(Error::format(
+                p,
+                format!("metadata {} (logit soft-capping) is not supported", key(k)),
+            ));
+        }
+    }
+    if let Some(t) = g.get_str(&key("rope.scaling.type")) {
+        if t != "none" {
+            return Err(Error::format(
+                p,
+                format!(
+                    "RoPE scaling '{t}' ({}) is not supported",
+                    key("rope.scaling.type")
+                ),
+            ));
+        }
+    }
     let req = |k: &str| -> Result<usize> {
         g.get_usize(&key(k))
             .ok_or_else(|| Error::format(p, format!("missing metadata {}", key(k))))
@@ -265,7 +340,7 @@ pub fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
         // llama.cpp permutes Llama's Q/K rows for adjacent-pair RoPE; Qwen2 uses NEOX (halves).
         rope_style: match arch {
             Arch::Llama => RopeStyle::Interleaved,
-            Arch::Qwen2 => RopeStyle::Half,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => RopeStyle::Half,
         },
         rms_eps: g
             .get_f32(&key("attention.layer_norm_rms_epsilon"))
@@ -273,9 +348,54 @@ pub fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
         max_positions: g.get_usize(&key("context_length")).unwrap_or(2048),
         tied_embeddings: g.tensor("output.weight").is_none(),
         qkv_bias: arch == Arch::Qwen2,
+        block: BlockOptions::default(),
     };
+    let mut cfg = cfg;
+    match arch {
+        Arch::Qwen3 => cfg.block.qk_norm = true,
+        Arch::Gemma3 => {
+            // As llama.cpp reads a gemma3 GGUF: every 6th layer global, local layers at RoPE
+            // base 10,000 with the file's sliding window, scores scaled by 1/√head_dim (the
+            // 62-layer 27B by 1/√(d_model/heads)).
+            let window = g.get_usize(&key("attention.sliding_window")).unwrap_or(0);
+            let n_layers = cfg.n_layers;
+            let scale_dim = if n_layers == 62 {
+                d_model / n_heads
+            } else {
+                head_dim
+            };
+            cfg.block = gemma3_block(
+                d_model,
+                window,
+                BlockOptions::gemma_pattern(n_layers, 6),
+                10000.0,
+                scale_dim as f32,
+            );
+        }
+        Arch::Llama | Arch::Qwen2 => {}
+    }
     validate(p, &cfg)?;
     Ok(cfg)
+}
+
+/// Gemma 3's block options; `query_pre_attn_scalar` sets the score scale (its −½ power).
+fn gemma3_block(
+    d_model: usize,
+    window: usize,
+    sliding: Vec<bool>,
+    rope_theta_local: f32,
+    query_pre_attn_scalar: f32,
+) -> BlockOptions {
+    BlockOptions {
+        qk_norm: true,
+        post_norms: true,
+        activation: Activation::GeGluTanh,
+        embed_scale: Some((d_model as f64).sqrt() as f32),
+        attn_scale: Some((query_pre_attn_scalar as f64).powf(-0.5) as f32),
+        sliding_window: window,
+        sliding: if window > 0 { sliding } else { Vec::new() },
+        rope_theta_local,
+    }
 }
 
 fn validate(p: &Path, c: &ModelConfig) -> Result<()> {
@@ -317,13 +437,26 @@ pub fn hf_config(h: &HfDir) -> Result<ModelConfig> {
     let arch = match model_type {
         "llama" | "mistral" => Arch::Llama,
         "qwen2" => Arch::Qwen2,
+        "qwen3" => Arch::Qwen3,
+        "gemma3_text" => Arch::Gemma3,
         other => {
             return Err(Error::format(
                 &p,
-                format!("unsupported model_type '{other}' (supported: llama, mistral, qwen2)"),
+                format!(
+                    "unsupported model_type '{other}' \
+                     (supported: llama, mistral, qwen2, qwen3, gemma3_text)"
+                ),
             ))
         }
     };
+    for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if !c[k].is_null() {
+            return Err(Error::format(
+                &p,
+                format!("\"{k}\" (logit soft-capping) is not supported"),
+            ));
+        }
+    }
     let d_model = get("hidden_size")?;
     let n_heads = get("num_attention_heads")?;
     let n_kv_heads = c["num_key_value_heads"]
@@ -340,7 +473,19 @@ pub fn hf_config(h: &HfDir) -> Result<ModelConfig> {
         .as_u64()
         .map(|v| v as usize)
         .unwrap_or(d_model / n_heads);
-    let tied = c["tie_word_embeddings"].as_bool().unwrap_or(false) || !h.has("lm_head.weight");
+    let tied_default = arch == Arch::Gemma3;
+    let tied =
+        c["tie_word_embeddings"].as_bool().unwrap_or(tied_default) || !h.has("lm_head.weight");
+    // Gemma 3 keeps its two RoPE bases under rope_parameters.{full,sliding}_attention
+    // (older configs: rope_theta and rope_local_base_freq).
+    let rp = &c["rope_parameters"];
+    let theta_of = |kind: &str, legacy: &str, default: f64| -> f32 {
+        rp[kind]["rope_theta"]
+            .as_f64()
+            .or_else(|| c[legacy].as_f64())
+            .or_else(|| rp["rope_theta"].as_f64())
+            .unwrap_or(default) as f32
+    };
     let cfg = ModelConfig {
         arch,
         n_layers: get("num_hidden_layers")?,
@@ -359,7 +504,54 @@ pub fn hf_config(h: &HfDir) -> Result<ModelConfig> {
         max_positions: c["max_position_embeddings"].as_u64().unwrap_or(2048) as usize,
         tied_embeddings: tied,
         qkv_bias: arch == Arch::Qwen2,
+        block: BlockOptions::default(),
     };
+    let mut cfg = cfg;
+    for kind in ["full_attention", "sliding_attention"] {
+        let t = rp[kind]["rope_type"].as_str().unwrap_or("default");
+        if t != "default" {
+            return Err(Error::format(
+                &p,
+                format!("RoPE type '{t}' ({kind}) is not supported"),
+            ));
+        }
+    }
+    match arch {
+        Arch::Qwen3 => cfg.block.qk_norm = true,
+        Arch::Gemma3 => {
+            cfg.rope_theta = theta_of("full_attention", "rope_theta", 1_000_000.0);
+            let n = cfg.n_layers;
+            let sliding = match c["layer_types"].as_array() {
+                Some(a) if a.len() == n => a
+                    .iter()
+                    .map(|v| v.as_str() == Some("sliding_attention"))
+                    .collect(),
+                Some(_) => return Err(Error::format(&p, "\"layer_types\" must name every layer")),
+                None => BlockOptions::gemma_pattern(
+                    n,
+                    c["sliding_window_pattern"].as_u64().unwrap_or(6) as usize,
+                ),
+            };
+            cfg.block = gemma3_block(
+                d_model,
+                c["sliding_window"].as_u64().unwrap_or(0) as usize,
+                sliding,
+                theta_of("sliding_attention", "rope_local_base_freq", 10000.0),
+                c["query_pre_attn_scalar"].as_f64().unwrap_or(256.0) as f32,
+            );
+        }
+        Arch::Llama | Arch::Qwen2 => {}
+    }
+    if c["hidden_activation"]
+        .as_str()
+        .is_some_and(|a| a != "gelu_pytorch_tanh")
+        && arch == Arch::Gemma3
+    {
+        return Err(Error::format(
+            &p,
+            "only hidden_activation gelu_pytorch_tanh is supported for gemma3",
+        ));
+    }
     validate(&p, &cfg)?;
     Ok(cfg)
 }
@@ -367,10 +559,15 @@ pub fn hf_config(h: &HfDir) -> Result<ModelConfig> {
 pub fn load_hf(dir: &Path) -> Result<(Model, HfDir)> {
     let h = HfDir::open(dir)?;
     let cfg = hf_config(&h)?;
+    let names = if cfg.arch == Arch::Gemma3 {
+        LayerNames::hf_gemma
+    } else {
+        LayerNames::hf
+    };
     let model = assemble(
         &h,
         cfg,
-        LayerNames::hf,
+        names,
         "model.embed_tokens.weight",
         "model.norm.weight",
         "lm_head.weight",

@@ -57,6 +57,49 @@ impl Rope {
     }
 }
 
+/// cos/sin of one RoPE for a list of positions: [n, head_dim / 2] each.
+#[derive(Debug, Clone)]
+pub struct RopeTable {
+    pub rope: Rope,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    pub fn new(rope: Rope, positions: impl Iterator<Item = usize>) -> Self {
+        let half = rope.half_dim();
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for p in positions {
+            let at = cos.len();
+            cos.resize(at + half, 0.0);
+            sin.resize(at + half, 0.0);
+            rope.angles(p, &mut cos[at..], &mut sin[at..]);
+        }
+        RopeTable { rope, cos, sin }
+    }
+
+    /// Rotate row `i` (one position, any number of heads).
+    pub fn apply_row(&self, i: usize, row: &mut [f32], inverse: bool) {
+        let half = self.rope.half_dim();
+        let (c, s) = (&self.cos[i * half..][..half], &self.sin[i * half..][..half]);
+        self.rope.apply(row, c, s, inverse);
+    }
+
+    /// Rotate the first `t` rows of x [t, width], rows spread over the pool.
+    pub fn rotate(&self, x: &mut [f32], t: usize, width: usize, inverse: bool) {
+        use rayon::prelude::*;
+        let rows = (8192 / width.max(1)).max(1);
+        x[..t * width]
+            .par_chunks_mut(rows * width)
+            .enumerate()
+            .for_each(|(c, piece)| {
+                for (r, row) in piece.chunks_exact_mut(width).enumerate() {
+                    self.apply_row(c * rows + r, row, inverse);
+                }
+            });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
