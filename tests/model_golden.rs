@@ -196,3 +196,9 @@ fn tiny_qwen2_matches_transformers() {
 fn tiny_gemma3_matches_transformers() {
     run_arch_with("gemma3", 5);
 }
+
+/// Qwen3 (tests/reference/make_tiny_archs.py): q/k RMSNorm, no q/k/v bias, untied output.
+#[test]
+fn tiny_qwen3_matches_transformers() {
+    run_arch_with("qwen3", 5);
+}

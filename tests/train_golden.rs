@@ -306,3 +306,14 @@ fn adamw_wd_clip_schedule_trajectory_matches_pytorch_qwen2() {
 fn adamw_wd_clip_schedule_trajectory_matches_pytorch_gemma3() {
     trajectory("gemma3", "adamw_wd_clip_sched");
 }
+
+/// Qwen3: the backward through the q/k norm.
+#[test]
+fn one_step_gradients_match_pytorch_peft_qwen3() {
+    one_step("qwen3");
+}
+
+#[test]
+fn adamw_wd_clip_schedule_trajectory_matches_pytorch_qwen3() {
+    trajectory("qwen3", "adamw_wd_clip_sched");
+}

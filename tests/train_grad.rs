@@ -1,4 +1,4 @@
-//! Training backward checks on the tiny Llama/Qwen2 fixtures: whole-model finite differences of
+//! Training backward checks on the tiny Llama/Qwen2/Qwen3/Gemma 3 fixtures: whole-model finite differences of
 //! the LoRA gradients, packing invariance, and gradient checkpointing equivalence.
 //!
 //! On a reduced-precision kernel path (tests/common) the finite-difference tests are skipped:
@@ -100,6 +100,11 @@ fn lora_gradients_match_finite_differences_llama_q8_gguf() {
 #[test]
 fn lora_gradients_match_finite_differences_qwen2() {
     finite_differences("qwen2", "hf_f32");
+}
+
+#[test]
+fn lora_gradients_match_finite_differences_qwen3() {
+    finite_differences("qwen3", "hf_f32");
 }
 
 #[test]

@@ -56,7 +56,8 @@ ARCHS = {
 }
 QUANTS = {k: base.QUANTS[k] for k in ["q8_0", "q4_0"]}
 # What transformers needs to run a GGUF the way llama.cpp does (see the module docstring).
-GGUF_OVERRIDES = {"gemma3": {"query_pre_attn_scalar": HEAD_DIM}, "qwen3": {}}
+# (transformers reads no head_dim for a qwen3 GGUF and defaults to 128.)
+GGUF_OVERRIDES = {"gemma3": {"query_pre_attn_scalar": HEAD_DIM}, "qwen3": {"head_dim": HEAD_DIM}}
 
 
 def make_config(arch: str):

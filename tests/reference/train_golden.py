@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "golden" / "tiny"
 ARCHS = ["llama", "qwen2"]
 # How transformers must load each tiny GGUF to run it as llama.cpp does (make_tiny_archs.py).
-GGUF_OVERRIDES = {"gemma3": {"query_pre_attn_scalar": 16}}
+GGUF_OVERRIDES = {"gemma3": {"query_pre_attn_scalar": 16}, "qwen3": {"head_dim": 16}}
 
 torch.set_num_threads(2)
 torch.use_deterministic_algorithms(True)
