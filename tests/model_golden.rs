@@ -202,3 +202,10 @@ fn tiny_gemma3_matches_transformers() {
 fn tiny_qwen3_matches_transformers() {
     run_arch_with("qwen3", 5);
 }
+
+/// Llama 3.x RoPE scaling (rope_type llama3; GGUF rope_freqs.weight): frequencies kept,
+/// interpolated and divided by the factor (tests/reference/make_tiny_archs.py).
+#[test]
+fn tiny_llama3_rope_scaling_matches_transformers() {
+    run_arch_with("llama3", 5);
+}

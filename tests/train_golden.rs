@@ -317,3 +317,9 @@ fn one_step_gradients_match_pytorch_peft_qwen3() {
 fn adamw_wd_clip_schedule_trajectory_matches_pytorch_qwen3() {
     trajectory("qwen3", "adamw_wd_clip_sched");
 }
+
+/// Llama 3.x RoPE scaling in the training forward/backward.
+#[test]
+fn one_step_gradients_match_pytorch_peft_llama3() {
+    one_step("llama3");
+}

@@ -78,6 +78,10 @@ pub struct BlockOptions {
     pub sliding: Vec<bool>,
     /// RoPE base of the sliding-window layers.
     pub rope_theta_local: f32,
+    /// Llama 3.x RoPE scaling: the global layers' inverse frequencies are divided by these
+    /// ([head_dim / 2], GGUF `rope_freqs.weight`, or computed from config.json's
+    /// `rope_type: llama3`). Empty: none.
+    pub rope_freq_factors: Vec<f32>,
 }
 
 impl BlockOptions {

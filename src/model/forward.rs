@@ -48,14 +48,25 @@ impl Model {
     /// The RoPE of layer `li` (Gemma's local layers have their own base).
     pub fn rope_for(&self, li: usize) -> Rope {
         let c = &self.config;
-        Rope::new(c.head_dim, c.rope_theta_of(li), c.rope_style)
+        if c.is_sliding(li) {
+            Rope::new(c.head_dim, c.block.rope_theta_local, c.rope_style)
+        } else {
+            self.global_rope()
+        }
+    }
+
+    /// The global layers' RoPE, with Llama 3 frequency factors when the model has them.
+    fn global_rope(&self) -> Rope {
+        let c = &self.config;
+        let f = &c.block.rope_freq_factors;
+        Rope::with_factors(c.head_dim, c.rope_theta, c.rope_style, f)
     }
 
     /// RoPE tables for `positions`: index 0 for global layers, 1 for local ones (if any).
     pub fn rope_tables(&self, positions: &[usize]) -> Vec<RopeTable> {
         let c = &self.config;
         let mut out = vec![RopeTable::new(
-            Rope::new(c.head_dim, c.rope_theta, c.rope_style),
+            self.global_rope(),
             positions.iter().copied(),
         )];
         if (0..c.n_layers).any(|li| c.is_sliding(li)) {

@@ -351,6 +351,12 @@ pub fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
         block: BlockOptions::default(),
     };
     let mut cfg = cfg;
+    if g.tensor("rope_freqs.weight").is_some() {
+        // Llama 3.x RoPE scaling, as llama.cpp's converter stores it: one divisor per frequency.
+        let f = g.vector_f32("rope_freqs.weight")?;
+        check_vector(p, "rope_freqs.weight", &f, head_dim / 2)?;
+        cfg.block.rope_freq_factors = f;
+    }
     match arch {
         Arch::Qwen3 => cfg.block.qk_norm = true,
         Arch::Gemma3 => {
@@ -395,6 +401,7 @@ fn gemma3_block(
         sliding_window: window,
         sliding: if window > 0 { sliding } else { Vec::new() },
         rope_theta_local,
+        rope_freq_factors: Vec::new(),
     }
 }
 
@@ -507,6 +514,40 @@ pub fn hf_config(h: &HfDir) -> Result<ModelConfig> {
         block: BlockOptions::default(),
     };
     let mut cfg = cfg;
+    // Llama 3.x: rope_parameters (or the older rope_scaling) with rope_type llama3.
+    let scaling = if rp["rope_type"].is_string() {
+        rp
+    } else {
+        &c["rope_scaling"]
+    };
+    let scaling_type = scaling["rope_type"]
+        .as_str()
+        .or_else(|| scaling["type"].as_str())
+        .unwrap_or("default");
+    match scaling_type {
+        "default" => {}
+        "llama3" => {
+            let num = |k: &str| -> Result<f32> {
+                scaling[k].as_f64().map(|v| v as f32).ok_or_else(|| {
+                    Error::format(&p, format!("rope_type llama3 needs a number \"{k}\""))
+                })
+            };
+            cfg.block.rope_freq_factors = crate::model::rope::llama3_factors(
+                cfg.head_dim,
+                cfg.rope_theta,
+                num("factor")?,
+                num("low_freq_factor")?,
+                num("high_freq_factor")?,
+                num("original_max_position_embeddings")?,
+            );
+        }
+        other => {
+            return Err(Error::format(
+                &p,
+                format!("RoPE type '{other}' is not supported (supported: default, llama3)"),
+            ))
+        }
+    }
     for kind in ["full_attention", "sliding_attention"] {
         let t = rp[kind]["rope_type"].as_str().unwrap_or("default");
         if t != "default" {

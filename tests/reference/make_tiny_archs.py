@@ -27,6 +27,7 @@ architectures under test do not depend on it. Gemma 3 specifics, as llama.cpp wr
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -53,11 +54,19 @@ QPAS = 24  # Gemma 3 query_pre_attn_scalar of the HF folder
 ARCHS = {
     "gemma3": dict(layers=6, seed=3000, tied=True),
     "qwen3": dict(layers=2, seed=3001, tied=False),
+    # Llama 3.x RoPE scaling (rope_type llama3): with head_dim 16 and base 10,000 the
+    # wavelengths 6.3 .. 3e4 straddle original/high = 16 and original/low = 64, so frequencies
+    # are kept, interpolated and divided by `factor`.
+    "llama3": dict(layers=2, seed=3002, tied=False),
 }
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 QUANTS = {k: base.QUANTS[k] for k in ["q8_0", "q4_0"]}
 # What transformers needs to run a GGUF the way llama.cpp does (see the module docstring).
 # (transformers reads no head_dim for a qwen3 GGUF and defaults to 128.)
-GGUF_OVERRIDES = {"gemma3": {"query_pre_attn_scalar": HEAD_DIM}, "qwen3": {"head_dim": HEAD_DIM}}
+# (Nor does it read rope_freqs.weight: the llama3 scaling is passed in.)
+GGUF_OVERRIDES = {"gemma3": {"query_pre_attn_scalar": HEAD_DIM}, "qwen3": {"head_dim": HEAD_DIM},
+                  "llama3": {"head_dim": HEAD_DIM, "rope_parameters": dict(LLAMA3_ROPE)}}
 
 
 def make_config(arch: str):
@@ -77,6 +86,10 @@ def make_config(arch: str):
             attention_bias=False, **common)
         cfg.architectures = ["Gemma3ForCausalLM"]
         assert cfg.layer_types == ["sliding_attention"] * 5 + ["full_attention"], cfg.layer_types
+    elif arch == "llama3":
+        cfg = transformers.LlamaConfig(hidden_act="silu", attention_bias=False, mlp_bias=False,
+                                       rope_parameters=dict(LLAMA3_ROPE), **common)
+        cfg.architectures = ["LlamaForCausalLM"]
     else:
         cfg = transformers.Qwen3Config(
             hidden_act="silu", attention_bias=False, use_sliding_window=False,
@@ -144,7 +157,29 @@ HF_TO_GGUF_ARCH = {
                "pre_feedforward_layernorm.weight": "ffn_norm.weight",
                "post_feedforward_layernorm.weight": "post_ffw_norm.weight"},
     "qwen3": {"post_attention_layernorm.weight": "ffn_norm.weight"},
+    "llama3": {"post_attention_layernorm.weight": "ffn_norm.weight"},
 }
+
+
+def llama3_rope_freqs() -> np.ndarray:
+    """convert_hf_to_gguf.py LlamaModel.generate_extra_tensors: one divisor per frequency."""
+    r = LLAMA3_ROPE
+    base, dim = r["rope_theta"], HEAD_DIM
+    freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    low_wavelen = r["original_max_position_embeddings"] / r["low_freq_factor"]
+    high_wavelen = r["original_max_position_embeddings"] / r["high_freq_factor"]
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1)
+        elif wavelen > low_wavelen:
+            out.append(r["factor"])
+        else:
+            smooth = (r["original_max_position_embeddings"] / wavelen - r["low_freq_factor"]) / (
+                r["high_freq_factor"] - r["low_freq_factor"])
+            out.append(1 / ((1 - smooth) / r["factor"] + smooth))
+    return np.array(out, dtype=np.float32)
 
 
 def gguf_tensors(model, arch: str) -> list[tuple[str, np.ndarray]]:
@@ -153,12 +188,21 @@ def gguf_tensors(model, arch: str) -> list[tuple[str, np.ndarray]]:
     sd = {k: v.detach().to(torch.float32).numpy().copy() for k, v in model.state_dict().items()}
     shift = 1.0 if arch == "gemma3" else 0.0
     out = [("token_embd.weight", sd["model.embed_tokens.weight"])]
+    if arch == "llama3":
+        out.append(("rope_freqs.weight", llama3_rope_freqs()))
     names = {**HF_TO_GGUF, **HF_TO_GGUF_ARCH[arch]}
     for i in range(ARCHS[arch]["layers"]):
         for hk, gk in names.items():
-            w = sd[f"model.layers.{i}.{hk}"]
+            key = f"model.layers.{i}.{hk}"
+            if key not in sd:
+                continue
+            w = sd[key]
             if "norm" in hk:
                 w = w + shift
+            if arch == "llama3" and hk == "self_attn.q_proj.weight":
+                w = base.llama_permute(w, HEADS, HEADS)
+            elif arch == "llama3" and hk == "self_attn.k_proj.weight":
+                w = base.llama_permute(w, HEADS, KV_HEADS)
             out.append((f"blk.{i}.{gk}", w))
     out.append(("output_norm.weight", sd["model.norm.weight"] + shift))
     if not ARCHS[arch]["tied"]:
@@ -168,7 +212,7 @@ def gguf_tensors(model, arch: str) -> list[tuple[str, np.ndarray]]:
 
 def write_gguf(model, arch: str, path: Path, qname: str) -> None:
     qtype, ftype = QUANTS[qname]
-    w = gguf.GGUFWriter(str(path), arch)
+    w = gguf.GGUFWriter(str(path), "llama" if arch == "llama3" else arch)
     w.add_type("model")
     w.add_name(f"tiny-{arch}")
     w.add_block_count(ARCHS[arch]["layers"])
@@ -179,7 +223,9 @@ def write_gguf(model, arch: str, path: Path, qname: str) -> None:
     w.add_head_count_kv(KV_HEADS)
     w.add_key_length(HEAD_DIM)
     w.add_value_length(HEAD_DIM)
-    w.add_rope_freq_base(1000000.0)
+    w.add_rope_freq_base(LLAMA3_ROPE["rope_theta"] if arch == "llama3" else 1000000.0)
+    if arch == "llama3":
+        w.add_rope_dimension_count(HEAD_DIM)
     w.add_layer_norm_rms_eps(EPS)
     if arch == "gemma3":
         w.add_sliding_window(WINDOW)
@@ -235,6 +281,9 @@ def check_gguf_weights(model, loaded, qname: str) -> None:
     for key in sd:
         if "norm" in key:
             assert torch.allclose(sd[key], lsd[key], atol=1e-6), key
+    if "llama3" in str(type(loaded.config)).lower() or getattr(loaded.config, "rope_parameters", {}).get(
+            "rope_type") == "llama3":
+        assert loaded.config.rope_parameters["rope_type"] == "llama3"
 
 
 def build(arch: str) -> None:

@@ -40,7 +40,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "golden" / "tiny"
 ARCHS = ["llama", "qwen2"]
 # How transformers must load each tiny GGUF to run it as llama.cpp does (make_tiny_archs.py).
-GGUF_OVERRIDES = {"gemma3": {"query_pre_attn_scalar": 16}, "qwen3": {"head_dim": 16}}
+GGUF_OVERRIDES = {"gemma3": {"query_pre_attn_scalar": 16}, "qwen3": {"head_dim": 16},
+                  "llama3": {"head_dim": 16, "rope_parameters": {
+                      "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}}
 
 torch.set_num_threads(2)
 torch.use_deterministic_algorithms(True)
