@@ -4,6 +4,7 @@ pub mod config;
 pub mod forward;
 pub mod load;
 pub mod lora;
+pub mod read_config;
 pub mod rope;
 pub mod weights;
 
