@@ -408,7 +408,12 @@ fn merges_from_scores<'a>(
     scores: &[f32],
     vocab: &serde_json::Map<String, Json>,
 ) -> Vec<(&'a str, &'a str)> {
-    let id = |s: &str| vocab.get(s).and_then(Json::as_u64);
+    // A hash index of the vocabulary (the JSON map is ordered: slow for 262k-piece Gemma).
+    let index: std::collections::HashMap<&str, u64> = vocab
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.as_u64()?)))
+        .collect();
+    let id = |s: &str| index.get(s).copied();
     // dict(zip(tokens, scores)): first position of each piece, last score.
     let mut order: Vec<(&str, f32)> = Vec::with_capacity(tokens.len());
     let mut pos = std::collections::HashMap::with_capacity(tokens.len());
