@@ -96,11 +96,7 @@ fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     // For profiling the current code alone: ATTN_BENCH_NEW_ONLY=1 skips the old one.
     let run_old = std::env::var_os("ATTN_BENCH_NEW_ONLY").is_none();
-    let s = AttnShape {
-        n_heads: 9,
-        n_kv_heads: 3,
-        head_dim: 64,
-    };
+    let s = AttnShape::causal(9, 3, 64);
     let hd = s.head_dim;
     let cases: [(&str, usize, usize); 3] =
         [("seq256", 256, 1), ("seq1024", 1024, 1), ("4x256", 1024, 4)];

@@ -76,6 +76,16 @@ pub fn merge_to_hf(
             dtype.name().to_lowercase()
         )));
     }
+    if !matches!(cfg.arch, Arch::Llama | Arch::Qwen2) {
+        // Their Hugging Face configs carry more than edge-sft writes (q/k norms, Gemma's
+        // sliding-window pattern and scales); a half-right config.json would load and be wrong.
+        return Err(Error::Usage(format!(
+            "{}: --format hf writes Llama and Qwen2 models only, not {}; merge into a GGUF \
+             instead (without --format hf)",
+            g.path.display(),
+            cfg.arch.name()
+        )));
+    }
     let touched = plan(g, lora, &MergeOptions { dtype: Some(dtype) })?;
     let tok = TextTokenizer::from_gguf(g)?;
     let mut header = serde_json::Map::new();
@@ -216,6 +226,7 @@ fn config_json(g: &GgufFile, cfg: &ModelConfig, dtype: GgmlType) -> serde_json::
     let (arch, model_type) = match cfg.arch {
         Arch::Llama => ("LlamaForCausalLM", "llama"),
         Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+        other => unreachable!("merge_to_hf refuses {other:?} before writing"),
     };
     let id = |k: &str| g.get_u32(k);
     // f32 metadata as the shortest decimal that reads back as the same f32 (1e-5, not 9.99e-6).
@@ -249,6 +260,7 @@ fn config_json(g: &GgufFile, cfg: &ModelConfig, dtype: GgmlType) -> serde_json::
             c["mlp_bias"] = json!(false);
         }
         Arch::Qwen2 => c["use_sliding_window"] = json!(false),
+        _ => {}
     }
     c
 }

@@ -1,6 +1,6 @@
 //! The forward pass against transformers on tiny random Llama and Qwen2 models (committed
 //! fixtures in tests/golden/tiny, written by tests/reference/make_tiny_models.py): logits per
-//! position for HF folders in F32/BF16/F16 and GGUF files in Q8_0/Q4_0/Q4_1, with and without a
+//! position for HF folders in F32/BF16/F16 (Gemma 3, Qwen3: F32) and GGUF files in Q8_0/Q4_0/Q4_1, with and without a
 //! PEFT adapter, and per-record Σ log Pr(y|x) through the whole data pipeline.
 //! Tolerances come from the active kernel path (tests/common): f32 on the f32 paths, the
 //! documented bf16/f16 bounds on the reduced-precision ones.
@@ -153,6 +153,10 @@ fn check_variant(
 }
 
 fn run_arch(arch: &str) {
+    run_arch_with(arch, 6);
+}
+
+fn run_arch_with(arch: &str, min_variants: usize) {
     let g: Value = serde_json::from_str(
         &std::fs::read_to_string(root().join(arch).join("golden.json")).unwrap(),
     )
@@ -165,8 +169,8 @@ fn run_arch(arch: &str) {
         .collect();
     let variants = g["variants"].as_object().unwrap();
     assert!(
-        variants.len() >= 6,
-        "expected F32/BF16/F16 folders and Q8_0/Q4_0/Q4_1 GGUF variants"
+        variants.len() >= min_variants,
+        "{arch}: expected at least {min_variants} variants"
     );
     let mut worst = common::Worst::default();
     for (name, v) in variants {
@@ -183,4 +187,25 @@ fn tiny_llama_matches_transformers() {
 #[test]
 fn tiny_qwen2_matches_transformers() {
     run_arch("qwen2");
+}
+
+/// Gemma 3 (tests/reference/make_tiny_archs.py): 6 layers, sliding window 5 on layers 0-4,
+/// q/k norm, sandwich norms, GeGLU, scaled embeddings, query_pre_attn_scalar ≠ head_dim in
+/// the HF folder. F32 folder, Q8_0/Q4_0 GGUF, with and without an adapter.
+#[test]
+fn tiny_gemma3_matches_transformers() {
+    run_arch_with("gemma3", 5);
+}
+
+/// Qwen3 (tests/reference/make_tiny_archs.py): q/k RMSNorm, no q/k/v bias, untied output.
+#[test]
+fn tiny_qwen3_matches_transformers() {
+    run_arch_with("qwen3", 5);
+}
+
+/// Llama 3.x RoPE scaling (rope_type llama3; GGUF rope_freqs.weight): frequencies kept,
+/// interpolated and divided by the factor (tests/reference/make_tiny_archs.py).
+#[test]
+fn tiny_llama3_rope_scaling_matches_transformers() {
+    run_arch_with("llama3", 5);
 }

@@ -1,5 +1,5 @@
 //! LoRA training against PyTorch + PEFT (tests/reference/train_golden.py): the one-step loss
-//! and every LoRA gradient on the tiny Llama and Qwen2 models (F32 folder and Q8_0 GGUF base,
+//! and every LoRA gradient on the tiny Llama, Qwen2 and Gemma 3 models (F32 folder and Q8_0 GGUF base,
 //! response-masked and joint objectives), and 20-step AdamW trajectories run through the real
 //! trainer (`tune`), one of them with weight decay, clipping and a warmup + cosine schedule.
 //!
@@ -160,6 +160,13 @@ fn one_step_gradients_match_pytorch_peft_qwen2() {
     one_step("qwen2");
 }
 
+/// Gemma 3: the backward through q/k norm, the sandwich norms, GeGLU, the sliding window
+/// and the scaled embeddings (tests/reference/make_tiny_archs.py).
+#[test]
+fn one_step_gradients_match_pytorch_peft_gemma3() {
+    one_step("gemma3");
+}
+
 fn trajectory(arch: &str, name: &str) {
     let g = golden(arch);
     let want = &g["trajectories"][name];
@@ -293,4 +300,26 @@ fn adamw_wd_clip_schedule_trajectory_matches_pytorch_llama() {
 #[test]
 fn adamw_wd_clip_schedule_trajectory_matches_pytorch_qwen2() {
     trajectory("qwen2", "adamw_wd_clip_sched");
+}
+
+#[test]
+fn adamw_wd_clip_schedule_trajectory_matches_pytorch_gemma3() {
+    trajectory("gemma3", "adamw_wd_clip_sched");
+}
+
+/// Qwen3: the backward through the q/k norm.
+#[test]
+fn one_step_gradients_match_pytorch_peft_qwen3() {
+    one_step("qwen3");
+}
+
+#[test]
+fn adamw_wd_clip_schedule_trajectory_matches_pytorch_qwen3() {
+    trajectory("qwen3", "adamw_wd_clip_sched");
+}
+
+/// Llama 3.x RoPE scaling in the training forward/backward.
+#[test]
+fn one_step_gradients_match_pytorch_peft_llama3() {
+    one_step("llama3");
 }

@@ -1,4 +1,4 @@
-//! Training backward checks on the tiny Llama/Qwen2 fixtures: whole-model finite differences of
+//! Training backward checks on the tiny Llama/Qwen2/Qwen3/Gemma 3 fixtures: whole-model finite differences of
 //! the LoRA gradients, packing invariance, and gradient checkpointing equivalence.
 //!
 //! On a reduced-precision kernel path (tests/common) the finite-difference tests are skipped:
@@ -103,8 +103,28 @@ fn lora_gradients_match_finite_differences_qwen2() {
 }
 
 #[test]
+fn lora_gradients_match_finite_differences_qwen3() {
+    finite_differences("qwen3", "hf_f32");
+}
+
+#[test]
+fn lora_gradients_match_finite_differences_gemma3() {
+    finite_differences("gemma3", "hf_f32");
+}
+
+#[test]
 fn packing_and_checkpointing_do_not_change_losses_or_gradients() {
-    let (lm, exs, lora) = setup("llama", "hf_f32");
+    packing_and_checkpointing("llama");
+}
+
+/// Gemma 3's sliding window must stay inside each packed record.
+#[test]
+fn packing_and_checkpointing_do_not_change_losses_or_gradients_gemma3() {
+    packing_and_checkpointing("gemma3");
+}
+
+fn packing_and_checkpointing(arch: &str) {
+    let (lm, exs, lora) = setup(arch, "hf_f32");
     let packed = Batch::from_examples(exs.iter());
     let mut g_packed = zeros_like(&lora);
     let o = forward_backward(&lm.model, &lora, &packed, &mut g_packed, 1.0, false, None).unwrap();

@@ -16,6 +16,31 @@ pub enum TemplateArg {
     Model,
     /// No template: prompt and response tokenized apart and their ids concatenated, then EOS.
     Raw,
+    /// The built-in Gemma turn format (`<start_of_turn>user ... <end_of_turn>`, BOS first),
+    /// as the instruction-tuned Gemma 3 template renders it: for Gemma base models, which
+    /// ship no template.
+    Gemma,
+}
+
+impl TemplateArg {
+    /// Apply the choice to a loaded model (`gemma` replaces its chat template) and say on
+    /// stderr when a built-in format stands in for a missing template.
+    pub fn apply(self, lm: &mut edge_sft::loaded::LoadedModel) {
+        use edge_sft::tokenize::chat::ChatTemplate;
+        if let TemplateArg::Gemma = self {
+            let t = &lm.tokenizer;
+            lm.chat = ChatTemplate::gemma(t.bos_token.as_deref(), t.eos_token.as_deref());
+            return;
+        }
+        if let (TemplateArg::Model, Some(name)) = (self, lm.chat.fallback_name()) {
+            eprintln!(
+                "note: {} has no chat template (tokenizer.chat_template); using the built-in \
+                 {name} turn format (--template {} to say so, --template raw for none)",
+                lm.model.path.display(),
+                name.to_lowercase()
+            );
+        }
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -44,6 +69,7 @@ impl DataArgs {
             template: match self.template {
                 TemplateArg::Model => TemplateMode::Model,
                 TemplateArg::Raw => TemplateMode::Raw,
+                TemplateArg::Gemma => TemplateMode::Model,
             },
             max_seq: self.max_seq,
             skip_bad: self.skip_bad,

@@ -64,7 +64,8 @@ fn report_json(r: &EvalReport) -> serde_json::Value {
 
 pub fn run(a: Args) -> Result<()> {
     super::init_threads(a.threads)?;
-    let lm = LoadedModel::open(&a.model)?;
+    let mut lm = LoadedModel::open(&a.model)?;
+    a.data_args.template.apply(&mut lm);
     let lora = a
         .adapter
         .as_deref()

@@ -54,7 +54,10 @@ pub fn run(a: Args) -> Result<()> {
         return Err(Error::Usage("--temperature must be ≥ 0".into()));
     }
     super::init_threads(a.threads)?;
-    let lm = LoadedModel::open(&a.model)?;
+    let mut lm = LoadedModel::open(&a.model)?;
+    if !a.raw {
+        a.template.apply(&mut lm);
+    }
     let lora = a
         .adapter
         .as_deref()

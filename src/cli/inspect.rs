@@ -136,6 +136,13 @@ pub fn run(a: Args) -> Result<()> {
     println!("vocab         {}", c.vocab_size);
     println!("context       {}", c.max_positions);
     println!("rope theta    {}", c.rope_theta);
+    let local = (0..c.n_layers).filter(|&l| c.is_sliding(l)).count();
+    if local > 0 {
+        println!(
+            "local layers  {local} of {}: sliding window {}, rope theta {}",
+            c.n_layers, c.block.sliding_window, c.block.rope_theta_local
+        );
+    }
     println!(
         "embeddings    {}",
         if c.tied_embeddings { "tied" } else { "untied" }
@@ -147,14 +154,13 @@ pub fn run(a: Args) -> Result<()> {
         lm.tokenizer.kind,
         lm.tokenizer.vocab_size()
     );
-    println!(
-        "chat template {}",
-        if lm.chat.is_fallback {
-            "none (ChatML fallback)"
-        } else {
-            "yes"
-        }
-    );
+    match lm.chat.fallback_name() {
+        Some(name) => println!(
+            "chat template none (built-in {name} turn format; --template {})",
+            name.to_lowercase()
+        ),
+        None => println!("chat template yes"),
+    }
     println!("file size     {:.1} MB", lm.file_size as f64 / 1e6);
     println!("cpu kernels   {isa}");
     Ok(())

@@ -289,7 +289,8 @@ pub fn run(a: Args) -> Result<()> {
         let _ = std::fs::remove_file(out.join("metrics.jsonl"));
     }
     let threads = super::init_threads(a.threads)?;
-    let lm = LoadedModel::open(&a.model)?;
+    let mut lm = LoadedModel::open(&a.model)?;
+    a.data_args.template.apply(&mut lm);
     let mut train = load(&a.data, &lm, &a.data_args)?;
     let eval = match &a.eval_data {
         Some(p) => Some(load(p, &lm, &a.data_args)?),

@@ -1,8 +1,9 @@
 //! Inference forward pass over one sequence with a KV cache (eval, generate). Training uses its
 //! own forward that keeps activations; both share the kernels in `crate::cpu`.
 
+use super::config::Activation;
 use super::lora::{LoraSet, Target};
-use super::rope::Rope;
+use super::rope::{Rope, RopeTable};
 use super::weights::QMatrix;
 use super::Model;
 use crate::cpu;
@@ -44,9 +45,40 @@ fn project(
 }
 
 impl Model {
-    pub fn rope(&self) -> Rope {
+    /// The RoPE of layer `li` (Gemma's local layers have their own base).
+    pub fn rope_for(&self, li: usize) -> Rope {
         let c = &self.config;
-        Rope::new(c.head_dim, c.rope_theta, c.rope_style)
+        if c.is_sliding(li) {
+            Rope::new(c.head_dim, c.block.rope_theta_local, c.rope_style)
+        } else {
+            self.global_rope()
+        }
+    }
+
+    /// The global layers' RoPE, with Llama 3 frequency factors when the model has them.
+    fn global_rope(&self) -> Rope {
+        let c = &self.config;
+        let f = &c.block.rope_freq_factors;
+        Rope::with_factors(c.head_dim, c.rope_theta, c.rope_style, f)
+    }
+
+    /// RoPE tables for `positions`: index 0 for global layers, 1 for local ones (if any).
+    pub fn rope_tables(&self, positions: &[usize]) -> Vec<RopeTable> {
+        let c = &self.config;
+        let mut out = vec![RopeTable::new(
+            self.global_rope(),
+            positions.iter().copied(),
+        )];
+        if (0..c.n_layers).any(|li| c.is_sliding(li)) {
+            let local = Rope::new(c.head_dim, c.block.rope_theta_local, c.rope_style);
+            out.push(RopeTable::new(local, positions.iter().copied()));
+        }
+        out
+    }
+
+    /// Which of `rope_tables` layer `li` uses.
+    pub fn rope_index(&self, li: usize) -> usize {
+        usize::from(self.config.is_sliding(li))
     }
 
     /// Embedding rows for `tokens`: [n, d_model].
@@ -71,8 +103,11 @@ impl Model {
                     self.config.vocab_size
                 )));
             }
-            self.tok_embd
-                .dequantize_row(t as usize, &mut x[i * d..(i + 1) * d]);
+            let row = &mut x[i * d..(i + 1) * d];
+            self.tok_embd.dequantize_row(t as usize, row);
+            if let Some(s) = self.config.block.embed_scale {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
         }
         Ok(())
     }
@@ -88,36 +123,29 @@ impl Model {
         let c = &self.config;
         let (n, d) = (tokens.len(), c.d_model);
         let (qd, kvd, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
-        let rope = self.rope();
         let start = cache.len;
         let mut x = self.embed(tokens)?; // [n, d]
         let mut h = vec![0.0f32; n * d]; // [n, d]
-
-        // Angles for the new positions: [n, hd/2] each.
-        let half = rope.half_dim();
-        let mut cos = vec![0.0f32; n * half];
-        let mut sin = vec![0.0f32; n * half];
-        for i in 0..n {
-            rope.angles(
-                start + i,
-                &mut cos[i * half..(i + 1) * half],
-                &mut sin[i * half..(i + 1) * half],
-            );
-        }
+        let positions: Vec<usize> = (start..start + n).collect();
+        let ropes = self.rope_tables(&positions);
 
         for (li, l) in self.layers.iter().enumerate() {
             let lo = |t| lora.map(|s| (s, li, t));
+            let rope = &ropes[self.rope_index(li)];
             cpu::rmsnorm(&x, &l.attn_norm, c.rms_eps, d, &mut h);
             let mut q = project(&h, n, &l.wq, l.bq.as_deref(), lo(Target::Q)); // [n, qd]
             let mut k = project(&h, n, &l.wk, l.bk.as_deref(), lo(Target::K)); // [n, kvd]
             let v = project(&h, n, &l.wv, l.bv.as_deref(), lo(Target::V)); // [n, kvd]
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                // Per head: rows of head_dim.
+                let q_in = q.clone();
+                cpu::rmsnorm(&q_in, qn, c.rms_eps, hd, &mut q);
+                let k_in = k.clone();
+                cpu::rmsnorm(&k_in, kn, c.rms_eps, hd, &mut k);
+            }
             for i in 0..n {
-                let (cs, sn) = (
-                    &cos[i * half..(i + 1) * half],
-                    &sin[i * half..(i + 1) * half],
-                );
-                rope.apply(&mut q[i * qd..(i + 1) * qd], cs, sn, false);
-                rope.apply(&mut k[i * kvd..(i + 1) * kvd], cs, sn, false);
+                rope.apply_row(i, &mut q[i * qd..(i + 1) * qd], false);
+                rope.apply_row(i, &mut k[i * kvd..(i + 1) * kvd], false);
             }
             cache.k[li].extend_from_slice(&k);
             cache.v[li].extend_from_slice(&v);
@@ -125,6 +153,7 @@ impl Model {
 
             let mut att = vec![0.0f32; n * qd]; // [n, qd]
             let group = c.n_heads / c.n_kv_heads;
+            let sw = (c.attn_scale(), c.window(li));
             let heads: Vec<Vec<f32>> = (0..c.n_heads)
                 .into_par_iter()
                 .map(|head| {
@@ -132,7 +161,7 @@ impl Model {
                     let qh = gather(&q, qd, 0, n, head * hd, hd); // [n, hd]
                     let kh = gather(kc, kvd, 0, start + n, g * hd, hd); // [L, hd]
                     let vh = gather(vc, kvd, 0, start + n, g * hd, hd); // [L, hd]
-                    attend_head(&qh, &kh, &vh, n, hd).0
+                    attend_head(&qh, &kh, &vh, n, hd, sw).0
                 })
                 .collect();
             for (head, oh) in heads.iter().enumerate() {
@@ -141,7 +170,11 @@ impl Model {
                         .copy_from_slice(&oh[i * hd..(i + 1) * hd]);
                 }
             }
-            let o = project(&att, n, &l.wo, None, lo(Target::O)); // [n, d]
+            let mut o = project(&att, n, &l.wo, None, lo(Target::O)); // [n, d]
+            if let Some(pn) = &l.attn_post_norm {
+                let o_in = o.clone();
+                cpu::rmsnorm(&o_in, pn, c.rms_eps, d, &mut o);
+            }
             for (xv, ov) in x.iter_mut().zip(&o) {
                 *xv += ov;
             }
@@ -150,8 +183,15 @@ impl Model {
             let gate = project(&h, n, &l.w_gate, None, lo(Target::Gate)); // [n, ffn]
             let up = project(&h, n, &l.w_up, None, lo(Target::Up)); // [n, ffn]
             let mut act = vec![0.0f32; gate.len()];
-            cpu::silu_mul(&gate, &up, &mut act);
-            let down = project(&act, n, &l.w_down, None, lo(Target::Down)); // [n, d]
+            match c.block.activation {
+                Activation::SwiGlu => cpu::silu_mul(&gate, &up, &mut act),
+                Activation::GeGluTanh => crate::train::geglu::gelu_mul(&gate, &up, &mut act),
+            }
+            let mut down = project(&act, n, &l.w_down, None, lo(Target::Down)); // [n, d]
+            if let Some(pn) = &l.ffn_post_norm {
+                let dn = down.clone();
+                cpu::rmsnorm(&dn, pn, c.rms_eps, d, &mut down);
+            }
             for (xv, dv) in x.iter_mut().zip(&down) {
                 *xv += dv;
             }

@@ -1,7 +1,8 @@
 //! Building a `Model` from a GGUF file or a Hugging Face folder: config from metadata, every
 //! tensor checked against the shape the config implies, weights kept in their stored blocks.
 
-use super::config::{Arch, ModelConfig, RopeStyle};
+use super::config::{Arch, ModelConfig};
+pub use super::read_config::{gguf_config, hf_config};
 use super::weights::QMatrix;
 use super::{LayerWeights, Model, ModelFormat};
 use crate::error::{Error, Result};
@@ -23,7 +24,7 @@ fn check_matrix(path: &Path, m: &QMatrix, rows: usize, cols: usize) -> Result<()
     Ok(())
 }
 
-fn check_vector(path: &Path, name: &str, v: &[f32], len: usize) -> Result<()> {
+pub(super) fn check_vector(path: &Path, name: &str, v: &[f32], len: usize) -> Result<()> {
     if v.len() != len {
         return Err(Error::tensor(
             path,
@@ -58,6 +59,10 @@ struct LayerNames {
     gate: String,
     up: String,
     down: String,
+    q_norm: String,
+    k_norm: String,
+    attn_post_norm: String,
+    ffn_post_norm: String,
 }
 
 impl LayerNames {
@@ -76,6 +81,10 @@ impl LayerNames {
             gate: format!("{p}ffn_gate.weight"),
             up: format!("{p}ffn_up.weight"),
             down: format!("{p}ffn_down.weight"),
+            q_norm: format!("{p}attn_q_norm.weight"),
+            k_norm: format!("{p}attn_k_norm.weight"),
+            attn_post_norm: format!("{p}post_attention_norm.weight"),
+            ffn_post_norm: format!("{p}post_ffw_norm.weight"),
         }
     }
 
@@ -94,6 +103,21 @@ impl LayerNames {
             gate: format!("{p}mlp.gate_proj.weight"),
             up: format!("{p}mlp.up_proj.weight"),
             down: format!("{p}mlp.down_proj.weight"),
+            q_norm: format!("{p}self_attn.q_norm.weight"),
+            k_norm: format!("{p}self_attn.k_norm.weight"),
+            attn_post_norm: String::new(),
+            ffn_post_norm: format!("{p}post_feedforward_layernorm.weight"),
+        }
+    }
+
+    /// Gemma's HF names: its `post_attention_layernorm` is the attention-output norm and
+    /// `pre_feedforward_layernorm` the MLP input norm.
+    fn hf_gemma(i: usize) -> Self {
+        let p = format!("model.layers.{i}.");
+        LayerNames {
+            attn_post_norm: format!("{p}post_attention_layernorm.weight"),
+            ffn_norm: format!("{p}pre_feedforward_layernorm.weight"),
+            ..LayerNames::hf(i)
         }
     }
 }
@@ -136,7 +160,23 @@ impl TensorSource for HfDir {
     }
 }
 
-fn load_layer(src: &dyn TensorSource, cfg: &ModelConfig, n: &LayerNames) -> Result<LayerWeights> {
+/// Norm weights as the compute uses them (y = x̂ · w). Gemma's HF checkpoints store w − 1
+/// (y = x̂ · (1 + w)); llama.cpp's converter adds the 1 when it writes GGUF, so only HF
+/// folders need it here.
+fn norm_shift(cfg: &ModelConfig, hf: bool) -> f32 {
+    if hf && cfg.arch == Arch::Gemma3 {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+fn load_layer(
+    src: &dyn TensorSource,
+    cfg: &ModelConfig,
+    n: &LayerNames,
+    shift: f32,
+) -> Result<LayerWeights> {
     let p = src.path();
     let d = cfg.d_model;
     let m = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
@@ -149,6 +189,13 @@ fn load_layer(src: &dyn TensorSource, cfg: &ModelConfig, n: &LayerNames) -> Resu
         check_vector(p, name, &x, len)?;
         Ok(x)
     };
+    let norm = |name: &str, len: usize| -> Result<Vec<f32>> {
+        Ok(v(name, len)?.into_iter().map(|w| w + shift).collect())
+    };
+    let opt_norm = |on: bool, name: &str, len: usize| -> Result<Option<Vec<f32>>> {
+        on.then(|| norm(name, len)).transpose()
+    };
+    let b = &cfg.block;
     let bias = |name: &str, len: usize| -> Result<Option<Vec<f32>>> {
         if cfg.qkv_bias {
             Ok(Some(v(name, len)?))
@@ -163,7 +210,7 @@ fn load_layer(src: &dyn TensorSource, cfg: &ModelConfig, n: &LayerNames) -> Resu
         }
     };
     Ok(LayerWeights {
-        attn_norm: v(&n.attn_norm, d)?,
+        attn_norm: norm(&n.attn_norm, d)?,
         wq: m(&n.q, cfg.q_dim(), d)?,
         wk: m(&n.k, cfg.kv_dim(), d)?,
         wv: m(&n.v, cfg.kv_dim(), d)?,
@@ -171,10 +218,14 @@ fn load_layer(src: &dyn TensorSource, cfg: &ModelConfig, n: &LayerNames) -> Resu
         bq: bias(&n.q_bias, cfg.q_dim())?,
         bk: bias(&n.k_bias, cfg.kv_dim())?,
         bv: bias(&n.v_bias, cfg.kv_dim())?,
-        ffn_norm: v(&n.ffn_norm, d)?,
+        ffn_norm: norm(&n.ffn_norm, d)?,
         w_gate: m(&n.gate, cfg.ffn_dim, d)?,
         w_up: m(&n.up, cfg.ffn_dim, d)?,
         w_down: m(&n.down, d, cfg.ffn_dim)?,
+        q_norm: opt_norm(b.qk_norm, &n.q_norm, cfg.head_dim)?,
+        k_norm: opt_norm(b.qk_norm, &n.k_norm, cfg.head_dim)?,
+        attn_post_norm: opt_norm(b.post_norms, &n.attn_post_norm, d)?,
+        ffn_post_norm: opt_norm(b.post_norms, &n.ffn_post_norm, d)?,
     })
 }
 
@@ -188,6 +239,7 @@ fn assemble(
     format: ModelFormat,
 ) -> Result<Model> {
     let p = src.path();
+    let shift = norm_shift(&cfg, format == ModelFormat::HfSafetensors);
     let tok_embd = src.matrix(embd)?;
     check_matrix(p, &tok_embd, cfg.vocab_size, cfg.d_model)?;
     let out = if cfg.tied_embeddings {
@@ -197,10 +249,11 @@ fn assemble(
         check_matrix(p, &o, cfg.vocab_size, cfg.d_model)?;
         o
     };
-    let final_norm = src.vector(norm)?;
+    let mut final_norm = src.vector(norm)?;
     check_vector(p, norm, &final_norm, cfg.d_model)?;
+    final_norm.iter_mut().for_each(|w| *w += shift);
     let layers = (0..cfg.n_layers)
-        .map(|i| load_layer(src, &cfg, &names(i)))
+        .map(|i| load_layer(src, &cfg, &names(i), shift))
         .collect::<Result<Vec<_>>>()?;
     Ok(Model {
         config: cfg,
@@ -211,82 +264,6 @@ fn assemble(
         path: p.to_path_buf(),
         format,
     })
-}
-
-/// Read the config from GGUF metadata (`{arch}.*` keys).
-pub fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
-    let p = &g.path;
-    let arch_name = g
-        .get_str("general.architecture")
-        .ok_or_else(|| Error::format(p, "missing general.architecture"))?;
-    let arch = match arch_name {
-        "llama" => Arch::Llama,
-        "qwen2" => Arch::Qwen2,
-        other => {
-            return Err(Error::format(
-                p,
-                format!("unsupported architecture '{other}' (supported: llama, qwen2)"),
-            ))
-        }
-    };
-    let key = |k: &str| format!("{arch_name}.{k}");
-    let req = |k: &str| -> Result<usize> {
-        g.get_usize(&key(k))
-            .ok_or_else(|| Error::format(p, format!("missing metadata {}", key(k))))
-    };
-    let d_model = req("embedding_length")?;
-    let n_heads = req("attention.head_count")?;
-    let n_kv_heads = g
-        .get_usize(&key("attention.head_count_kv"))
-        .unwrap_or(n_heads);
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-        return Err(Error::format(
-            p,
-            format!("bad head counts: {n_heads} heads, {n_kv_heads} kv heads"),
-        ));
-    }
-    let head_dim = g
-        .get_usize(&key("attention.key_length"))
-        .unwrap_or(d_model / n_heads);
-    let embd = g
-        .tensor("token_embd.weight")
-        .ok_or_else(|| Error::tensor(p, "token_embd.weight", "missing"))?;
-    let vocab_size = embd.dims.get(1).copied().unwrap_or(0) as usize;
-    let cfg = ModelConfig {
-        arch,
-        n_layers: req("block_count")?,
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        ffn_dim: req("feed_forward_length")?,
-        vocab_size,
-        rope_theta: g.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
-        // llama.cpp permutes Llama's Q/K rows for adjacent-pair RoPE; Qwen2 uses NEOX (halves).
-        rope_style: match arch {
-            Arch::Llama => RopeStyle::Interleaved,
-            Arch::Qwen2 => RopeStyle::Half,
-        },
-        rms_eps: g
-            .get_f32(&key("attention.layer_norm_rms_epsilon"))
-            .unwrap_or(1e-5),
-        max_positions: g.get_usize(&key("context_length")).unwrap_or(2048),
-        tied_embeddings: g.tensor("output.weight").is_none(),
-        qkv_bias: arch == Arch::Qwen2,
-    };
-    validate(p, &cfg)?;
-    Ok(cfg)
-}
-
-fn validate(p: &Path, c: &ModelConfig) -> Result<()> {
-    let dims = [c.n_layers, c.d_model, c.head_dim, c.ffn_dim, c.vocab_size];
-    if dims.contains(&0) || !c.head_dim.is_multiple_of(2) {
-        return Err(Error::format(
-            p,
-            format!("implausible model dimensions: {c:?}"),
-        ));
-    }
-    Ok(())
 }
 
 pub fn load_gguf(path: &Path) -> Result<(Model, GgufFile)> {
@@ -304,73 +281,18 @@ pub fn load_gguf(path: &Path) -> Result<(Model, GgufFile)> {
     Ok((model, g))
 }
 
-/// Read the config from a Hugging Face `config.json`.
-pub fn hf_config(h: &HfDir) -> Result<ModelConfig> {
-    let c = h.config();
-    let p = h.dir().join("config.json");
-    let get = |k: &str| -> Result<usize> {
-        c[k].as_u64()
-            .map(|v| v as usize)
-            .ok_or_else(|| Error::format(&p, format!("missing or non-integer \"{k}\"")))
-    };
-    let model_type = c["model_type"].as_str().unwrap_or("");
-    let arch = match model_type {
-        "llama" | "mistral" => Arch::Llama,
-        "qwen2" => Arch::Qwen2,
-        other => {
-            return Err(Error::format(
-                &p,
-                format!("unsupported model_type '{other}' (supported: llama, mistral, qwen2)"),
-            ))
-        }
-    };
-    let d_model = get("hidden_size")?;
-    let n_heads = get("num_attention_heads")?;
-    let n_kv_heads = c["num_key_value_heads"]
-        .as_u64()
-        .map(|v| v as usize)
-        .unwrap_or(n_heads);
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-        return Err(Error::format(
-            &p,
-            format!("bad head counts: {n_heads}, {n_kv_heads}"),
-        ));
-    }
-    let head_dim = c["head_dim"]
-        .as_u64()
-        .map(|v| v as usize)
-        .unwrap_or(d_model / n_heads);
-    let tied = c["tie_word_embeddings"].as_bool().unwrap_or(false) || !h.has("lm_head.weight");
-    let cfg = ModelConfig {
-        arch,
-        n_layers: get("num_hidden_layers")?,
-        d_model,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        ffn_dim: get("intermediate_size")?,
-        vocab_size: get("vocab_size")?,
-        rope_theta: c["rope_theta"]
-            .as_f64()
-            .or_else(|| c["rope_parameters"]["rope_theta"].as_f64())
-            .unwrap_or(10000.0) as f32,
-        rope_style: RopeStyle::Half,
-        rms_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
-        max_positions: c["max_position_embeddings"].as_u64().unwrap_or(2048) as usize,
-        tied_embeddings: tied,
-        qkv_bias: arch == Arch::Qwen2,
-    };
-    validate(&p, &cfg)?;
-    Ok(cfg)
-}
-
 pub fn load_hf(dir: &Path) -> Result<(Model, HfDir)> {
     let h = HfDir::open(dir)?;
     let cfg = hf_config(&h)?;
+    let names = if cfg.arch == Arch::Gemma3 {
+        LayerNames::hf_gemma
+    } else {
+        LayerNames::hf
+    };
     let model = assemble(
         &h,
         cfg,
-        LayerNames::hf,
+        names,
         "model.embed_tokens.weight",
         "model.norm.weight",
         "lm_head.weight",

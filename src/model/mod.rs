@@ -4,6 +4,7 @@ pub mod config;
 pub mod forward;
 pub mod load;
 pub mod lora;
+pub mod read_config;
 pub mod rope;
 pub mod weights;
 
@@ -31,6 +32,12 @@ pub struct LayerWeights {
     pub w_gate: QMatrix,    // [ffn, d_model]
     pub w_up: QMatrix,      // [ffn, d_model]
     pub w_down: QMatrix,    // [d_model, ffn]
+    /// q/k RMSNorm weights [head_dim] (Qwen3, Gemma 3).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    /// Norms of the attention and MLP outputs [d_model] (Gemma 3).
+    pub attn_post_norm: Option<Vec<f32>>,
+    pub ffn_post_norm: Option<Vec<f32>>,
 }
 
 /// A frozen base model. Weights stay in their stored (often quantized) blocks.

@@ -28,6 +28,11 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>'
 
 const NAME: &str = "chat_template";
 
+/// Gemma's turn format (the instruction-tuned Gemma 3 template, string contents): BOS, then
+/// `<start_of_turn>{user|model}\n{content, trimmed}<end_of_turn>\n` per message, a system
+/// message folded into the first user turn, `<start_of_turn>model\n` to open a reply.
+pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
 /// A compiled chat template plus the special-token strings it may reference.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -68,12 +73,31 @@ impl ChatTemplate {
         t
     }
 
-    /// The tokenizer's own template, or ChatML when it has none.
+    /// The built-in Gemma turn format (`--template gemma`).
+    pub fn gemma(bos_token: Option<&str>, eos_token: Option<&str>) -> Self {
+        let mut t = Self::new(GEMMA_TEMPLATE, bos_token, eos_token)
+            .expect("built-in Gemma template compiles");
+        t.is_fallback = true;
+        t
+    }
+
+    /// The tokenizer's own template; when it has none, the Gemma turn format for a vocabulary
+    /// with `<start_of_turn>` (Gemma base models), ChatML otherwise.
     pub fn for_tokenizer(tok: &super::TextTokenizer) -> Result<Self> {
         let (bos, eos) = (tok.bos_token.as_deref(), tok.eos_token.as_deref());
         match &tok.chat_template {
             Some(src) => Self::new(src, bos, eos),
+            None if tok.token_to_id("<start_of_turn>").is_some() => Ok(Self::gemma(bos, eos)),
             None => Ok(Self::chatml(bos, eos)),
+        }
+    }
+
+    /// A short name for messages: "ChatML" or "Gemma" for the built-in ones.
+    pub fn fallback_name(&self) -> Option<&'static str> {
+        match self.source.as_str() {
+            _ if !self.is_fallback => None,
+            GEMMA_TEMPLATE => Some("Gemma"),
+            _ => Some("ChatML"),
         }
     }
 
@@ -272,6 +296,25 @@ mod tests {
             Message::new("user", "Hi"),
             Message::new("assistant", "Hello!"),
         ]
+    }
+
+    #[test]
+    fn gemma_renders_like_the_instruction_tuned_template() {
+        let t = ChatTemplate::gemma(Some("<bos>"), Some("<eos>"));
+        let m = vec![
+            Message::new("system", "Be brief."),
+            Message::new("user", " Hi "),
+            Message::new("assistant", "Hello!"),
+        ];
+        assert_eq!(
+            t.render(&m, false).unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+        );
+        assert_eq!(
+            t.render(&m[1..2], true).unwrap(),
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+        assert!(t.render(&m[2..], false).is_err(), "roles must alternate");
     }
 
     #[test]

@@ -278,13 +278,17 @@ fn added_tokens(
 /// pre-tokenizer that prepends `▁` to the first section, and no normalizer.
 pub fn sentencepiece_bpe_json(md: &BTreeMap<String, Value>) -> Result<String> {
     let arch = md_str(md, "general.architecture").unwrap_or("llama");
-    if matches!(arch, "gemma" | "gemma2" | "gemma3" | "phi3") {
+    let gemma = matches!(arch, "gemma" | "gemma2" | "gemma3");
+    if matches!(arch, "phi3") {
         return Err(Error::Tokenizer(format!(
             "SentencePiece GGUF vocabularies of architecture '{arch}' are not supported yet"
         )));
     }
     let tokens = md_str_array(md, "tokenizer.ggml.tokens")?
         .ok_or_else(|| Error::Tokenizer("GGUF has no tokenizer.ggml.tokens".into()))?;
+    if gemma {
+        return gemma_bpe_json(md, &tokens);
+    }
     let types = md_int_array(md, "tokenizer.ggml.token_type")?.unwrap_or_default();
     let mut vocab = serde_json::Map::with_capacity(tokens.len());
     for (id, tok) in tokens.iter().enumerate() {
@@ -341,6 +345,61 @@ pub fn sentencepiece_bpe_json(md: &BTreeMap<String, Value>) -> Result<String> {
     Ok(doc.to_string())
 }
 
+/// tokenizer.json text for a Gemma GGUF vocabulary, as transformers' GGUF loader builds
+/// `GemmaTokenizer` from it: tokens made only of spaces are respelled with `▁`; merges derived
+/// from the vocabulary ranked by position in the file (Gemma's scores do not follow merge
+/// order); a normalizer turning spaces into `▁` and no prefix space; byte fallback; `<unk>` as
+/// the unknown token.
+fn gemma_bpe_json(md: &BTreeMap<String, Value>, raw: &[&str]) -> Result<String> {
+    let respelled: Vec<String> = raw
+        .iter()
+        .map(|t| {
+            if !t.is_empty() && t.chars().all(|c| c == ' ') {
+                "\u{2581}".repeat(t.chars().count())
+            } else {
+                t.to_string()
+            }
+        })
+        .collect();
+    let tokens: Vec<&str> = respelled.iter().map(String::as_str).collect();
+    let types = md_int_array(md, "tokenizer.ggml.token_type")?.unwrap_or_default();
+    let mut vocab = serde_json::Map::with_capacity(tokens.len());
+    for (id, tok) in tokens.iter().enumerate() {
+        vocab.insert(tok.to_string(), json!(id));
+    }
+    let rank: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
+    let merges: Vec<Json> = merges_from_scores(&tokens, &rank, &vocab)
+        .into_iter()
+        .map(|(a, b)| json!([a, b]))
+        .collect();
+    let added = added_tokens(md, &tokens, &types, &vocab, |_| true);
+    let unk = if vocab.contains_key("<unk>") {
+        json!("<unk>")
+    } else {
+        Json::Null
+    };
+    let doc: Json = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false},
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ]},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+            "ignore_merges": false, "vocab": vocab, "merges": merges,
+        },
+    });
+    Ok(doc.to_string())
+}
+
 /// transformers' `generate_merges(vocab, vocab_scores)`: every split of every piece into two
 /// pieces of the vocabulary is a merge; merges rank by the piece's score, then by the lengths
 /// of the two halves, best first (stable, like Python's `sorted(..., reverse=True)`).
@@ -349,7 +408,12 @@ fn merges_from_scores<'a>(
     scores: &[f32],
     vocab: &serde_json::Map<String, Json>,
 ) -> Vec<(&'a str, &'a str)> {
-    let id = |s: &str| vocab.get(s).and_then(Json::as_u64);
+    // A hash index of the vocabulary (the JSON map is ordered: slow for 262k-piece Gemma).
+    let index: std::collections::HashMap<&str, u64> = vocab
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.as_u64()?)))
+        .collect();
+    let id = |s: &str| index.get(s).copied();
     // dict(zip(tokens, scores)): first position of each piece, last score.
     let mut order: Vec<(&str, f32)> = Vec::with_capacity(tokens.len());
     let mut pos = std::collections::HashMap::with_capacity(tokens.len());

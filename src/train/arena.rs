@@ -32,6 +32,16 @@ pub struct LayerActs {
     pub r2: Vec<f32>,    // [T]
     pub gate: Vec<f32>,  // [T, ffn]
     pub up: Vec<f32>,    // [T, ffn]
+    // Only with q/k norm (empty otherwise):
+    pub q_raw: Vec<f32>, // [T, q_dim] q before its norm
+    pub k_raw: Vec<f32>, // [T, kv_dim]
+    pub rq: Vec<f32>,    // [T, heads] 1/rms per head
+    pub rk: Vec<f32>,    // [T, kv_heads]
+    // Only with post norms (empty otherwise):
+    pub o_pre: Vec<f32>,    // [T, d] attention output projection before its norm
+    pub r_po: Vec<f32>,     // [T]
+    pub down_pre: Vec<f32>, // [T, d] MLP output before its norm
+    pub r_pf: Vec<f32>,     // [T]
     /// Indexed by `Target::index()`; `None` where the projection has no adapter.
     pub lora: [Option<LoraBuf>; 7],
 }
@@ -92,7 +102,13 @@ pub fn size_table(
         lora_vals += t * rank + if dropout { t * din } else { 0 };
         max_in = max_in.max(din);
     }
-    let per_block = 2 * t + t * (qd + 2 * kvd) + t * c.n_heads + t * qd + t * d + 2 * t * ffn;
+    let mut per_block = 2 * t + t * (qd + 2 * kvd) + t * c.n_heads + t * qd + t * d + 2 * t * ffn;
+    if c.block.qk_norm {
+        per_block += t * (qd + kvd) + t * (c.n_heads + c.n_kv_heads);
+    }
+    if c.block.post_norms {
+        per_block += 2 * t * d + 2 * t;
+    }
     vec![
         ("block inputs", (c.n_layers + 1) * t * d),
         ("saved block activations", saved_blocks * per_block),
@@ -126,8 +142,18 @@ impl Arena {
         let (d, qd, kvd, ffn) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let saved_blocks = if checkpoint { 1 } else { c.n_layers };
         let mut max_in = 0;
+        let (qkn, post) = (c.block.qk_norm, c.block.post_norms);
+        let opt = |on: bool, n: usize| if on { buf(n) } else { Vec::new() };
         let acts = (0..saved_blocks)
             .map(|_| LayerActs {
+                q_raw: opt(qkn, t * qd),
+                k_raw: opt(qkn, t * kvd),
+                rq: opt(qkn, t * c.n_heads),
+                rk: opt(qkn, t * c.n_kv_heads),
+                o_pre: opt(post, t * d),
+                r_po: opt(post, t),
+                down_pre: opt(post, t * d),
+                r_pf: opt(post, t),
                 r1: buf(t),
                 q: buf(t * qd),
                 k: buf(t * kvd),
@@ -191,7 +217,24 @@ impl Arena {
             .iter()
             .map(|a| {
                 [
-                    &a.r1, &a.q, &a.k, &a.v, &a.lse, &a.att, &a.x_mid, &a.r2, &a.gate, &a.up,
+                    &a.r1,
+                    &a.q,
+                    &a.k,
+                    &a.v,
+                    &a.lse,
+                    &a.att,
+                    &a.x_mid,
+                    &a.r2,
+                    &a.gate,
+                    &a.up,
+                    &a.q_raw,
+                    &a.k_raw,
+                    &a.rq,
+                    &a.rk,
+                    &a.o_pre,
+                    &a.r_po,
+                    &a.down_pre,
+                    &a.r_pf,
                 ]
                 .iter()
                 .map(|v| v.len())
@@ -243,12 +286,21 @@ mod tests {
             max_positions: 64,
             tied_embeddings: true,
             qkv_bias: false,
+            block: Default::default(),
         }
     }
 
     #[test]
     fn size_table_matches_the_allocated_buffers() {
-        let c = config();
+        let mut gemma = config();
+        gemma.block.qk_norm = true;
+        gemma.block.post_norms = true;
+        for c in [config(), gemma] {
+            check_size_table(c);
+        }
+    }
+
+    fn check_size_table(c: ModelConfig) {
         for (ckpt, drop) in [(false, false), (true, false), (false, true), (true, true)] {
             let lora = init_lora(&c, 4, 8.0, &Target::ALL, 1);
             let a = Arena::new(&c, &lora, 24, ckpt, drop);

@@ -49,6 +49,10 @@ pub struct AttnShape {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Score scale (1/√head_dim unless the model says otherwise).
+    pub scale: f32,
+    /// Sliding window: query i sees keys i − window + 1 ..= i; 0: all keys up to i.
+    pub window: usize,
 }
 
 impl AttnShape {
@@ -60,6 +64,26 @@ impl AttnShape {
     }
     pub fn group(&self) -> usize {
         self.n_heads / self.n_kv_heads
+    }
+    /// Plain causal attention scaled by 1/√head_dim.
+    pub fn causal(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Self {
+        AttnShape {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            window: 0,
+        }
+    }
+}
+
+/// First key a query at position `pos` sees under `window` (0: unlimited).
+#[inline]
+fn first_key(pos: usize, window: usize) -> usize {
+    if window == 0 {
+        0
+    } else {
+        (pos + 1).saturating_sub(window)
     }
 }
 
@@ -252,9 +276,10 @@ fn forward_scratch(rows: usize) -> usize {
 /// One query block against its visible keys, online softmax over key tiles.
 /// q [rows, hd] stacks `rows / bq` heads' blocks of `bq` rows that share these keys (the query
 /// heads of one kv head), so each GEMM packs K and V once for all of them; k, v
-/// [≥ first + bq, hd]; row r of a block sees keys 0..=first + r. Scores are scaled by `scale`
-/// (1/√hd) after the product, like the reference implementations do. Writes o [rows, hd] and
-/// lse [rows] (of the scaled scores).
+/// [≥ first + bq, hd]; row r of a block sees keys first_key(first + r)..=first + r (all from 0
+/// without a window). Scores are scaled by `scale` after the product, like the reference
+/// implementations do. Writes o [rows, hd] and lse [rows] (of the scaled scores). Key tiles
+/// that no row of the block sees are skipped.
 #[allow(clippy::too_many_arguments)]
 fn forward_block(
     q: &[f32],
@@ -263,7 +288,7 @@ fn forward_block(
     (rows, bq): (usize, usize),
     first: usize,
     hd: usize,
-    scale: f32,
+    (scale, window): (f32, usize),
     o: &mut [f32],
     lse: &mut [f32],
     scratch: &mut [f32],
@@ -271,29 +296,40 @@ fn forward_block(
     let kend = first + bq;
     let (st, rest) = scratch.split_at_mut(rows * KEY_TILE);
     let (m, l) = rest.split_at_mut(rows); // running max and sum per row
-    for j0 in (0..kend).step_by(KEY_TILE) {
+    m.fill(f32::NEG_INFINITY);
+    l.fill(0.0);
+    let kstart = first_key(first, window) / KEY_TILE * KEY_TILE;
+    for j0 in (kstart..kend).step_by(KEY_TILE) {
         let kt = KEY_TILE.min(kend - j0);
         let st = &mut st[..rows * kt]; // scores, then probabilities [rows, kt]
         cpu::matmul_f32_nt(q, &k[j0 * hd..(j0 + kt) * hd], st, rows, hd, kt, false);
         for (r, row) in st.chunks_exact_mut(kt).enumerate() {
-            let vis = (first + r % bq + 1).saturating_sub(j0).min(kt);
-            cpu::scale(scale, &mut row[..vis]);
-            if j0 == 0 {
-                m[r] = cpu::max(&row[..vis]);
-                l[r] = cpu::exp_sub_inplace(&mut row[..vis], m[r]);
-            } else {
-                let m_new = m[r].max(cpu::max(&row[..vis]));
-                let alpha = (m[r] - m_new).exp();
-                l[r] = l[r] * alpha + cpu::exp_sub_inplace(&mut row[..vis], m_new);
-                if alpha != 1.0 {
-                    cpu::scale(alpha, &mut o[r * hd..(r + 1) * hd]);
+            let pos = first + r % bq;
+            let vis = (pos + 1).saturating_sub(j0).min(kt);
+            let lo = first_key(pos, window).saturating_sub(j0).min(vis);
+            if lo < vis {
+                let part = &mut row[lo..vis];
+                cpu::scale(scale, part);
+                if j0 == kstart {
+                    m[r] = cpu::max(part);
+                    l[r] = cpu::exp_sub_inplace(part, m[r]);
+                } else {
+                    let m_new = m[r].max(cpu::max(part));
+                    // A row that saw no key yet has m = −∞ and o = 0: alpha = 0 is harmless.
+                    let alpha = (m[r] - m_new).exp();
+                    l[r] = l[r] * alpha + cpu::exp_sub_inplace(part, m_new);
+                    if alpha != 1.0 {
+                        cpu::scale(alpha, &mut o[r * hd..(r + 1) * hd]);
+                    }
+                    m[r] = m_new;
                 }
-                m[r] = m_new;
             }
+            row[..lo].fill(0.0);
             row[vis..].fill(0.0);
         }
         let ob = &mut o[..rows * hd];
-        cpu::matmul_f32_nn(st, &v[j0 * hd..(j0 + kt) * hd], ob, rows, kt, hd, j0 > 0);
+        let acc = j0 > kstart;
+        cpu::matmul_f32_nn(st, &v[j0 * hd..(j0 + kt) * hd], ob, rows, kt, hd, acc);
     }
     for r in 0..rows {
         cpu::scale(1.0 / l[r], &mut o[r * hd..(r + 1) * hd]);
@@ -301,12 +337,18 @@ fn forward_block(
     }
 }
 
-/// One head of one sequence: q [n, hd] against k, v [L, hd] with queries at `offset = L − n`.
-/// Returns out [n, hd] and lse [n].
-pub fn attend_head(q: &[f32], k: &[f32], v: &[f32], n: usize, hd: usize) -> (Vec<f32>, Vec<f32>) {
+/// One head of one sequence: q [n, hd] against k, v [L, hd] with queries at `offset = L − n`,
+/// scores scaled by `scale`, keys limited to `window` (0: none). Returns out [n, hd], lse [n].
+pub fn attend_head(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    n: usize,
+    hd: usize,
+    (scale, window): (f32, usize),
+) -> (Vec<f32>, Vec<f32>) {
     let l = k.len() / hd;
     let offset = l - n;
-    let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0.0f32; n * hd];
     let mut lse = vec![0.0f32; n];
     let bmax = HEAD_BLOCK.min(n);
@@ -315,7 +357,8 @@ pub fn attend_head(q: &[f32], k: &[f32], v: &[f32], n: usize, hd: usize) -> (Vec
             let bq = HEAD_BLOCK.min(n - i0);
             let qb = &q[i0 * hd..(i0 + bq) * hd];
             let (o, ls) = (&mut out[i0 * hd..(i0 + bq) * hd], &mut lse[i0..i0 + bq]);
-            forward_block(qb, k, v, (bq, bq), offset + i0, hd, scale, o, ls, buf);
+            let sw = (scale, window);
+            forward_block(qb, k, v, (bq, bq), offset + i0, hd, sw, o, ls, buf);
         }
     });
     (out, lse)
@@ -333,7 +376,7 @@ pub fn attention_forward(
     lse: &mut [f32],
 ) {
     let (qd, hd, nh) = (s.qd(), s.head_dim, s.n_heads);
-    let scale = 1.0 / (hd as f32).sqrt();
+    let sw = (s.scale, s.window);
     let t = k.len() / s.kvd();
     let (out, lse_all) = (Shared::new(out), Shared::new(lse));
     with_scratch(2 * t * s.kvd(), |kv| {
@@ -374,7 +417,7 @@ pub fn attention_forward(
                         let dst = &mut qs[gi * bq * hd..(gi + 1) * bq * hd];
                         gather_into(q, qd, seg.start + i0, bq, head * hd, hd, dst);
                     }
-                    forward_block(qs, kseg, vseg, (rows, bq), i0, hd, scale, o, ls, rest);
+                    forward_block(qs, kseg, vseg, (rows, bq), i0, hd, sw, o, ls, rest);
                     for (gi, head) in heads.enumerate() {
                         for r in 0..bq {
                             let (row, x) = (seg.start + i0 + r, gi * bq + r);
@@ -434,7 +477,7 @@ fn backward_chunk(
     scratch: &mut [f32],
 ) {
     let (qd, hd, nh, group) = (s.qd(), s.head_dim, s.n_heads, s.group());
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = s.scale;
     let rmax = group * BLOCK;
     let (qs, rest) = scratch.split_at_mut(rmax * hd); // queries [rows, hd]
     let (dob, rest) = rest.split_at_mut(rmax * hd); // dO [rows, hd]
@@ -467,7 +510,8 @@ fn backward_chunk(
                 li[x] = lse[(row0 + r) * nh + head];
             }
         }
-        for j0 in (0..kend).step_by(KEY_TILE) {
+        let kstart = first_key(i0, s.window) / KEY_TILE * KEY_TILE;
+        for j0 in (kstart..kend).step_by(KEY_TILE) {
             let kt = KEY_TILE.min(kend - j0);
             let (kt_k, kt_v) = (
                 &kseg[j0 * hd..(j0 + kt) * hd],
@@ -477,9 +521,12 @@ fn backward_chunk(
             let p = &mut p[..rows * kt];
             cpu::matmul_f32_nt(qs, kt_k, p, rows, hd, kt, false);
             for (x, row) in p.chunks_exact_mut(kt).enumerate() {
-                let vis = (i0 + x % bq + 1).saturating_sub(j0).min(kt);
-                cpu::scale(scale, &mut row[..vis]);
-                cpu::exp_sub_inplace(&mut row[..vis], li[x]);
+                let pos = i0 + x % bq;
+                let vis = (pos + 1).saturating_sub(j0).min(kt);
+                let lo = first_key(pos, s.window).saturating_sub(j0).min(vis);
+                cpu::scale(scale, &mut row[lo..vis]);
+                cpu::exp_sub_inplace(&mut row[lo..vis], li[x]);
+                row[..lo].fill(0.0);
                 row[vis..].fill(0.0);
             }
             // dP = dO Vᵀ; dS' = P ⊙ (dP − D) (dS = scale·dS', scaled at the end)
@@ -498,7 +545,7 @@ fn backward_chunk(
             );
             cpu::matmul_f32_tn(p, dob, dvt, kt, rows, hd, true);
             cpu::matmul_f32_tn(dp, qs, dkt, kt, rows, hd, true);
-            cpu::matmul_f32_nn(dp, kt_k, dqb, rows, kt, hd, j0 > 0);
+            cpu::matmul_f32_nn(dp, kt_k, dqb, rows, kt, hd, j0 > kstart);
         }
         cpu::scale(scale, dqb);
         for (gi, head) in heads.clone().enumerate() {
@@ -688,7 +735,7 @@ mod tests {
             let q = rnd(&mut seed, n * hd);
             let k = rnd(&mut seed, l * hd);
             let v = rnd(&mut seed, l * hd);
-            let (o, _) = attend_head(&q, &k, &v, n, hd);
+            let (o, _) = attend_head(&q, &k, &v, n, hd, (1.0 / (hd as f32).sqrt(), 0));
             for (a, b) in o.iter().zip(naive(&q, &k, &v, n, hd)) {
                 assert!((*a as f64 - b).abs() < 1e-5, "L={l} n={n}: {a} vs {b}");
             }
@@ -697,11 +744,7 @@ mod tests {
 
     #[test]
     fn backward_matches_finite_differences_and_segments_are_independent() {
-        let s = AttnShape {
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 4,
-        };
+        let s = AttnShape::causal(4, 2, 4);
         // The second segment spans two tiles so the blocked backward is exercised.
         let segs = [
             Segment { start: 0, len: 3 },
@@ -777,7 +820,7 @@ mod tests {
     ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
         let (qd, kvd, hd, nh) = (s.qd(), s.kvd(), s.head_dim, s.n_heads);
         let t = q.len() / qd;
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = s.scale as f64;
         let (mut out, mut lse) = (vec![0.0; t * qd], vec![0.0; t * nh]);
         let (mut dq, mut dk, mut dv) = (vec![0.0; t * qd], vec![0.0; t * kvd], vec![0.0; t * kvd]);
         let qa = |r: usize, h: usize, c: usize| q[r * qd + h * hd + c] as f64;
@@ -788,7 +831,12 @@ mod tests {
             for h in 0..nh {
                 let g = h / s.group();
                 for i in seg.start..seg.start + seg.len {
-                    let keys = seg.start..=i;
+                    let lo = if s.window == 0 {
+                        seg.start
+                    } else {
+                        (i + 1).saturating_sub(s.window).max(seg.start)
+                    };
+                    let keys = lo..=i;
                     let sc: Vec<f64> = keys
                         .clone()
                         .map(|j| (0..hd).map(|c| qa(i, h, c) * ka(j, g, c)).sum::<f64>() * scale)
@@ -866,17 +914,19 @@ mod tests {
             &[KEY_TILE + BLOCK + 9],
             &[5, KEY_TILE - 3, 1, 70],
         ];
+        // Plain causal, then scaled and windowed (Gemma's local layers): windows inside a
+        // block, across blocks and across key tiles.
+        let windowed = |w: usize| AttnShape {
+            scale: 0.3,
+            window: w,
+            ..AttnShape::causal(6, 2, 8)
+        };
         let shapes = [
-            AttnShape {
-                n_heads: 6,
-                n_kv_heads: 2,
-                head_dim: 8,
-            },
-            AttnShape {
-                n_heads: 2,
-                n_kv_heads: 2,
-                head_dim: 16,
-            },
+            AttnShape::causal(6, 2, 8),
+            AttnShape::causal(2, 2, 16),
+            windowed(5),
+            windowed(BLOCK + 3),
+            windowed(KEY_TILE + 20),
         ];
         let mut seed = 5;
         for sh in shapes {
@@ -904,11 +954,7 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_thread_count() {
-        let s = AttnShape {
-            n_heads: 9,
-            n_kv_heads: 3,
-            head_dim: 64,
-        };
+        let s = AttnShape::causal(9, 3, 64);
         let segs = [
             Segment { start: 0, len: 300 },
             Segment { start: 300, len: 3 },

@@ -5,72 +5,56 @@
 use super::arena::{LayerActs, LoraBuf, Scratch};
 use super::attention::{attention_backward, attention_forward, AttnShape};
 use super::batch::Segment;
+use super::geglu::{geglu_backward, gelu_mul_par};
 use super::ops::{
-    add_into, add_rmsnorm, residual_add, rmsnorm_backward, rmsnorm_par, rmsnorm_rows, silu_mul_par,
-    swiglu_backward,
+    add_into, add_rmsnorm, residual_add, rmsnorm_backward, rmsnorm_backward_inplace, rmsnorm_par,
+    rmsnorm_rows, silu_mul_par, swiglu_backward,
 };
 use super::proj::{proj_backward, proj_forward, Dropout};
+use crate::model::config::Activation;
 use crate::model::lora::{LoraPair, LoraSet, Target};
-use crate::model::rope::Rope;
+use crate::model::rope::RopeTable;
 use crate::model::weights::QMatrix;
 use crate::model::{LayerWeights, Model};
-use rayon::prelude::*;
 
 /// Per-batch constants shared by all layers.
 pub struct BatchCtx<'a> {
     pub segs: &'a [Segment],
     pub t: usize,
-    pub rope: Rope,
-    cos: Vec<f32>, // [T, head_dim / 2]
-    sin: Vec<f32>, // [T, head_dim / 2]
+    /// cos/sin per position: global layers' RoPE, then local layers' if the model has them.
+    ropes: Vec<RopeTable>,
 }
 
 impl<'a> BatchCtx<'a> {
     pub fn new(model: &Model, segs: &'a [Segment], positions: &[u32]) -> Self {
-        let rope = model.rope();
-        let half = rope.half_dim();
-        let t = positions.len();
-        let mut cos = vec![0.0; t * half];
-        let mut sin = vec![0.0; t * half];
-        for (i, &p) in positions.iter().enumerate() {
-            rope.angles(
-                p as usize,
-                &mut cos[i * half..(i + 1) * half],
-                &mut sin[i * half..(i + 1) * half],
-            );
-        }
+        let pos: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
         BatchCtx {
             segs,
-            t,
-            rope,
-            cos,
-            sin,
+            t: positions.len(),
+            ropes: model.rope_tables(&pos),
         }
     }
 
-    /// RoPE on every row of x [T, width], rows spread over the pool.
-    fn rotate(&self, x: &mut [f32], width: usize, inverse: bool) {
-        let half = self.rope.half_dim();
-        let rows = (8192 / width.max(1)).max(1);
-        x[..self.t * width]
-            .par_chunks_mut(rows * width)
-            .enumerate()
-            .for_each(|(c, piece)| {
-                for (r, row) in piece.chunks_exact_mut(width).enumerate() {
-                    let i = c * rows + r;
-                    let (cos, sin) = (&self.cos[i * half..][..half], &self.sin[i * half..][..half]);
-                    self.rope.apply(row, cos, sin, inverse);
-                }
-            });
+    /// RoPE of block `li` on every row of x [T, width], rows spread over the pool.
+    fn rotate(&self, model: &Model, li: usize, x: &mut [f32], width: usize, inverse: bool) {
+        self.ropes[model.rope_index(li)].rotate(x, self.t, width, inverse);
     }
 }
 
-fn shape(model: &Model) -> AttnShape {
+fn shape(model: &Model, li: usize) -> AttnShape {
     let c = &model.config;
     AttnShape {
-        n_heads: c.n_heads,
-        n_kv_heads: c.n_kv_heads,
-        head_dim: c.head_dim,
+        scale: c.attn_scale(),
+        window: c.window(li),
+        ..AttnShape::causal(c.n_heads, c.n_kv_heads, c.head_dim)
+    }
+}
+
+/// act = f(gate) · up for the model's gated activation.
+fn gated_act(model: &Model, gate: &[f32], up: &[f32], act: &mut [f32]) {
+    match model.config.block.activation {
+        Activation::SwiGlu => silu_mul_par(gate, up, act),
+        Activation::GeGluTanh => gelu_mul_par(gate, up, act),
     }
 }
 
@@ -105,7 +89,17 @@ pub fn layer_forward(
     };
 
     rmsnorm_rows(x_in, &l.attn_norm, c.rms_eps, h1, &mut a.r1[..t]);
-    let (q, k, v) = (&mut a.q[..t * qd], &mut a.k[..t * kvd], &mut a.v[..t * kvd]);
+    // With q/k norm the projections land in q_raw, k_raw and are normed into q, k below.
+    let qk_norm = l.q_norm.as_deref().zip(l.k_norm.as_deref());
+    let (q, k, v) = if qk_norm.is_some() {
+        (
+            &mut a.q_raw[..t * qd],
+            &mut a.k_raw[..t * kvd],
+            &mut a.v[..t * kvd],
+        )
+    } else {
+        (&mut a.q[..t * qd], &mut a.k[..t * kvd], &mut a.v[..t * kvd])
+    };
     // Without dropout the projections of one input are independent: run them side by side,
     // so a thread that finishes its share of one GEMM picks up work of the next instead of
     // waiting at its join. (Dropout draws from one RNG in a fixed order: sequential.)
@@ -168,13 +162,32 @@ pub fn layer_forward(
             dropout,
         );
     }
-    ctx.rotate(q, qd, false);
-    ctx.rotate(k, kvd, false);
+    if let Some((qn, kn)) = qk_norm {
+        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
+        rmsnorm_rows(
+            &a.q_raw[..t * qd],
+            qn,
+            c.rms_eps,
+            &mut a.q[..t * qd],
+            &mut a.rq[..t * nh],
+        );
+        let (kr, rk) = (&a.k_raw[..t * kvd], &mut a.rk[..t * nkv]);
+        rmsnorm_rows(kr, kn, c.rms_eps, &mut a.k[..t * kvd], rk);
+    }
+    let (q, k, v) = (&mut a.q[..t * qd], &mut a.k[..t * kvd], &a.v[..t * kvd]);
+    ctx.rotate(model, li, q, qd, false);
+    ctx.rotate(model, li, k, kvd, false);
     let att = &mut a.att[..t * qd];
     let lse = &mut a.lse[..t * c.n_heads];
-    attention_forward(shape(model), ctx.segs, q, k, v, att, lse);
+    attention_forward(shape(model, li), ctx.segs, q, k, v, att, lse);
     let o = &mut sc.o[..t * d];
-    pf(att, &l.wo, None, Target::O, o, &mut a.lora, dropout);
+    if let Some(pn) = &l.attn_post_norm {
+        let o_pre = &mut a.o_pre[..t * d];
+        pf(att, &l.wo, None, Target::O, o_pre, &mut a.lora, dropout);
+        rmsnorm_rows(o_pre, pn, c.rms_eps, o, &mut a.r_po[..t]);
+    } else {
+        pf(att, &l.wo, None, Target::O, o, &mut a.lora, dropout);
+    }
     let x_mid = &mut a.x_mid[..t * d];
     add_rmsnorm(x_in, o, &l.ffn_norm, c.rms_eps, x_mid, &mut a.r2[..t], h2);
 
@@ -212,17 +225,31 @@ pub fn layer_forward(
         pf(h2, &l.w_up, None, Target::Up, up, &mut a.lora, dropout);
     }
     let act = &mut sc.act[..t * ffn];
-    silu_mul_par(gate, up, act);
+    gated_act(model, gate, up, act);
     let down = &mut sc.o[..t * d];
-    pf(
-        act,
-        &l.w_down,
-        None,
-        Target::Down,
-        down,
-        &mut a.lora,
-        dropout,
-    );
+    if let Some(pn) = &l.ffn_post_norm {
+        let pre = &mut a.down_pre[..t * d];
+        pf(
+            act,
+            &l.w_down,
+            None,
+            Target::Down,
+            pre,
+            &mut a.lora,
+            dropout,
+        );
+        rmsnorm_rows(pre, pn, c.rms_eps, down, &mut a.r_pf[..t]);
+    } else {
+        pf(
+            act,
+            &l.w_down,
+            None,
+            Target::Down,
+            down,
+            &mut a.lora,
+            dropout,
+        );
+    }
     residual_add(x_mid, down, x_out);
 }
 
@@ -266,13 +293,23 @@ pub fn layer_backward(
     rmsnorm_par(x_mid, &l.ffn_norm, c.rms_eps, h2);
     let (gate, up) = (&a.gate[..t * ffn], &a.up[..t * ffn]);
     let act = &mut sc.act[..t * ffn];
-    silu_mul_par(gate, up, act);
+    gated_act(model, gate, up, act);
 
-    // MLP: x_out = x_mid + down(silu(gate) · up)
+    // MLP: x_out = x_mid + [post_norm](down(f(gate) · up))
     let d_act = &mut sc.d_act[..t * ffn];
-    pb!(act, &l.w_down, Target::Down, grad, d_act, false);
+    if let Some(pn) = &l.ffn_post_norm {
+        let d_down = &mut sc.o[..t * d];
+        d_down.copy_from_slice(grad);
+        rmsnorm_backward_inplace(&a.down_pre[..t * d], pn, &a.r_pf[..t], d_down);
+        pb!(act, &l.w_down, Target::Down, d_down, d_act, false);
+    } else {
+        pb!(act, &l.w_down, Target::Down, grad, d_act, false);
+    }
     let (d_gate, d_up) = (&mut sc.d_gate[..t * ffn], &mut sc.d_up[..t * ffn]);
-    swiglu_backward(gate, up, d_act, d_gate, d_up);
+    match c.block.activation {
+        Activation::SwiGlu => swiglu_backward(gate, up, d_act, d_gate, d_up),
+        Activation::GeGluTanh => geglu_backward(gate, up, d_act, d_gate, d_up),
+    }
     let dh = &mut sc.dh[..t * d];
     // Without dropout, projections of one input run side by side (as in forward), each into
     // its own input-gradient buffer, summed afterwards.
@@ -329,16 +366,23 @@ pub fn layer_backward(
     // grad becomes ∂L/∂x_mid: the residual plus the path through the ffn norm.
     rmsnorm_backward(x_mid, &l.ffn_norm, &a.r2[..t], dh, grad);
 
-    // Attention: x_mid = x_in + o(attn(rope(q), rope(k), v))
+    // Attention: x_mid = x_in + [post_norm](o(attn(rope(qn(q)), rope(kn(k)), v)))
     let d_att = &mut sc.d_att[..t * qd];
-    pb!(&a.att[..t * qd], &l.wo, Target::O, grad, d_att, false);
+    if let Some(pn) = &l.attn_post_norm {
+        let d_o = &mut sc.o[..t * d];
+        d_o.copy_from_slice(grad);
+        rmsnorm_backward_inplace(&a.o_pre[..t * d], pn, &a.r_po[..t], d_o);
+        pb!(&a.att[..t * qd], &l.wo, Target::O, d_o, d_att, false);
+    } else {
+        pb!(&a.att[..t * qd], &l.wo, Target::O, grad, d_att, false);
+    }
     let (dq, dk, dv) = (
         &mut sc.dq[..t * qd],
         &mut sc.dk[..t * kvd],
         &mut sc.dv[..t * kvd],
     );
     attention_backward(
-        shape(model),
+        shape(model, li),
         ctx.segs,
         &a.q[..t * qd],
         &a.k[..t * kvd],
@@ -350,8 +394,13 @@ pub fn layer_backward(
         dk,
         dv,
     );
-    ctx.rotate(dq, qd, true);
-    ctx.rotate(dk, kvd, true);
+    ctx.rotate(model, li, dq, qd, true);
+    ctx.rotate(model, li, dk, kvd, true);
+    if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
+        rmsnorm_backward_inplace(&a.q_raw[..t * qd], qn, &a.rq[..t * nh], dq);
+        rmsnorm_backward_inplace(&a.k_raw[..t * kvd], kn, &a.rk[..t * nkv], dk);
+    }
     if concurrent {
         let [gq, gk, gv, ..] = &mut g_slots;
         let (du0, rest) = du.split_at_mut(t * lora.rank);

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod batch;
 pub mod checkpoint;
 pub mod diverge;
+pub mod geglu;
 pub mod heldout;
 pub mod layer;
 pub mod lock;

@@ -123,6 +123,26 @@ pub fn rmsnorm_backward(x: &[f32], w: &[f32], r: &[f32], dy: &[f32], dx: &mut [f
         });
 }
 
+/// As `rmsnorm_backward`, but g holds dy on entry and dx on return (dx overwritten, not added).
+pub fn rmsnorm_backward_inplace(x: &[f32], w: &[f32], r: &[f32], g: &mut [f32]) {
+    let d = w.len();
+    let rp = rows_per_piece(d);
+    let n = r.len();
+    g[..n * d]
+        .par_chunks_mut(rp * d)
+        .zip(r.par_chunks(rp))
+        .zip(x[..n * d].par_chunks(rp * d))
+        .for_each(|((gc, rc), xc)| {
+            for ((xr, gr), &ri) in xc.chunks_exact(d).zip(gc.chunks_exact_mut(d)).zip(rc) {
+                let dot: f32 = (0..d).map(|k| gr[k] * w[k] * xr[k]).sum();
+                let c = ri * ri * ri * dot / d as f32;
+                for k in 0..d {
+                    gr[k] = ri * gr[k] * w[k] - xr[k] * c;
+                }
+            }
+        });
+}
+
 #[cfg(test)]
 #[inline]
 fn sigmoid(x: f32) -> f32 {
@@ -175,6 +195,9 @@ mod tests {
         let r = inv_rms(&x, d, eps);
         let mut dx = vec![0.0; 2 * d];
         rmsnorm_backward(&x, &w, &r, &dy, &mut dx);
+        let mut g = dy.clone();
+        rmsnorm_backward_inplace(&x, &w, &r, &mut g);
+        assert!(g.iter().zip(&dx).all(|(a, b)| (a - b).abs() < 1e-6));
         for i in 0..2 * d {
             let (mut p, mut m) = (x.clone(), x.clone());
             p[i] += 1e-3;

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Golden values for LoRA training on the tiny models: one-step gradients and AdamW trajectories.
 
-Run from the repository root, after make_tiny_models.py:
+Run from the repository root, after make_tiny_models.py (and make_tiny_archs.py):
 
-    HF_HUB_OFFLINE=1 /work/refenv/bin/python tests/reference/train_golden.py
+    HF_HUB_OFFLINE=1 /work/refenv/bin/python tests/reference/train_golden.py [ARCH ...]
+
+(default: llama qwen2; the issue-11 architectures are gemma3 and qwen3)
 
 What it writes, for arch in llama, qwen2 (layout in tests/reference/README.md, "Training golden"):
 
@@ -37,6 +39,11 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "golden" / "tiny"
 ARCHS = ["llama", "qwen2"]
+# How transformers must load each tiny GGUF to run it as llama.cpp does (make_tiny_archs.py).
+GGUF_OVERRIDES = {"gemma3": {"query_pre_attn_scalar": 16}, "qwen3": {"head_dim": 16},
+                  "llama3": {"head_dim": 16, "rope_parameters": {
+                      "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}}
 
 torch.set_num_threads(2)
 torch.use_deterministic_algorithms(True)
@@ -82,7 +89,8 @@ def load_base(arch: str, base: str):
         # transformers dequantizes to float32 and undoes llama.cpp's Q/K row permutation, so the
         # model (and PEFT's lora_B rows) are in Hugging Face order.
         m = AutoModelForCausalLM.from_pretrained(TINY / arch, gguf_file="q8_0.gguf", dtype=torch.float32,
-                                                 attn_implementation="eager")
+                                                 attn_implementation="eager",
+                                                 **GGUF_OVERRIDES.get(arch, {}))
         assert isinstance(m.model.layers[0].self_attn.q_proj, torch.nn.Linear)
     else:
         raise ValueError(base)
@@ -274,8 +282,11 @@ def build(arch: str) -> dict:
     traj1, final1 = trajectory(arch, recs, 0.0, None, [LR] * STEPS)
     traj2, final2 = trajectory(arch, recs, WD2, CLIP2, lrs2)
     traj1.update({"base": "hf_f32", "mode": "response", "steps": STEPS, "lr": [LR] * STEPS,
-                  "weight_decay": 0.0, "clip_grad_norm": None, **adamw,
-                  "final_params": {k: nested(v) for k, v in final1.items()}})
+                  "weight_decay": 0.0, "clip_grad_norm": None, **adamw})
+    if arch in ARCHS:
+        # Full final params only for the original two (the newer, deeper tiny models keep the
+        # file small with final_sum/final_l2).
+        traj1["final_params"] = {k: nested(v) for k, v in final1.items()}
     traj2.update({"base": "hf_f32", "mode": "response", "steps": STEPS, "lr": [fmt(x) for x in lrs2],
                   "lr_schedule": f"lr[s] = {LR}*(s+1)/{WARMUP} for s<{WARMUP}; "
                                  f"{LR}*0.5*(1+cos(pi*(s-{WARMUP})/({STEPS}-{WARMUP}))) for s>={WARMUP}; "
@@ -307,7 +318,9 @@ def build(arch: str) -> dict:
 
 
 def main() -> None:
-    for arch in ARCHS:
+    import sys
+
+    for arch in sys.argv[1:] or ARCHS:
         out = build(arch)
         text = json.dumps(out, separators=(",", ":"), ensure_ascii=False)
         # A line per top-level section / base / trajectory: small in git, still greppable.
