@@ -103,7 +103,7 @@ impl Default for Config {
             poll_s: 30.0,
             max_line_bytes: 1 << 20,
             max_seq: 1024,
-            lr: 5e-4,
+            lr: 2e-4,
             rank: 8,
             alpha: 16.0,
             seed: 42,

@@ -31,7 +31,7 @@ pub struct Decision {
     pub personal_records: usize,
     pub general: Option<Pair>,
     pub general_records: usize,
-    /// (candidate − current) / current on the general set.
+    /// (candidate − base) / base on the general set (`general.current` holds the base model's NLL).
     pub general_rise: Option<f64>,
     pub margin: f64,
     /// The version published when promoted.
@@ -62,7 +62,7 @@ pub fn judge(personal: Pair, general: Option<Pair>, margin: f64) -> (bool, Strin
             return (
                 false,
                 format!(
-                    "general NLL rose {:.2}% ({:.4} → {:.4}), more than the {:.2}% margin",
+                    "general NLL rose {:.2}% over the base model's ({:.4} → {:.4}), more than the {:.2}% margin",
                     100.0 * rise,
                     g.current,
                     g.candidate,
@@ -73,7 +73,7 @@ pub fn judge(personal: Pair, general: Option<Pair>, margin: f64) -> (bool, Strin
         return (
             true,
             format!(
-                "personal NLL {:.4} → {:.4}; general {:.4} → {:.4} ({:+.2}%, margin {:.2}%)",
+                "personal NLL {:.4} → {:.4}; general {:.4} (base) → {:.4} ({:+.2}%, margin {:.2}%)",
                 personal.current,
                 personal.candidate,
                 g.current,
