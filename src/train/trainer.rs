@@ -83,7 +83,7 @@ pub struct TuneOptions {
 }
 
 /// The defaults, chosen by the sweep in `benches/results/defaults.md`.
-pub const DEFAULT_LR: f32 = 1e-3;
+pub const DEFAULT_LR: f32 = 5e-4;
 pub const DEFAULT_EPOCHS: usize = 2;
 /// Held-out scorings without progress before a run stops early: 3 of the ~10 a run makes,
 /// so about 30% of the planned run.
