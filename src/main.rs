@@ -16,6 +16,7 @@ only; it also scores data sets and generates, with or without an adapter.\n\n\
 Start with:\n  edge-sft inspect MODEL.gguf\n  edge-sft eval --model MODEL.gguf --data data.jsonl\n  \
 edge-sft tune --lora --model MODEL.gguf --data train.jsonl --eval-data heldout.jsonl --out runs/me\n  \
 edge-sft generate --model MODEL.gguf --adapter runs/me --prompt \"What is the capital of France?\"\n  \
+edge-sft chat --model MODEL.gguf --adapter runs/me\n  \
 edge-sft merge --model MODEL.gguf --adapter runs/me --out MODEL-me.gguf"
 )]
 struct Cli {
@@ -23,6 +24,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (tune's) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Show a model's architecture, sizes, tensor types and tokenizer.
@@ -31,6 +34,9 @@ enum Command {
     Eval(cli::eval::Args),
     /// Generate a reply to a prompt with the model's chat template.
     Generate(cli::generate::Args),
+    /// Chat with a model (and an adapter, hot-swappable): multi-turn, streamed.
+    #[command(long_about = cli::chat::LONG_ABOUT)]
+    Chat(cli::chat::Args),
     /// Train LoRA adapters on prompt→response data (loss on response tokens only).
     Tune(cli::tune::Args),
     /// Convert a LoRA adapter between PEFT and GGUF (llama.cpp --lora, ollama ADAPTER).
@@ -53,6 +59,7 @@ fn main() -> ExitCode {
         Command::Inspect(_) => None,
         Command::Eval(a) => a.threads,
         Command::Generate(a) => a.threads,
+        Command::Chat(a) => a.threads,
         Command::Tune(a) => a.threads,
         Command::Export(_) => None,
         Command::Merge(a) => a.threads,
@@ -69,6 +76,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Generate(a) => cli::generate::run(a),
+        Command::Chat(a) => cli::chat::run(a),
         Command::Tune(a) => cli::tune::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Merge(a) => cli::merge::run(a),

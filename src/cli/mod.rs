@@ -1,5 +1,6 @@
 //! One file per subcommand. Each parses its arguments with clap and calls the library.
 
+pub mod chat;
 pub mod common;
 pub mod daemon;
 pub mod eval;
