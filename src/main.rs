@@ -39,6 +39,9 @@ enum Command {
     Chat(cli::chat::Args),
     /// Train LoRA adapters on prompt→response data (loss on response tokens only).
     Tune(cli::tune::Args),
+    /// Draw a run's loss figure (or overlay several runs) and print a summary table.
+    #[command(long_about = cli::report::LONG_ABOUT)]
+    Report(cli::report::Args),
     /// Convert a LoRA adapter between PEFT and GGUF (llama.cpp --lora, ollama ADAPTER).
     Export(cli::export::Args),
     /// Fold a LoRA adapter into its base model and write one standalone GGUF.
@@ -61,7 +64,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => a.threads,
         Command::Chat(a) => a.threads,
         Command::Tune(a) => a.threads,
-        Command::Export(_) => None,
+        Command::Export(_) | Command::Report(_) => None,
         Command::Merge(a) => a.threads,
         Command::Daemon(a) => a.thread_hint(),
         Command::Adapters(_) | Command::Status(_) => None,
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cli::generate::run(a),
         Command::Chat(a) => cli::chat::run(a),
         Command::Tune(a) => cli::tune::run(a),
+        Command::Report(a) => cli::report::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Merge(a) => cli::merge::run(a),
         Command::Daemon(a) => cli::daemon::run(a),

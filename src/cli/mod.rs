@@ -8,6 +8,7 @@ pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod merge;
+pub mod report;
 pub mod tune;
 
 use edge_sft::Result;
