@@ -1,6 +1,6 @@
 //! The `edge-sft` command line: a thin shell over the library.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 mod cli;
@@ -54,6 +54,11 @@ enum Command {
     Adapters(cli::daemon::AdaptersArgs),
     /// Show what the daemon is doing (over its socket, or from its state files).
     Status(cli::daemon::StatusArgs),
+    /// Write shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(cli::shell::CompletionsArgs),
+    /// Write man pages (scripts/man.sh puts them in docs/man/).
+    #[command(hide = true)]
+    Man(cli::shell::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => a.threads,
         Command::Daemon(a) => a.thread_hint(),
         Command::Adapters(_) | Command::Status(_) => None,
+        Command::Completions(_) | Command::Man(_) => None,
     };
     if let Err(e) = cli::init_threads(threads) {
         eprintln!("error: {e}");
@@ -87,6 +93,8 @@ fn main() -> ExitCode {
         Command::Daemon(a) => cli::daemon::run(a),
         Command::Adapters(a) => cli::daemon::adapters(a),
         Command::Status(a) => cli::daemon::show_status(a),
+        Command::Completions(a) => cli::shell::completions(a, Cli::command()),
+        Command::Man(a) => cli::shell::man(a, Cli::command()),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

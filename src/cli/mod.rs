@@ -9,6 +9,7 @@ pub mod generate;
 pub mod inspect;
 pub mod merge;
 pub mod report;
+pub mod shell;
 pub mod tune;
 
 use edge_sft::Result;
