@@ -14,6 +14,7 @@ pub mod merge;
 pub mod merge_hf;
 pub mod model;
 pub mod quant;
+pub mod report;
 pub mod tokenize;
 pub mod train;
 

@@ -1,6 +1,6 @@
 //! The `edge-sft` command line: a thin shell over the library.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 mod cli;
@@ -16,6 +16,7 @@ only; it also scores data sets and generates, with or without an adapter.\n\n\
 Start with:\n  edge-sft inspect MODEL.gguf\n  edge-sft eval --model MODEL.gguf --data data.jsonl\n  \
 edge-sft tune --lora --model MODEL.gguf --data train.jsonl --eval-data heldout.jsonl --out runs/me\n  \
 edge-sft generate --model MODEL.gguf --adapter runs/me --prompt \"What is the capital of France?\"\n  \
+edge-sft chat --model MODEL.gguf --adapter runs/me\n  \
 edge-sft merge --model MODEL.gguf --adapter runs/me --out MODEL-me.gguf"
 )]
 struct Cli {
@@ -33,8 +34,14 @@ enum Command {
     Eval(cli::eval::Args),
     /// Generate a reply to a prompt with the model's chat template.
     Generate(cli::generate::Args),
+    /// Chat with a model (and an adapter, hot-swappable): multi-turn, streamed.
+    #[command(long_about = cli::chat::LONG_ABOUT)]
+    Chat(cli::chat::Args),
     /// Train LoRA adapters on prompt→response data (loss on response tokens only).
     Tune(cli::tune::Args),
+    /// Draw a run's loss figure (or overlay several runs) and print a summary table.
+    #[command(long_about = cli::report::LONG_ABOUT)]
+    Report(cli::report::Args),
     /// Convert a LoRA adapter between PEFT and GGUF (llama.cpp --lora, ollama ADAPTER).
     Export(cli::export::Args),
     /// Fold a LoRA adapter into its base model and write one standalone GGUF.
@@ -47,6 +54,11 @@ enum Command {
     Adapters(cli::daemon::AdaptersArgs),
     /// Show what the daemon is doing (over its socket, or from its state files).
     Status(cli::daemon::StatusArgs),
+    /// Write shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(cli::shell::CompletionsArgs),
+    /// Write man pages (scripts/man.sh puts them in docs/man/).
+    #[command(hide = true)]
+    Man(cli::shell::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,11 +67,13 @@ fn main() -> ExitCode {
         Command::Inspect(_) => None,
         Command::Eval(a) => a.threads,
         Command::Generate(a) => a.threads,
+        Command::Chat(a) => a.threads,
         Command::Tune(a) => a.threads,
-        Command::Export(_) => None,
+        Command::Export(_) | Command::Report(_) => None,
         Command::Merge(a) => a.threads,
         Command::Daemon(a) => a.thread_hint(),
         Command::Adapters(_) | Command::Status(_) => None,
+        Command::Completions(_) | Command::Man(_) => None,
     };
     if let Err(e) = cli::init_threads(threads) {
         eprintln!("error: {e}");
@@ -71,12 +85,16 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Generate(a) => cli::generate::run(a),
+        Command::Chat(a) => cli::chat::run(a),
         Command::Tune(a) => cli::tune::run(a),
+        Command::Report(a) => cli::report::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Merge(a) => cli::merge::run(a),
         Command::Daemon(a) => cli::daemon::run(a),
         Command::Adapters(a) => cli::daemon::adapters(a),
         Command::Status(a) => cli::daemon::show_status(a),
+        Command::Completions(a) => cli::shell::completions(a, Cli::command()),
+        Command::Man(a) => cli::shell::man(a, Cli::command()),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 use edge_sft::error::Error;
 use edge_sft::infer::generate::{generate, GenerateOptions};
+use edge_sft::infer::stream::TextStream;
 use edge_sft::loaded::LoadedModel;
 use edge_sft::tokenize::chat::Message;
 use edge_sft::Result;
@@ -95,26 +96,19 @@ pub fn run(a: Args) -> Result<()> {
         stop_ids,
     };
 
-    // Decode the whole reply each step and print only the new, complete characters, so a
-    // multi-byte character split across tokens is never printed half.
-    let mut ids: Vec<u32> = Vec::new();
-    let mut printed = 0usize;
+    let mut stream = TextStream::new(tok);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     generate(&lm.model, lora.as_ref(), &prompt_ids, &opts, |id| {
-        ids.push(id);
-        let text = tok.decode(&ids)?;
-        if !text.ends_with('\u{FFFD}') && text.len() > printed && text.is_char_boundary(printed) {
-            let _ = out.write_all(&text.as_bytes()[printed..]);
+        let s = stream.push(id)?;
+        if !s.is_empty() {
+            let _ = out.write_all(s.as_bytes());
             let _ = out.flush();
-            printed = text.len();
         }
         Ok(())
     })?;
-    let text = tok.decode(&ids)?;
-    if text.len() > printed && text.is_char_boundary(printed) {
-        let _ = out.write_all(&text.as_bytes()[printed..]);
-    }
+    let (rest, _) = stream.finish()?;
+    let _ = out.write_all(rest.as_bytes());
     let _ = writeln!(out);
     Ok(())
 }

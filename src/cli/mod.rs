@@ -1,5 +1,6 @@
 //! One file per subcommand. Each parses its arguments with clap and calls the library.
 
+pub mod chat;
 pub mod common;
 pub mod daemon;
 pub mod eval;
@@ -7,6 +8,8 @@ pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod merge;
+pub mod report;
+pub mod shell;
 pub mod tune;
 
 use edge_sft::Result;

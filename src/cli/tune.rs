@@ -161,6 +161,9 @@ pub struct Args {
 
 struct CliHooks {
     stop: Arc<AtomicBool>,
+    /// The run folder: the loss figure is redrawn there at each checkpoint.
+    out: std::path::PathBuf,
+    figure_failed: bool,
     bar: Option<indicatif::ProgressBar>,
     last_eval: Option<f64>,
 }
@@ -222,6 +225,18 @@ impl TrainHooks for CliHooks {
     fn on_checkpoint(&mut self, step: usize) {
         if self.bar.is_none() {
             eprintln!("checkpoint saved at step {step}");
+        }
+        // The figure is a view of metrics.jsonl: a failure to draw it is said once and the run
+        // goes on.
+        if let Err(e) = edge_sft::report::draw_run(&self.out) {
+            if !self.figure_failed {
+                self.figure_failed = true;
+                let line = format!("warning: cannot draw the loss figure: {e}");
+                match &self.bar {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
         }
     }
     fn should_stop(&self) -> bool {
@@ -402,6 +417,8 @@ pub fn run(a: Args) -> Result<()> {
     });
     let mut hooks = CliHooks {
         stop,
+        out: out.clone(),
+        figure_failed: false,
         bar,
         last_eval: None,
     };
@@ -522,9 +539,14 @@ fn summarize(a: &Args, out: &std::path::Path, o: &TuneOutcome, scored: bool) {
         "adapter ({which}): {0}/adapter_model.safetensors (PEFT), {0}/adapter.gguf (llama.cpp)",
         out.display()
     );
+    let figure = out.join(edge_sft::report::FIGURE);
+    if figure.is_file() {
+        println!("loss figure: {}", figure.display());
+    }
     let model = a.model.display();
     let out = out.display();
     println!("try it:");
+    println!("  edge-sft chat --model {model} --adapter {out}");
     println!("  edge-sft generate --model {model} --adapter {out} --prompt \"...\"");
     // The held-out split lives only in memory, and scoring the training file would flatter the
     // adapter, so without --eval-data the user is asked for records the run never saw.

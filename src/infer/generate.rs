@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::model::forward::KvCache;
 use crate::model::lora::LoraSet;
 use crate::model::Model;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -22,25 +23,53 @@ pub fn generate(
     lora: Option<&LoraSet>,
     prompt_ids: &[u32],
     opts: &GenerateOptions,
-    mut on_token: impl FnMut(u32) -> Result<()>,
+    on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
     let mut cache = KvCache::new(model.layers.len());
     let mut rng = Rng::new(opts.seed);
+    let (out, _) = generate_cached(
+        model, lora, &mut cache, prompt_ids, opts, &mut rng, None, on_token,
+    )?;
+    Ok(out)
+}
+
+/// Generate after the positions already in `cache` plus `new_ids` (at least one id). Every
+/// emitted token is run through the model too, so on return `cache` holds the prompt and the
+/// whole reply (not the stop token). `stop`, when set, ends the reply early (Ctrl-C); the flag
+/// is left as it is. Returns the new ids and whether `stop` ended them.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_cached(
+    model: &Model,
+    lora: Option<&LoraSet>,
+    cache: &mut KvCache,
+    new_ids: &[u32],
+    opts: &GenerateOptions,
+    rng: &mut Rng,
+    stop: Option<&AtomicBool>,
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<(Vec<u32>, bool)> {
+    let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
     let d = model.config.d_model;
     let limit = model.config.max_positions;
-    let mut hidden = model.forward(prompt_ids, &mut cache, lora)?;
-    let mut last = hidden[hidden.len() - d..].to_vec();
     let mut out = Vec::new();
+    if new_ids.is_empty() {
+        return Ok((out, false));
+    }
+    let mut hidden = model.forward(new_ids, cache, lora)?;
+    let mut last = hidden[hidden.len() - d..].to_vec();
     while out.len() < opts.max_tokens && cache.len < limit {
+        if stopped() {
+            return Ok((out, true));
+        }
         let logits = model.logits(&last, 1);
-        let next = sample(&logits, opts.temperature, opts.top_p, &mut rng) as u32;
+        let next = sample(&logits, opts.temperature, opts.top_p, rng) as u32;
         if opts.stop_ids.contains(&next) {
             break;
         }
         out.push(next);
         on_token(next)?;
-        hidden = model.forward(&[next], &mut cache, lora)?;
+        hidden = model.forward(&[next], cache, lora)?;
         last.copy_from_slice(&hidden[..d]);
     }
-    Ok(out)
+    Ok((out, false))
 }

@@ -27,6 +27,20 @@ impl KvCache {
             len: 0,
         }
     }
+
+    /// Keep the first `len` positions and drop the rest (a chat turn reuses the prefix it
+    /// shares with the previous one). A `len` past the end changes nothing.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for (k, v) in self.k.iter_mut().zip(self.v.iter_mut()) {
+            let row = k.len() / self.len.max(1);
+            k.truncate(len * row);
+            v.truncate(len * row);
+        }
+        self.len = len;
+    }
 }
 
 /// A projection with optional bias and LoRA (the training path's, without dropout).

@@ -51,6 +51,9 @@ pub struct State {
     pub progress_eval: Option<f64>,
     #[serde(default)]
     pub stalled_evals: usize,
+    /// The base model's held-out mean NLL, scored before the first step (for `report`).
+    #[serde(default)]
+    pub base_eval: Option<f64>,
 }
 
 pub fn checkpoint_dir(out: &Path) -> PathBuf {

@@ -307,6 +307,7 @@ pub fn tune(
         kept_eval: None,
         progress_eval: None,
         stalled_evals: 0,
+        base_eval: None,
     };
     if resume {
         let saved = checkpoint::load_state(out)?;
@@ -344,6 +345,7 @@ pub fn tune(
             let r = mean_eval(model, ev, None)?;
             hooks.on_eval(0, &r);
             state.progress_eval = Some(r.mean_nll);
+            state.base_eval = Some(r.mean_nll);
             Some(r)
         }
         _ => None,
