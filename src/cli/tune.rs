@@ -42,7 +42,7 @@ pub enum KeepArg {
 objective instead. Loss is normalised by the number of scored tokens in each optimizer step, \
 across its micro-batches, as PEFT/TRL do.\n\n\
 Defaults (chosen by a sweep on three data sets at 50, 200 and 1,000 records, \
-benches/results/defaults.md): --batch-size 1, --lr 1e-3, cosine schedule with 5% warm-up, \
+benches/results/defaults.md): --batch-size 1, --lr 5e-4, cosine schedule with 5% warm-up, \
 up to --epochs 2, LoRA r=8 α=16 on all seven projections. A few percent of the records are held \
 out and scored 10 times a run; the adapter of the best-scoring step is kept, and the run stops \
 early once 3 scorings in a row (--patience) have not improved on it. A run that diverges \
