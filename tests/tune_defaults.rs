@@ -200,7 +200,7 @@ fn cli_holdout_is_not_trained_on() {
     let out = dir.join("run");
     let o = Command::new(env!("CARGO_BIN_EXE_edge-sft"))
         .args(["tune", "--threads", "1", "--epochs", "1"])
-        .args(["--eval-split", "0.25", "--seed", "9"])
+        .args(["--eval-split", "0.25", "--seed", "9", "--patience", "0"])
         .arg("--model")
         .arg(fixture("llama/hf_f32"))
         .arg("--data")
