@@ -79,7 +79,7 @@ pub fn read_adapter_bytes(
     bytes: &[u8],
     cfg: &ModelConfig,
 ) -> Result<LoraSet> {
-    let json: serde_json::Value = serde_json::from_str(&text)
+    let json: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| Error::format(cfg_path, format!("invalid JSON: {e}")))?;
     let rank = json["r"]
         .as_u64()
