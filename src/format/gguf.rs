@@ -21,6 +21,11 @@ pub const DEFAULT_ALIGNMENT: usize = 32;
 pub const MAX_DIMS: usize = 4;
 /// Deeper nesting than this is certainly garbage; the limit keeps recursion off the stack limit.
 const MAX_ARRAY_DEPTH: usize = 16;
+/// Most metadata values (array elements included) one file may hold. Each costs a 32-byte
+/// `Value` in memory however few bytes it takes in the file (a u8 takes one), so this caps the
+/// metadata's memory at 512 MiB plus its string bytes. Real models hold under a million (the
+/// largest vocabularies: ~262k tokens, with as many scores and types, plus the merges).
+pub const MAX_METADATA_VALUES: u64 = 1 << 24;
 
 /// GGUF metadata value type ids.
 pub mod value_type {
@@ -169,6 +174,8 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Metadata values read so far, against [`MAX_METADATA_VALUES`].
+    values: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -261,6 +268,13 @@ impl<'a> Reader<'a> {
                         self.remaining()
                     )));
                 }
+                self.values += count;
+                if self.values > MAX_METADATA_VALUES {
+                    return Err(self.bad(format!(
+                        "metadata '{key}': array of {count} elements takes the file past \
+                         {MAX_METADATA_VALUES} metadata values (real models hold under a million)"
+                    )));
+                }
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
                     items.push(self.value(elem_ty, key, depth + 1)?);
@@ -286,17 +300,39 @@ impl GgufFile {
                 format!("truncated file: {len} bytes is shorter than a GGUF header (24 bytes)"),
             ));
         }
-        // SAFETY: the map is read-only and we never hand out references that outlive it (it is
-        // kept alive by the Arc). Mapping is only unsound if another process truncates or
-        // rewrites the file while it is mapped; like every mmap-based model loader (llama.cpp),
-        // we accept that model files are not modified while in use.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        // A file truncated or rewritten while mapped: see `mapped` (a clear error and exit,
+        // not a bare SIGBUS; a rename over the file keeps working on the old inode).
+        let mmap = super::mapped::map_file(path, &file)?;
+        Self::parse(path, mmap)
+    }
+
+    /// Parse a GGUF held in memory (fuzzing, tests, files already read); `path` only names it
+    /// in errors. The bytes are copied into an anonymous read-only map, so the result is the
+    /// same type, with the same checks, as a file opened with [`GgufFile::open`].
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        if bytes.len() < 24 {
+            return Err(Error::format(
+                path,
+                format!(
+                    "truncated file: {} bytes is shorter than a GGUF header (24 bytes)",
+                    bytes.len()
+                ),
+            ));
+        }
+        let mut anon = memmap2::MmapMut::map_anon(bytes.len()).map_err(|e| Error::io(path, e))?;
+        anon.copy_from_slice(bytes);
+        let mmap = anon.make_read_only().map_err(|e| Error::io(path, e))?;
         Self::parse(path, Arc::new(mmap))
     }
 
     fn parse(path: &Path, mmap: Arc<Mmap>) -> Result<Self> {
         let buf: &[u8] = &mmap;
-        let mut r = Reader { buf, pos: 0, path };
+        let mut r = Reader {
+            buf,
+            pos: 0,
+            path,
+            values: 0,
+        };
         let magic = r.array::<4>("magic")?;
         if magic != GGUF_MAGIC {
             return Err(Error::format(
@@ -388,6 +424,7 @@ impl GgufFile {
             }
             tensors.push(t);
         }
+        Self::check_disjoint(path, &tensors)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             version,
@@ -398,6 +435,31 @@ impl GgufFile {
             data_offset,
             index,
         })
+    }
+
+    /// No two tensors may share data bytes. Writers never alias tensors, and with aliasing a
+    /// small file could name the same bytes under many names (e.g. thousands of layers), making
+    /// every per-tensor allocation (a dequantized norm, a LoRA pair sized from it) repeat far
+    /// beyond what the file holds. With disjoint data, the tensors' sizes sum to at most the
+    /// file's size.
+    fn check_disjoint(path: &Path, tensors: &[TensorInfo]) -> Result<()> {
+        let mut spans: Vec<(usize, usize, &str)> = tensors
+            .iter()
+            .filter(|t| t.size > 0)
+            .map(|t| (t.offset, t.offset + t.size, t.name.as_str()))
+            .collect();
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            let ((_, end, a), (start, _, b)) = (w[0], w[1]);
+            if start < end {
+                return Err(Error::tensor(
+                    path,
+                    b,
+                    format!("data overlaps the data of tensor '{a}' (corrupt or crafted file)"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Validate one tensor info against the file and turn it into absolute, checked offsets.

@@ -130,7 +130,12 @@ pub fn write_gguf_adapter(
 /// Read a GGUF LoRA adapter for the model `cfg` describes, with q/k rows of B in that model's
 /// order. Accepts F32, F16 and BF16 tensors; every pair must have the same rank.
 pub fn read_gguf_adapter(path: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
-    let g = GgufFile::open(path)?;
+    read_gguf_adapter_file(&GgufFile::open(path)?, cfg)
+}
+
+/// [`read_gguf_adapter`] for an opened (or in-memory) GGUF.
+pub fn read_gguf_adapter_file(g: &GgufFile, cfg: &ModelConfig) -> Result<LoraSet> {
+    let path = g.path.as_path();
     let meta_str = |key: &str| -> Result<&str> {
         g.get_str(key)
             .ok_or_else(|| Error::format(path, format!("missing string metadata '{key}'")))

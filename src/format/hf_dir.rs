@@ -123,10 +123,8 @@ impl HfDir {
 
     fn add_shard(&mut self, path: &Path) -> Result<()> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: read-only map kept alive by the Arc for as long as any view of it exists. It is
-        // only unsound if another process truncates or rewrites the file while it is mapped; as
-        // for every mmap-based model loader, model files are not modified while in use.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        // A shard truncated or rewritten while mapped: see `mapped` (a clear error and exit).
+        let mmap = super::mapped::map_file(path, &file)?;
         let (n, meta) = SafeTensors::read_metadata(&mmap)
             .map_err(|e| Error::format(path, format!("invalid safetensors file: {e}")))?;
         let data_start = 8usize
@@ -168,7 +166,7 @@ impl HfDir {
         }
         self.shards.push(Shard {
             path: path.to_path_buf(),
-            mmap: Arc::new(mmap),
+            mmap,
         });
         Ok(())
     }

@@ -5,5 +5,6 @@ pub mod gguf_adapter;
 pub mod gguf_stream;
 pub mod gguf_write;
 pub mod hf_dir;
+pub mod mapped;
 pub mod peft;
 pub mod safetensors_write;

@@ -66,12 +66,25 @@ fn to_f32(view: &TensorView, path: &Path, key: &str) -> Result<Vec<f32>> {
 pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
     let cfg_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?;
+    let w_path = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&w_path).map_err(|e| Error::io(&w_path, e))?;
+    read_adapter_bytes(&cfg_path, &text, &w_path, &bytes, cfg)
+}
+
+/// [`read_adapter`] from the two files' contents; the paths only name them in errors.
+pub fn read_adapter_bytes(
+    cfg_path: &Path,
+    text: &str,
+    w_path: &Path,
+    bytes: &[u8],
+    cfg: &ModelConfig,
+) -> Result<LoraSet> {
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::format(cfg_path, format!("invalid JSON: {e}")))?;
     let rank = json["r"]
         .as_u64()
         .filter(|&r| r > 0)
-        .ok_or_else(|| Error::format(&cfg_path, "missing or invalid \"r\""))?
+        .ok_or_else(|| Error::format(cfg_path, "missing or invalid \"r\""))?
         as usize;
     let alpha = json["lora_alpha"].as_f64().unwrap_or(rank as f64) as f32;
     let rslora = json["use_rslora"].as_bool().unwrap_or(false);
@@ -81,23 +94,21 @@ pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
         alpha / rank as f32
     };
     if json["peft_type"].as_str().is_some_and(|t| t != "LORA") {
-        return Err(Error::format(&cfg_path, "peft_type is not LORA"));
+        return Err(Error::format(cfg_path, "peft_type is not LORA"));
     }
     // Per-module ranks or alphas: one LoraSet has a single rank and scale, so refuse rather than
     // fail later on a shape or scale the adapter was not trained with.
     for key in ["rank_pattern", "alpha_pattern"] {
         if json[key].as_object().is_some_and(|m| !m.is_empty()) {
             return Err(Error::format(
-                &cfg_path,
+                cfg_path,
                 format!("{key} (per-module LoRA ranks/alphas) is not supported; train with one r and lora_alpha"),
             ));
         }
     }
 
-    let w_path = dir.join(WEIGHTS_FILE);
-    let bytes = std::fs::read(&w_path).map_err(|e| Error::io(&w_path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::format(&w_path, format!("invalid safetensors: {e}")))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::format(w_path, format!("invalid safetensors: {e}")))?;
 
     let mut layers: Vec<[Option<LoraPair>; 7]> =
         (0..cfg.n_layers).map(|_| Default::default()).collect();
@@ -111,16 +122,16 @@ pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
                 (Ok(a), Ok(b)) => (a, b),
                 (Err(_), Err(_)) => continue,
                 (Ok(_), Err(_)) => {
-                    return Err(Error::tensor(&w_path, &kb, "missing (lora_A present)"))
+                    return Err(Error::tensor(w_path, &kb, "missing (lora_A present)"))
                 }
                 (Err(_), Ok(_)) => {
-                    return Err(Error::tensor(&w_path, &ka, "missing (lora_B present)"))
+                    return Err(Error::tensor(w_path, &ka, "missing (lora_B present)"))
                 }
             };
             let (in_dim, out_dim) = target_dims(cfg, t);
             if va.shape() != [rank, in_dim] {
                 return Err(Error::tensor(
-                    &w_path,
+                    w_path,
                     &ka,
                     format!(
                         "shape {:?}, expected [{rank}, {in_dim}] for this model",
@@ -130,7 +141,7 @@ pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
             }
             if vb.shape() != [out_dim, rank] {
                 return Err(Error::tensor(
-                    &w_path,
+                    w_path,
                     &kb,
                     format!(
                         "shape {:?}, expected [{out_dim}, {rank}] for this model",
@@ -138,11 +149,11 @@ pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
                     ),
                 ));
             }
-            let a = to_f32(&va, &w_path, &ka)?;
-            let mut b = to_f32(&vb, &w_path, &kb)?;
+            let a = to_f32(&va, w_path, &ka)?;
+            let mut b = to_f32(&vb, w_path, &kb)?;
             if let Some(bad) = a.iter().chain(b.iter()).find(|v| !v.is_finite()) {
                 return Err(Error::tensor(
-                    &w_path,
+                    w_path,
                     &ka,
                     format!("non-finite value {bad}"),
                 ));
@@ -165,7 +176,7 @@ pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
     }
     if found == 0 {
         return Err(Error::format(
-            &w_path,
+            w_path,
             "no LoRA tensors for this model (expected keys like base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight)",
         ));
     }
@@ -185,7 +196,7 @@ pub fn read_adapter(dir: &Path, cfg: &ModelConfig) -> Result<LoraSet> {
             .map(|n| n.to_string())
             .collect();
         return Err(Error::format(
-            &w_path,
+            w_path,
             format!("unexpected tensors for this model, e.g. {unknown:?}"),
         ));
     }

@@ -267,7 +267,11 @@ fn assemble(
 }
 
 pub fn load_gguf(path: &Path) -> Result<(Model, GgufFile)> {
-    let g = GgufFile::open(path)?;
+    load_gguf_file(GgufFile::open(path)?)
+}
+
+/// Build the model from an opened (or in-memory, [`GgufFile::from_bytes`]) GGUF.
+pub fn load_gguf_file(g: GgufFile) -> Result<(Model, GgufFile)> {
     let cfg = gguf_config(&g)?;
     let model = assemble(
         &g,

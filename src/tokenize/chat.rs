@@ -32,6 +32,17 @@ const NAME: &str = "chat_template";
 /// `<start_of_turn>{user|model}\n{content, trimmed}<end_of_turn>\n` per message, a system
 /// message folded into the first user turn, `<start_of_turn>model\n` to open a reply.
 pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+/// Bounds for rendering a template that came with a model (a stranger's code, in effect).
+/// Fuel counts VM instructions per render: a real template takes tens per message (a few
+/// thousand for a long conversation with tools), so a million only stops a loop that would run
+/// for a second or more (about half a second here, in a release build). Nesting (macros,
+/// recursive loops, includes) is capped well below where the stack could overflow; real
+/// templates nest a few levels. minijinja itself refuses ranges of over 100,000 items and a
+/// string repeated past 100 MB. Not bounded: a string grown by doubling in a short loop
+/// (`{% set ns.s = ns.s ~ ns.s %}` 40 times) — minijinja has no memory limit, and fuel counts
+/// instructions, not bytes.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+pub const TEMPLATE_RECURSION_LIMIT: usize = 64;
 
 /// A compiled chat template plus the special-token strings it may reference.
 pub struct ChatTemplate {
@@ -50,6 +61,8 @@ impl ChatTemplate {
         // transformers compiles with trim_blocks=True, lstrip_blocks=True.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(TEMPLATE_RECURSION_LIMIT);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);

@@ -1,0 +1,209 @@
+//! Allocation bounds from the file (issue 16): no count or length read from a file makes
+//! edge-sft allocate more than the file could justify. Each lie below must be a clear error
+//! naming the file and the field, returned at once (these tests would take minutes or abort on
+//! an allocation failure if the count were believed).
+
+use edge_sft::format::gguf::{GgufFile, MAX_METADATA_VALUES};
+use edge_sft::model::load::gguf_config;
+use std::path::Path;
+use std::time::Instant;
+
+const NAME: &str = "hostile.gguf";
+
+fn gguf_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A GGUF v3 header with these counts.
+fn header(n_tensors: u64, n_kv: u64) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&n_tensors.to_le_bytes());
+    b.extend_from_slice(&n_kv.to_le_bytes());
+    b
+}
+
+/// Parse `bytes` and return the error text; fails the test if it parses or takes long.
+fn open_err(bytes: &[u8]) -> String {
+    let t = Instant::now();
+    let r = GgufFile::from_bytes(Path::new(NAME), bytes);
+    assert!(t.elapsed().as_secs_f64() < 2.0, "took {:?}", t.elapsed());
+    let e = r.err().expect("a lying file must not parse").to_string();
+    assert!(e.contains(NAME), "error does not name the file: {e}");
+    e
+}
+
+#[test]
+fn tensor_count_of_2_pow_40() {
+    let mut b = header(1 << 40, 0);
+    b.resize(64, 0);
+    let e = open_err(&b);
+    assert!(
+        e.contains("1099511627776 tensors") && e.contains("cannot fit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn metadata_count_of_u64_max() {
+    let mut b = header(0, u64::MAX);
+    b.resize(64, 0);
+    let e = open_err(&b);
+    assert!(
+        e.contains("metadata entries") && e.contains("cannot fit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn array_of_2_pow_32_strings() {
+    let mut b = header(0, 1);
+    gguf_string(&mut b, "tokenizer.ggml.merges");
+    b.extend_from_slice(&9u32.to_le_bytes()); // array
+    b.extend_from_slice(&8u32.to_le_bytes()); // of strings
+    b.extend_from_slice(&(1u64 << 32).to_le_bytes());
+    b.resize(b.len() + 256, 0);
+    let e = open_err(&b);
+    assert!(
+        e.contains("tokenizer.ggml.merges") && e.contains("does not fit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn vocabulary_of_a_billion_tokens() {
+    let mut b = header(0, 1);
+    gguf_string(&mut b, "tokenizer.ggml.tokens");
+    b.extend_from_slice(&9u32.to_le_bytes());
+    b.extend_from_slice(&8u32.to_le_bytes());
+    b.extend_from_slice(&1_000_000_000u64.to_le_bytes());
+    // A few real tokens, then the file ends.
+    for t in ["<s>", "a", "b"] {
+        gguf_string(&mut b, t);
+    }
+    let e = open_err(&b);
+    assert!(
+        e.contains("tokenizer.ggml.tokens") && e.contains("1000000000"),
+        "{e}"
+    );
+}
+
+#[test]
+fn string_length_of_2_pow_60() {
+    let mut b = header(0, 1);
+    gguf_string(&mut b, "tokenizer.chat_template");
+    b.extend_from_slice(&8u32.to_le_bytes());
+    b.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    b.resize(b.len() + 64, b'x');
+    let e = open_err(&b);
+    assert!(
+        e.contains("tokenizer.chat_template") && e.contains("truncated"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tensor_name_length_of_2_pow_60() {
+    let mut b = header(1, 0);
+    b.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    b.resize(b.len() + 64, b'x');
+    let e = open_err(&b);
+    assert!(e.contains("tensor name") && e.contains("truncated"), "{e}");
+}
+
+/// Arrays of arrays whose counts each fit in the bytes left but nest to a huge total.
+#[test]
+fn nested_arrays_deeper_than_the_limit() {
+    let mut b = header(0, 1);
+    gguf_string(&mut b, "t.nested");
+    b.extend_from_slice(&9u32.to_le_bytes());
+    for _ in 0..40 {
+        b.extend_from_slice(&9u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+    }
+    b.resize(b.len() + 64, 0);
+    let e = open_err(&b);
+    assert!(e.contains("t.nested") && e.contains("nested deeper"), "{e}");
+}
+
+/// More metadata values than any model holds: each would cost a 32-byte `Value` for one byte
+/// of file, so the count is capped, not only checked against the bytes left.
+#[test]
+fn more_metadata_values_than_the_cap() {
+    let n = MAX_METADATA_VALUES + 1;
+    let mut b = header(0, 1);
+    gguf_string(&mut b, "t.bytes");
+    b.extend_from_slice(&9u32.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes()); // u8
+    b.extend_from_slice(&n.to_le_bytes());
+    b.resize(b.len() + n as usize, 0);
+    let e = open_err(&b);
+    assert!(
+        e.contains("t.bytes") && e.contains("metadata values"),
+        "{e}"
+    );
+}
+
+/// One tensor's bytes named many times (here: every layer's norm) would make each per-tensor
+/// allocation repeat beyond what the file holds; tensors may not share data.
+#[test]
+fn tensors_sharing_data_are_refused() {
+    let mut b = header(3, 0);
+    for name in [
+        "blk.0.attn_norm.weight",
+        "blk.1.attn_norm.weight",
+        "blk.2.attn_norm.weight",
+    ] {
+        gguf_string(&mut b, name);
+        b.extend_from_slice(&1u32.to_le_bytes()); // n_dims
+        b.extend_from_slice(&64u64.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes()); // F32
+        b.extend_from_slice(&0u64.to_le_bytes()); // offset 0 for all three
+    }
+    b.resize(b.len().div_ceil(32) * 32 + 256, 0);
+    let e = open_err(&b);
+    assert!(e.contains("overlaps") && e.contains("attn_norm"), "{e}");
+}
+
+/// A real tiny model opened from bytes reads like the file, and a config builds from it.
+#[test]
+fn real_tiny_model_from_bytes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tiny/llama/q8_0.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    let a = GgufFile::open(&path).unwrap();
+    let b = GgufFile::from_bytes(&path, &bytes).unwrap();
+    assert_eq!(a.metadata, b.metadata);
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    assert_eq!(
+        gguf_config(&a).unwrap().d_model,
+        gguf_config(&b).unwrap().d_model
+    );
+}
+
+/// A model-supplied chat template that loops for ever (or nearly) stops on fuel, at once.
+#[test]
+fn chat_template_that_loops_runs_out_of_fuel() {
+    use edge_sft::tokenize::chat::{ChatTemplate, Message};
+    let src =
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}";
+    let t = ChatTemplate::new(src, None, None).unwrap();
+    let start = Instant::now();
+    let e = t.render(&[Message::new("user", "hi")], true).unwrap_err();
+    assert!(
+        start.elapsed().as_secs_f64() < 10.0,
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(e.to_string().contains("fuel"), "{e}");
+}
+
+/// A template that recurses without end stops at the recursion limit, not a stack overflow.
+#[test]
+fn chat_template_that_recurses_hits_the_limit() {
+    use edge_sft::tokenize::chat::{ChatTemplate, Message};
+    let src = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+    let t = ChatTemplate::new(src, None, None).unwrap();
+    let e = t.render(&[Message::new("user", "hi")], true).unwrap_err();
+    assert!(e.to_string().contains("recursion"), "{e}");
+}
