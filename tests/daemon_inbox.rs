@@ -140,6 +140,29 @@ fn crash_between_store_append_and_state_write_stores_nothing_twice() {
 }
 
 #[test]
+fn copytruncate_after_a_crash_between_store_append_and_offset_write_loses_nothing() {
+    // The soak's t.jsonl: a fresh file's lines reach the store, the daemon dies before the
+    // offset is written, the writer sees its lines stored, truncates the file and writes on.
+    let (inbox, state) = tmp("crash-copytruncate");
+    let f = inbox.join("t.jsonl");
+    append(&f, &rec("1"));
+    append(&f, &rec("2"));
+    scan(&inbox, &state, 1 << 20);
+    // What is on disk at the crash: the lines in the store, the file's entry at offset 0 with
+    // the head that the commit records before appending to the store.
+    let mut st = DaemonState::load(&state).unwrap();
+    st.files[0].offset = 0;
+    st.files[0].line = 0;
+    assert!(st.files[0].head_len > 0);
+    st.save(&state).unwrap();
+    // Same length as line 1, so the new line 3 would get line 1's id under the same gen.
+    std::fs::write(&f, format!("{}{}", rec("3"), rec("45"))).unwrap();
+    scan(&inbox, &state, 1 << 20);
+    scan(&inbox, &state, 1 << 20);
+    assert_exactly(&state, &["1", "2", "3", "45"]);
+}
+
+#[test]
 fn bad_lines_are_quarantined_with_file_line_and_reason() {
     let (inbox, state) = tmp("quarantine");
     let f = inbox.join("app.jsonl");
