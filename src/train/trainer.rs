@@ -401,6 +401,7 @@ pub fn tune(
         }
     };
     let mut last_save = Instant::now();
+    let first_step = state.step;
 
     let mut grads = zeros_like(&params);
     let mut steps = epoch_steps(
@@ -561,7 +562,9 @@ pub fn tune(
             break;
         }
     }
-    if interrupted {
+    // A resumed run with nothing left to do (killed after its last checkpoint, possibly before
+    // both adapter files were written) writes them again, so the folder is always complete.
+    if interrupted || state.step == first_step {
         save(&state, &params, &opt, &best_params)?;
         hooks.on_checkpoint(state.step);
     }
