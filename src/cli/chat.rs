@@ -37,18 +37,8 @@ pub struct Args {
     /// The system message (otherwise the template's default, if any).
     #[arg(long)]
     pub system: Option<String>,
-    /// Most new tokens per reply.
-    #[arg(long, default_value_t = 256)]
-    pub max_tokens: usize,
-    /// 0 = greedy (deterministic); higher values sample more freely.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
-    #[arg(long, default_value_t = 0.9)]
-    pub top_p: f32,
-    /// Sampling seed (only used when --temperature > 0).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub sampling: super::common::SamplingArgs,
     /// How the conversation becomes text: the model's chat template, or raw (the turns' texts
     /// joined by newlines).
     #[arg(long, value_enum, default_value = "model")]
@@ -92,13 +82,7 @@ fn parse(line: &str) -> Line<'_> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
-        return Err(Error::Usage("--top-p must be in (0, 1]".into()));
-    }
-    if a.temperature < 0.0 || !a.temperature.is_finite() {
-        return Err(Error::Usage("--temperature must be ≥ 0".into()));
-    }
-    if a.max_tokens == 0 {
+    if a.sampling.max_tokens == 0 {
         return Err(Error::Usage("--max-tokens must be at least 1".into()));
     }
     super::init_threads(a.threads)?;
@@ -112,14 +96,8 @@ pub fn run(a: Args) -> Result<()> {
     let raw = matches!(a.template, super::common::TemplateArg::Raw);
     let mut stop_ids: Vec<u32> = tok.eot_id.into_iter().chain(tok.eos_id).collect();
     stop_ids.dedup();
-    let opts = GenerateOptions {
-        max_tokens: a.max_tokens,
-        temperature: a.temperature,
-        top_p: a.top_p,
-        seed: a.seed,
-        stop_ids,
-    };
-    let mut session = ChatSession::new(&lm, lora, raw, a.seed);
+    let opts = a.sampling.options(stop_ids)?;
+    let mut session = ChatSession::new(&lm, lora, raw, a.sampling.seed);
     session.system = a.system.clone();
 
     // Ctrl-C while a reply is generated sets `stop` and ends the reply; at the prompt (`idle`)

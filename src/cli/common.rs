@@ -120,3 +120,43 @@ impl Progress {
         }
     }
 }
+
+/// The decoding flags `generate` and `chat` share.
+#[derive(clap::Args)]
+pub struct SamplingArgs {
+    /// Most new tokens per reply.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 = greedy (deterministic); higher values sample more freely.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Sampling seed (only used when --temperature > 0).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// Check the flags and turn them into decoding options that stop at `stop_ids`.
+    pub fn options(
+        &self,
+        stop_ids: Vec<u32>,
+    ) -> edge_sft::error::Result<edge_sft::infer::generate::GenerateOptions> {
+        use edge_sft::error::Error;
+        if !(0.0..=1.0).contains(&self.top_p) || self.top_p == 0.0 {
+            return Err(Error::Usage("--top-p must be in (0, 1]".into()));
+        }
+        if self.temperature < 0.0 || !self.temperature.is_finite() {
+            return Err(Error::Usage("--temperature must be ≥ 0".into()));
+        }
+        Ok(edge_sft::infer::generate::GenerateOptions {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop_ids,
+        })
+    }
+}

@@ -1,7 +1,7 @@
 //! `edge-sft generate`: a reply to one prompt, streamed to stdout as it is produced.
 
 use edge_sft::error::Error;
-use edge_sft::infer::generate::{generate, GenerateOptions};
+use edge_sft::infer::generate::generate;
 use edge_sft::infer::stream::TextStream;
 use edge_sft::loaded::LoadedModel;
 use edge_sft::tokenize::chat::Message;
@@ -23,18 +23,8 @@ pub struct Args {
     /// An optional system message (otherwise the template's default, if any).
     #[arg(long)]
     pub system: Option<String>,
-    /// Most new tokens to produce.
-    #[arg(long, default_value_t = 256)]
-    pub max_tokens: usize,
-    /// 0 = greedy (deterministic); higher values sample more freely.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
-    #[arg(long, default_value_t = 0.9)]
-    pub top_p: f32,
-    /// Sampling seed (only used when --temperature > 0).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub sampling: super::common::SamplingArgs,
     /// How the prompt becomes text: the model's chat template, or raw (no template), the same
     /// names as tune's and eval's --template.
     #[arg(long, value_enum, default_value = "model")]
@@ -48,12 +38,6 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
-        return Err(Error::Usage("--top-p must be in (0, 1]".into()));
-    }
-    if a.temperature < 0.0 || !a.temperature.is_finite() {
-        return Err(Error::Usage("--temperature must be ≥ 0".into()));
-    }
     super::init_threads(a.threads)?;
     let mut lm = LoadedModel::open(&a.model)?;
     if !a.raw {
@@ -88,13 +72,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut stop_ids: Vec<u32> = tok.eot_id.into_iter().chain(tok.eos_id).collect();
     stop_ids.dedup();
-    let opts = GenerateOptions {
-        max_tokens: a.max_tokens,
-        temperature: a.temperature,
-        top_p: a.top_p,
-        seed: a.seed,
-        stop_ids,
-    };
+    let opts = a.sampling.options(stop_ids)?;
 
     let mut stream = TextStream::new(tok);
     let stdout = std::io::stdout();
