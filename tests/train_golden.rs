@@ -65,16 +65,15 @@ fn flat(v: &Value) -> Vec<f32> {
 fn one_step(arch: &str) {
     let g = golden(arch);
     let tol = common::tol();
-    // The reduced-precision bounds were measured on the 2-layer Llama/Qwen2 fixtures. The tiny
-    // Gemma 3 has 6 layers (5 local, 1 global) and RMS-normalises q and k, so bf16 rounding
-    // compounds over three times the depth and the norm's backward rescales it: on avx512bf16
-    // its worst gradient tensor is 5.6e-2 relative (layer 0 k_proj lora_B, `--loss-on all`),
-    // just over the 2-layer bound of 5e-2. The f32 paths keep their bounds.
-    let tol = if arch == "gemma3" && tol.precision != common::Precision::F32 {
+    // The bf16 bounds were measured on the 2-layer Llama/Qwen2 fixtures. The tiny Gemma 3 has
+    // 6 layers (5 local, 1 global) and RMS-normalises q and k, so bf16 rounding compounds over
+    // three times the depth: measured on avx512bf16, its worst gradient tensor is 5.56e-2
+    // relative (layer 0 k_proj lora_B, `--loss-on all`; bound 5e-2) while its worst element
+    // (0.195·rms) and loss (2.5e-4) stay inside the shared bounds, and every f16 number is
+    // ~10× smaller (5.2e-3). So only the bf16 tensor-L2 bound grows, to 3× (2.7× the worst).
+    let tol = if arch == "gemma3" && tol.precision == common::Precision::Bf16 {
         common::Tol {
             grad_l2: tol.grad_l2 * 3.0,
-            grad_rms: tol.grad_rms * 3.0,
-            grad_rel: tol.grad_rel * 3.0,
             ..tol
         }
     } else {
