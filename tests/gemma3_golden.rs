@@ -12,45 +12,24 @@ use edge_sft::data::{load_jsonl, DataOptions, LossOn, TemplateMode};
 use edge_sft::eval::score_example;
 use edge_sft::infer::generate::{generate, GenerateOptions};
 use edge_sft::loaded::LoadedModel;
-use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
-
-fn model_path() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        std::env::var_os("EDGE_SFT_GEMMA3").map(PathBuf::from),
-        Some(root.join("models/gemma-3-270m-q4_k_m.gguf")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_file())
-}
 
 fn model() -> Option<&'static LoadedModel> {
     static M: OnceLock<Option<LoadedModel>> = OnceLock::new();
-    M.get_or_init(|| match model_path() {
-        Some(p) => Some(LoadedModel::open(&p).expect("open Gemma 3")),
-        None => {
-            eprintln!("note: Gemma 3 GGUF not found (run scripts/fetch_gemma3.sh); skipping");
-            None
-        }
-    })
+    M.get_or_init(
+        || match common::find_model("EDGE_SFT_GEMMA3", "gemma-3-270m-q4_k_m.gguf") {
+            Some(p) => Some(LoadedModel::open(&p).expect("open Gemma 3")),
+            None => {
+                eprintln!("note: Gemma 3 GGUF not found (run scripts/fetch_gemma3.sh); skipping");
+                None
+            }
+        },
+    )
     .as_ref()
 }
 
-fn golden(name: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+use common::{golden_json as golden, ids_of};
 
 #[test]
 fn gemma3_config_and_template() {

@@ -217,3 +217,31 @@ impl Worst {
 pub fn rms(v: &[f32]) -> f64 {
     (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
 }
+
+/// A real model file for the golden tests that need one: `$env_var` if it names a file, else
+/// `models/<file>` in the repository; `None` when neither exists (the test then skips).
+pub fn find_model(env_var: &str, file: &str) -> Option<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [
+        std::env::var_os(env_var).map(std::path::PathBuf::from),
+        Some(root.join("models").join(file)),
+    ];
+    candidates.into_iter().flatten().find(|p| p.is_file())
+}
+
+/// A JSON fixture from tests/golden.
+pub fn golden_json(name: &str) -> serde_json::Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// A JSON array of token ids.
+pub fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
