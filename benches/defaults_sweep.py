@@ -56,6 +56,15 @@ SETTINGS = {
     "b2-lr2e-3-e1": (2, 2e-3, 1),
     "default": None,
 }
+# Candidate defaults: `default` plus only these flags (held-out split and early stop as the
+# default has them), to try a rule before it becomes the default.
+CANDIDATES = {
+    "cand-lr1e-3": ["--lr", "1e-3"],
+    "cand-lr7e-4": ["--lr", "7e-4"],
+    # With the paired-standard-error noise rule for the early stop and the kept step.
+    "se-lr5e-4": ["--lr", "5e-4"],
+    "se-lr1e-3": ["--lr", "1e-3"],
+}
 # Rows named "v1-default" in the results are `default` runs made with the first defaults (until
 # 2026-12-05 06:30): batch 1, lr 1e-3, one epoch, 5% held out, best step kept, no early stop.
 GRID = ["b1-lr2e-4-e2", "b1-lr1e-3-e1", "b1-lr5e-4-e2", "default"]
@@ -82,8 +91,10 @@ def run_one(data, size, name, workdir, threads, seed=None):
         cmd += ["--threads", str(threads)]
     if seed is not None:
         cmd += ["--seed", str(seed)]
-    setting = SETTINGS[name]
-    if setting is not None:
+    setting = SETTINGS.get(name)
+    if name in CANDIDATES:
+        cmd += CANDIDATES[name]
+    elif setting is not None:
         bs, lr, ep = setting
         cmd += ["--batch-size", str(bs), "--lr", str(lr), "--epochs", str(ep),
                 "--eval-split", "0", "--keep", "last", "--save-every", "0"]

@@ -26,6 +26,10 @@ pub struct EvalReport {
     pub perplexity: f64,
     pub records: usize,
     pub skipped: usize,
+    /// −Σ log Pr(y|x) of each scored record, in order: lets two scorings of the same records be
+    /// compared pair by pair (`train::heldout`). Not part of the printed report.
+    #[serde(skip)]
+    pub record_nll: Vec<f64>,
 }
 
 impl EvalReport {
@@ -44,6 +48,7 @@ impl EvalReport {
             perplexity: mean_nll.exp(),
             records: scores.len(),
             skipped,
+            record_nll: scores.iter().map(|s| -s.sum_logprob).collect(),
         }
     }
 }

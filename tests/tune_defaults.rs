@@ -9,6 +9,7 @@ use edge_sft::format::gguf_adapter::read_gguf_adapter;
 use edge_sft::format::peft::read_adapter;
 use edge_sft::loaded::LoadedModel;
 use edge_sft::model::lora::LoraSet;
+use edge_sft::train::heldout::{noise, paired_se, verdict, Verdict};
 use edge_sft::train::params::for_each_tensor;
 use edge_sft::train::trainer::{made_progress, tune, within_noise, Keep, TrainHooks, TuneOptions};
 use std::path::{Path, PathBuf};
@@ -27,10 +28,12 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-struct Evals(Vec<(usize, f64)>);
+/// Each held-out scoring: (step, mean NLL), and its per-record NLLs and scored tokens.
+struct Evals(Vec<(usize, f64)>, Vec<(Vec<f64>, usize)>);
 impl TrainHooks for Evals {
     fn on_eval(&mut self, step: usize, e: &EvalReport) {
         self.0.push((step, e.mean_nll));
+        self.1.push((e.record_nll.clone(), e.scored_tokens));
     }
 }
 
@@ -77,7 +80,7 @@ fn run(
         seed: 3,
         ..TuneOptions::default()
     };
-    let mut hooks = Evals(Vec::new());
+    let mut hooks = Evals(Vec::new(), Vec::new());
     let o = tune(&lm.model, train, Some(held), &opts, out, false, &mut hooks).unwrap();
     (lm, held.to_vec(), hooks, o)
 }
@@ -87,7 +90,13 @@ fn keep_best_leaves_the_latest_step_within_noise_of_the_lowest() {
     let dir = tmp("best");
     let (lm, held, evals, o) = run(Keep::Best, 0, &dir);
     let steps: Vec<(usize, f64)> = evals.0.iter().copied().filter(|(s, _)| *s > 0).collect();
+    let records = &evals.1[1..];
     assert_eq!(steps.len(), 24, "scored after every step");
+    assert_eq!(
+        records[0].0.len(),
+        1,
+        "one held-out record: the fixed margin alone decides"
+    );
     let (best_step, best) =
         steps.iter().fold(
             (0, f64::INFINITY),
@@ -95,11 +104,14 @@ fn keep_best_leaves_the_latest_step_within_noise_of_the_lowest() {
         );
     assert_eq!(o.best, Some((best_step, best)));
     // The kept step: the latest one within noise of the lowest NLL seen up to it.
-    let mut lowest = f64::INFINITY;
+    let mut lowest = (f64::INFINITY, Vec::new());
     let mut want = (0, 0.0);
-    for &(s, v) in &steps {
-        lowest = lowest.min(v);
-        if within_noise(v, lowest) {
+    for (&(s, v), (per_record, tokens)) in steps.iter().zip(records) {
+        if v < lowest.0 {
+            lowest = (v, per_record.clone());
+        }
+        let se = paired_se(per_record, &lowest.1, *tokens);
+        if v <= lowest.0 + noise(lowest.0, se) {
             want = (s, v);
         }
     }
@@ -108,7 +120,7 @@ fn keep_best_leaves_the_latest_step_within_noise_of_the_lowest() {
         "the held-out NLL must turn back up for this test to tell kept from last: {steps:?}"
     );
     assert_eq!((o.kept_step, o.kept_eval), (want.0, Some(want.1)));
-    assert!(within_noise(want.1, best) && want.0 >= best_step);
+    assert!(want.0 >= best_step);
     let on_disk = read_adapter(&dir, &lm.model.config).unwrap();
     let disk_nll = mean_nll(&lm, &held, &on_disk);
     assert!(
@@ -132,15 +144,19 @@ fn keep_best_leaves_the_latest_step_within_noise_of_the_lowest() {
 fn early_stop_after_patience_scorings_without_progress() {
     let dir = tmp("early");
     let (lm, held, evals, o) = run(Keep::Best, 3, &dir);
-    let mut reference = evals.0[0].1; // step 0: the base model
+    // Step 0: the base model.
+    let mut reference = (evals.0[0].1, evals.1[0].0.clone());
     let mut stalled = 0;
     let mut want = None;
-    for &(s, v) in &evals.0[1..] {
-        if made_progress(v, reference) {
-            reference = v;
-            stalled = 0;
-        } else {
-            stalled += 1;
+    for (&(s, v), (per_record, tokens)) in evals.0[1..].iter().zip(&evals.1[1..]) {
+        let se = paired_se(per_record, &reference.1, *tokens);
+        match verdict(v, reference.0, se) {
+            Verdict::Progress => {
+                reference = (v, per_record.clone());
+                stalled = 0;
+            }
+            Verdict::Stalled => stalled += 1,
+            Verdict::Unclear => {}
         }
         if stalled == 3 {
             want = Some(s);

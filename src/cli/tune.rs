@@ -12,7 +12,7 @@ use edge_sft::train::optim::Schedule;
 use edge_sft::train::plan::{self, DEFAULT_WARMUP_RATIO};
 use edge_sft::train::trainer::{
     tune, Keep, StepReport, TrainHooks, TuneOptions, TuneOutcome, DEFAULT_BATCH_SIZE,
-    DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_PATIENCE,
+    DEFAULT_EPOCHS, DEFAULT_PATIENCE,
 };
 use edge_sft::Result;
 use std::io::IsTerminal;
@@ -42,7 +42,8 @@ pub enum KeepArg {
 objective instead. Loss is normalised by the number of scored tokens in each optimizer step, \
 across its micro-batches, as PEFT/TRL do.\n\n\
 Defaults (chosen by a sweep on three data sets at 50, 200 and 1,000 records, \
-benches/results/defaults.md): --batch-size 1, --lr 5e-4, cosine schedule with 5% warm-up, \
+benches/results/defaults.md): --batch-size 1, --lr 5e-4 (up to 1e-3 on fewer than 200 \
+records), cosine schedule with 5% warm-up, \
 up to --epochs 2, LoRA r=8 α=16 on all seven projections. A few percent of the records are held \
 out and scored 10 times a run; the adapter of the best-scoring step is kept, and the run stops \
 early once 3 scorings in a row (--patience) have not improved on it. A run that diverges \
@@ -88,9 +89,10 @@ pub struct Args {
     /// Projections to adapt, comma-separated from q,k,v,o,gate,up,down.
     #[arg(long, default_value = "q,k,v,o,gate,up,down", value_delimiter = ',')]
     pub targets: Vec<String>,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = DEFAULT_LR)]
-    pub lr: f32,
+    /// Peak learning rate [default: 5e-4, larger on a small data set: 5e-4 · √(200 / steps per
+    /// epoch), at most 1e-3, so 50 records get 1e-3 and 100 get 7.3e-4].
+    #[arg(long)]
+    pub lr: Option<f32>,
     /// Passes over the training data.
     #[arg(long, default_value_t = DEFAULT_EPOCHS)]
     pub epochs: usize,
@@ -130,12 +132,14 @@ pub struct Args {
     #[arg(long)]
     pub eval_every: Option<usize>,
     /// Which adapter to leave in --out: the best-scoring step on the held-out records (the latest
-    /// one within noise, 1% + 0.005 nats, of the lowest NLL), or the last step.
+    /// one within noise of the lowest NLL: 1% + 0.005 nats, or twice the standard error of the
+    /// record-by-record difference when that is larger), or the last step.
     #[arg(long, value_enum, default_value = "best")]
     pub keep: KeepArg,
     /// Stop early when this many held-out scorings in a row do not beat the last one that
-    /// improved by more than noise (1% + 0.005 nats); 0 = always run to the end. Needs held-out
-    /// records (the split or --eval-data).
+    /// improved by more than 1% + 0.005 nats; on a held-out set too small to see a change of
+    /// that size, only scorings clearly worse (by twice the standard error) count. 0 = always
+    /// run to the end. Needs held-out records (the split or --eval-data).
     #[arg(long, default_value_t = DEFAULT_PATIENCE)]
     pub patience: usize,
     /// Save a checkpoint every N steps (0 = only at the end; default: every 2 minutes and at the
@@ -323,7 +327,9 @@ pub fn run(a: Args) -> Result<()> {
         alpha: a.alpha,
         dropout: a.dropout,
         targets: parse_targets(&a.targets)?,
-        lr: a.lr,
+        lr: a
+            .lr
+            .unwrap_or_else(|| plan::default_lr(train.examples.len(), a.batch_size)),
         epochs: a.epochs,
         steps: a.steps,
         batch_size: a.batch_size,
@@ -370,7 +376,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let total = plan::total_steps(train.examples.len(), a.batch_size, a.epochs, a.steps);
     eprintln!(
-        "tuning {} ({} threads), LoRA r={} α={} on {}, lr {:e}",
+        "tuning {} ({} threads), LoRA r={} α={} on {}, lr {:.2e}{}",
         a.model.display(),
         threads,
         opts.rank,
@@ -380,7 +386,12 @@ pub fn run(a: Args) -> Result<()> {
             .map(|t| t.short())
             .collect::<Vec<_>>()
             .join(","),
-        opts.lr
+        opts.lr,
+        if a.lr.is_none() {
+            " (the default for this many records)"
+        } else {
+            ""
+        }
     );
     eprintln!(
         "{}",
@@ -529,7 +540,7 @@ fn summarize(a: &Args, out: &std::path::Path, o: &TuneOutcome, scored: bool) {
     }
     let which = if scored && matches!(a.keep, KeepArg::Best) {
         format!(
-            "step {}: the last one within noise (1% + 0.005) of the lowest held-out NLL",
+            "step {}: the last one within noise of the lowest held-out NLL",
             o.kept_step
         )
     } else {

@@ -18,7 +18,7 @@ pub const DIR: &str = "checkpoint";
 pub const STATE: &str = "state.json";
 
 /// Everything but the tensors.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
     pub format: u32,
     /// Optimizer updates done.
@@ -51,6 +51,12 @@ pub struct State {
     pub progress_eval: Option<f64>,
     #[serde(default)]
     pub stalled_evals: usize,
+    /// Per-record held-out NLL of the progress reference and of the lowest scoring, for the
+    /// paired comparisons of `heldout::record`.
+    #[serde(default)]
+    pub progress_records: Vec<f64>,
+    #[serde(default)]
+    pub lowest_records: Vec<f64>,
     /// The base model's held-out mean NLL, scored before the first step (for `report`).
     #[serde(default)]
     pub base_eval: Option<f64>,

@@ -17,6 +17,23 @@ pub const WARMUP_CAP: usize = 100;
 /// Held-out scorings per run when `--eval-every` is not given (plus the one at the end).
 pub const EVALS_PER_RUN: usize = 10;
 
+/// The default peak learning rate on a data set of many records: `DEFAULT_LR` …
+pub const BASE_LR: f32 = 5e-4;
+/// … for an epoch of at least this many optimizer steps; a shorter epoch takes larger steps …
+pub const BASE_LR_STEPS: usize = 200;
+/// … up to this multiple of `BASE_LR`.
+pub const MAX_LR_SCALE: f32 = 2.0;
+
+/// The peak learning rate when `--lr` is not given, for `n` training records in steps of
+/// `batch_size`: `BASE_LR` · √(`BASE_LR_STEPS` / steps per epoch), between 1× and 2×. A small
+/// data set gets fewer updates, so each moves further: 45 records get 1e-3, 95 get 7.3e-4, 190
+/// and more 5e-4 (the sweep behind it: benches/results/defaults.md).
+pub fn default_lr(n: usize, batch_size: usize) -> f32 {
+    let per_epoch = n.div_ceil(batch_size.max(1)).max(1);
+    let scale = (BASE_LR_STEPS as f32 / per_epoch as f32).sqrt();
+    BASE_LR * scale.clamp(1.0, MAX_LR_SCALE)
+}
+
 /// The example order of one epoch: a seeded shuffle of `0..n`.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut rng = Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -130,6 +147,26 @@ pub fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_data_sets_get_a_larger_default_lr() {
+        assert_eq!(default_lr(45, 1), 1e-3);
+        assert_eq!(default_lr(10, 1), 1e-3, "capped at 2×");
+        assert!(
+            (default_lr(95, 1) - 7.255e-4).abs() < 1e-6,
+            "{}",
+            default_lr(95, 1)
+        );
+        assert!(
+            (default_lr(190, 1) - 5.13e-4).abs() < 1e-6,
+            "{}",
+            default_lr(190, 1)
+        );
+        assert_eq!(default_lr(200, 1), 5e-4);
+        assert_eq!(default_lr(5000, 1), 5e-4, "never below the base");
+        // Steps per epoch, not records: 400 records in steps of 4 are 100 steps.
+        assert_eq!(default_lr(400, 4), default_lr(100, 1));
+    }
 
     #[test]
     fn steps_are_counted_in_records() {

@@ -307,6 +307,8 @@ pub fn tune(
         kept_eval: None,
         progress_eval: None,
         stalled_evals: 0,
+        progress_records: Vec::new(),
+        lowest_records: Vec::new(),
         base_eval: None,
     };
     if resume {
@@ -344,8 +346,7 @@ pub fn tune(
         (Some(ev), false) => {
             let r = mean_eval(model, ev, None)?;
             hooks.on_eval(0, &r);
-            state.progress_eval = Some(r.mean_nll);
-            state.base_eval = Some(r.mean_nll);
+            heldout::record_base(&mut state, &r);
             Some(r)
         }
         _ => None,
@@ -512,7 +513,7 @@ pub fn tune(
                 let r = mean_eval(model, ev, Some(&params))?;
                 eval_loss = Some(r.mean_nll);
                 hooks.on_eval(state.step, &r);
-                let seen = heldout::record(&mut state, r.mean_nll, opts.patience);
+                let seen = heldout::record(&mut state, &r, opts.patience);
                 if seen.stop && !last {
                     stopped_early = true;
                     last = true;
