@@ -120,7 +120,12 @@ fn value_text(arg: &Arg, m: &ArgMatches) -> Option<String> {
         match kind {
             Kind::Flag if s == "true" || s == "false" => s.to_string(),
             Kind::Int if s.parse::<i64>().is_ok_and(|i| i.to_string() == s) => s.to_string(),
-            Kind::Float if number_token(&s).is_some_and(|t| same_number(&t, &s)) => s.to_string(),
+            // Written as the file reader will pass it on (`1e-3` as 0.001), so that a repeat's
+            // run.toml reads the same as its original's.
+            Kind::Float => match number_token(&s) {
+                Some(t) if same_number(&t, &s) => t,
+                _ => quote(&s),
+            },
             Kind::Path => quote(&absolute(Path::new(r)).to_string_lossy()),
             _ => quote(&s),
         }
