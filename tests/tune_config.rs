@@ -79,15 +79,16 @@ fn setting(out: &Path, key: &str) -> String {
 fn a_run_repeated_from_its_run_toml_writes_the_same_adapter() {
     let dir = tmp("repeat");
     train_file(&dir);
-    let model = fixture("llama/hf_f32");
-    // Relative paths, no --threads: run.toml must make them absolute and pin the count.
+    // Relative paths, no --threads: run.toml must make them absolute and pin the count (and the
+    // model's path, which the adapter's metadata names, must be the same in the repeat).
+    std::os::unix::fs::symlink(fixture("llama"), dir.join("models")).unwrap();
     let o = edge_sft(
         &dir,
         &[
             "tune",
             "--lora",
             "--model",
-            model.to_str().unwrap(),
+            "models/hf_f32",
             "--data",
             "train.jsonl",
             "--out",
@@ -120,6 +121,11 @@ fn a_run_repeated_from_its_run_toml_writes_the_same_adapter() {
     assert_eq!(
         setting(&first, "data"),
         format!("{:?}", data.to_str().unwrap())
+    );
+    let model = dir.join("models/hf_f32");
+    assert_eq!(
+        setting(&first, "model"),
+        format!("{:?}", model.to_str().unwrap())
     );
     assert_eq!(setting(&first, "seed"), "7");
     assert_eq!(setting(&first, "targets"), r#"["q", "v", "down"]"#);
