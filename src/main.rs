@@ -1,6 +1,6 @@
 //! The `edge-sft` command line: a thin shell over the library.
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 mod cli;
@@ -62,7 +62,24 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `tune --config FILE` fills in the flags the command line leaves out (cli/config_file.rs).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = match cli::config_file::parse(Cli::command(), argv.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Tune(a), Some(m)) = (
+        &mut cli.command,
+        matches.subcommand_matches(cli::config_file::SUBCOMMAND),
+    ) {
+        let cmd = Cli::command();
+        let tune = cmd.find_subcommand(cli::config_file::SUBCOMMAND);
+        a.settings = tune.map(|t| cli::run_toml::RunSettings::from_matches(t, m, &argv));
+    }
     let threads = match &cli.command {
         Command::Inspect(_) => None,
         Command::Eval(a) => a.threads,

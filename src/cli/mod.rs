@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod common;
+pub mod config_file;
 pub mod daemon;
 pub mod eval;
 pub mod export;
@@ -9,6 +10,7 @@ pub mod generate;
 pub mod inspect;
 pub mod merge;
 pub mod report;
+pub mod run_toml;
 pub mod shell;
 pub mod tune;
 

@@ -1,6 +1,7 @@
 //! `edge-sft tune --lora`: response-masked LoRA SFT on a frozen quantized base.
 
 use super::common::DataArgs;
+use super::run_toml::RunSettings;
 use edge_sft::data::{load_jsonl, Dataset};
 use edge_sft::error::Error;
 use edge_sft::eval::EvalReport;
@@ -49,7 +50,9 @@ out and scored 10 times a run; the adapter of the best-scoring step is kept, and
 early once 3 scorings in a row (--patience) have not improved on it. A run that diverges \
 (non-finite or collapsing loss) stops with an error and writes nothing of the bad step.\n\n\
 Output folder: adapter_config.json + adapter_model.safetensors (PEFT), adapter.gguf (llama.cpp \
---lora, ollama ADAPTER), metrics.jsonl, checkpoint/.\n\
+--lora, ollama ADAPTER), metrics.jsonl, checkpoint/, and run.toml: every setting of the run \
+(defaults, seed, thread count, absolute paths), written as it starts; \
+`edge-sft tune --config OUT/run.toml --out NEW` repeats it, to the same adapter bytes.\n\
 Ctrl-C (or SIGTERM) saves a checkpoint; continue with --resume OUT.\n\n\
 Example:\n  edge-sft tune --lora --model models/SmolLM2-135M-Instruct.Q4_1.gguf \\\n    \
 --data train.jsonl --eval-data heldout.jsonl --out runs/me"
@@ -59,6 +62,12 @@ pub struct Args {
     /// stays frozen either way).
     #[arg(long)]
     pub lora: bool,
+    /// Read flags from a TOML file: each key is a flag's long name, e.g. `lr = 5e-4`,
+    /// `batch-size = 1`, `targets = ["q", "v"]`, `grad-checkpoint = true`. Flags on the command
+    /// line win; relative paths are relative to the file's folder. Every run's OUT/run.toml is
+    /// such a file.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
     /// A .gguf file or a Hugging Face model folder.
     #[arg(long)]
     pub model: PathBuf,
@@ -161,6 +170,9 @@ pub struct Args {
     /// Worker threads (default: physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The effective settings, written to OUT/run.toml (set by main from the final matches).
+    #[arg(skip)]
+    pub settings: Option<RunSettings>,
 }
 
 struct CliHooks {
@@ -280,7 +292,8 @@ pub fn run(a: Args) -> Result<()> {
         .or_else(|| a.resume.clone())
         .ok_or_else(|| Error::Usage("give --out DIR (or --resume DIR)".into()))?;
     if let (Some(r), Some(o)) = (&a.resume, &a.out) {
-        if r != o {
+        // `--config RUN/run.toml --resume RUN` meets the file's absolute `out` here.
+        if absolute(r) != absolute(o) {
             return Err(Error::Usage(
                 "--resume and --out name different folders".into(),
             ));
@@ -308,6 +321,16 @@ pub fn run(a: Args) -> Result<()> {
         let _ = std::fs::remove_file(out.join("metrics.jsonl"));
     }
     let threads = super::init_threads(a.threads)?;
+    // The settings are written before anything slow, so a killed run has them too. A resume
+    // writes them once the trainer has accepted the checkpoint (their options must match it).
+    let settings = a.settings.clone().map(|mut s| {
+        s.set_path("out", &out);
+        s.set_int("threads", threads as u64);
+        s
+    });
+    if let (Some(s), false) = (&settings, resume) {
+        s.write(&out, false)?;
+    }
     let mut lm = LoadedModel::open(&a.model)?;
     a.data_args.template.apply(&mut lm);
     let mut train = load(&a.data, &lm, &a.data_args)?;
@@ -353,8 +376,10 @@ pub fn run(a: Args) -> Result<()> {
         patience: a.patience,
         grad_checkpoint: a.grad_checkpoint,
         adapter_dtype: a.adapter_dtype.into(),
-        base_model: a.model.display().to_string(),
-        init_adapter: a.init_adapter.clone(),
+        // Absolute, so that a run repeated from its run.toml (absolute paths) writes the same
+        // adapter metadata and resumes with the same options.
+        base_model: absolute(&a.model).display().to_string(),
+        init_adapter: a.init_adapter.as_deref().map(absolute),
     };
     if let Some(p) = &a.init_adapter {
         let start = edge_sft::format::gguf_adapter::read_any_adapter(p, &model.config)?;
@@ -445,6 +470,9 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(b) = &hooks.bar {
         b.finish();
     }
+    if let (Some(s), true) = (&settings, resume) {
+        s.write(&out, true)?;
+    }
     if outcome.interrupted {
         eprintln!(
             "interrupted at step {}/{}; checkpoint saved. Continue with: --resume {}",
@@ -490,6 +518,10 @@ fn split_off_holdout(train: &mut Dataset, a: &Args) -> Option<Dataset> {
         examples: held_ex,
         ..Dataset::default()
     })
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 fn fmt_duration(s: f64) -> String {
