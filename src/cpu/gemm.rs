@@ -1,4 +1,5 @@
-//! The tiled GEMM driver behind the matrix products (see `matmul.rs` for the public API).
+//! The tiled GEMM driver behind the matrix products (see `matmul.rs` and `matmul_f32.rs` for
+//! the public API).
 //!
 //! One driver serves all of them (Goto-style, without packing A): the output C[m, n] is cut
 //! into tasks of MC rows × NB columns, run in parallel with rayon. A task walks k in chunks
