@@ -147,10 +147,8 @@ def expand_use(tree):
 
 
 def inline_mods(text):
-    """For each offset, the inline `mod name { .. }` stack around it: a sorted list of
-    (start, end, name) spans."""
+    """The inline `mod name { .. }` blocks of a file, as (start, end, name) spans."""
     spans, stack, depth = [], [], 0
-    pending = None
     for m in re.finditer(r"\bmod\s+(" + IDENT + r")\s*\{|[{}]", text):
         tok = m.group(0)
         if tok == "}":
@@ -166,6 +164,7 @@ def inline_mods(text):
 
 
 def ctx_at(mod, spans, pos):
+    """The module path at offset `pos`: the file's module plus the inline modules around it."""
     names = [name for (s, e, name) in sorted(spans) if s <= pos < e]
     return mod + tuple(names)
 

@@ -1,6 +1,7 @@
 //! What the tiled GEMM drivers (`gemm`, `gemm_bf16`, `gemm_f16`) share: the low-rank term a
 //! product may fold in, the edge tile every microkernel call on a ragged border goes through,
-//! and the C pointer their tasks share. A leaf: the drivers import it, never each other.
+//! and the C pointer their tasks share. Kept out of the drivers so imports run one way:
+//! `gemm` calls `gemm_bf16` / `gemm_f16`, and all three take these types from here.
 
 use super::panel::BSrc;
 
