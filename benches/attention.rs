@@ -8,17 +8,18 @@
 //! product (forward 2 products, backward 5, of 2·hd flops per visible (query, key) pair and
 //! head), and µs per token. Not a test: numbers depend on the machine.
 //!
-//! Each row is timed for the crate's attention (`new`) and for the code before issue 4
-//! (`old`, kept in attention/old.rs), alternating call by call in the same run, so ratios are
-//! measured under the same load and the same GEMM kernels. `allocs/call` counts heap
+//! Each row is timed for the crate's attention (`new`) and for a fixed reference, the code
+//! before issue 4 (`baseline`, in attention/baseline.rs: nothing else uses it), alternating call
+//! by call in the same run, so ratios are measured under the same load and the same GEMM
+//! kernels. `allocs/call` counts heap
 //! allocations (all threads) of one more call after the timed ones: the steady state.
 //!
-//! Environment: `ATTN_BENCH_NEW_ONLY=1` skips the old code (for profiling with perf);
+//! Environment: `ATTN_BENCH_NEW_ONLY=1` skips the baseline (for profiling with perf);
 //! `ATTN_BENCH_ALLOC_TRACE=1` prints the allocations of 20 consecutive calls;
 //! `EDGE_SFT_ISA=...` picks the kernel path as everywhere else.
 
-#[path = "attention/old.rs"]
-mod old;
+#[path = "attention/baseline.rs"]
+mod baseline;
 
 use edge_sft::train::attention::{attention_backward, attention_forward, AttnShape};
 use edge_sft::train::batch::Segment;
@@ -94,13 +95,13 @@ fn best_of(min_runs: usize, budget: Duration, fs: &mut [&mut dyn FnMut()]) -> Ve
 
 fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    // For profiling the current code alone: ATTN_BENCH_NEW_ONLY=1 skips the old one.
-    let run_old = std::env::var_os("ATTN_BENCH_NEW_ONLY").is_none();
+    // For profiling the current code alone: ATTN_BENCH_NEW_ONLY=1 skips the baseline.
+    let run_baseline = std::env::var_os("ATTN_BENCH_NEW_ONLY").is_none();
     let s = AttnShape::causal(9, 3, 64);
     let hd = s.head_dim;
     let cases: [(&str, usize, usize); 3] =
         [("seq256", 256, 1), ("seq1024", 1024, 1), ("4x256", 1024, 4)];
-    println!("| case | threads | pass | impl | best ms | GFLOP/s | µs/token | new/old time | allocs/call |\n|---|---|---|---|---|---|---|---|---|");
+    println!("| case | threads | pass | impl | best ms | GFLOP/s | µs/token | new/baseline time | allocs/call |\n|---|---|---|---|---|---|---|---|---|");
     for (name, t, nseg) in cases {
         let seg_len = t / nseg;
         let segs: Vec<Segment> = (0..nseg)
@@ -147,8 +148,10 @@ fn main() {
                     budget,
                     &mut [
                         &mut || {
-                            if run_old {
-                                old::attention_forward(s, &segs, &q, &k, &v, &mut out0, &mut lse0);
+                            if run_baseline {
+                                baseline::attention_forward(
+                                    s, &segs, &q, &k, &v, &mut out0, &mut lse0,
+                                );
                             }
                             black_box(&out0);
                         },
@@ -163,8 +166,8 @@ fn main() {
                     budget,
                     &mut [
                         &mut || {
-                            if run_old {
-                                old::attention_backward(
+                            if run_baseline {
+                                baseline::attention_backward(
                                     s, &segs, &q, &k, &v, out, lse, &dout, &mut dq0, &mut dk0,
                                     &mut dv0,
                                 );
@@ -199,7 +202,9 @@ fn main() {
                     (0..20)
                         .map(|i| {
                             if i % 5 == 4 {
-                                old::attention_forward(s, &segs, &q, &k, &v, &mut out0, &mut lse0);
+                                baseline::attention_forward(
+                                    s, &segs, &q, &k, &v, &mut out0, &mut lse0,
+                                );
                             }
                             allocations(|| {
                                 attention_forward(s, &segs, &q, &k, &v, &mut out1, &mut lse1)
@@ -213,11 +218,11 @@ fn main() {
             let allocs = pool.install(|| {
                 [
                     allocations(|| {
-                        old::attention_forward(s, &segs, &q, &k, &v, &mut out0, &mut lse0)
+                        baseline::attention_forward(s, &segs, &q, &k, &v, &mut out0, &mut lse0)
                     }),
                     allocations(|| attention_forward(s, &segs, &q, &k, &v, &mut out1, &mut lse1)),
                     allocations(|| {
-                        old::attention_backward(
+                        baseline::attention_backward(
                             s, &segs, &q, &k, &v, out, lse, &dout, &mut dq0, &mut dk0, &mut dv0,
                         )
                     }),
@@ -228,10 +233,10 @@ fn main() {
                     }),
                 ]
             });
-            let rows = [("old", fwd[0], bwd[0]), ("new", fwd[1], bwd[1])];
+            let rows = [("baseline", fwd[0], bwd[0]), ("new", fwd[1], bwd[1])];
             for (pi, pass, products) in [(0, "fwd", 2.0), (1, "bwd", 5.0)] {
                 let time = |r: &(&str, Duration, Duration)| if pi == 0 { r.1 } else { r.2 };
-                let old_secs = time(&rows[0]).as_secs_f64();
+                let base_secs = time(&rows[0]).as_secs_f64();
                 for (ri, r) in rows.iter().enumerate() {
                     let secs = time(r).as_secs_f64();
                     println!(
@@ -240,7 +245,7 @@ fn main() {
                         secs * 1e3,
                         products * 2.0 * hd as f64 * pairs / secs / 1e9,
                         secs * 1e6 / t as f64,
-                        secs / old_secs,
+                        secs / base_secs,
                         allocs[2 * pi + ri]
                     );
                 }

@@ -10,9 +10,9 @@
 //! order): deterministic, whatever the thread count.
 
 use super::dispatch::Isa;
-use super::gemm::{EdgeTile, LowRank};
 use super::panel::{pack_b, pack_b_bf16, BSrc};
 use super::par;
+use super::tile::{CPtr, EdgeTile, LowRank};
 use super::x86::avx512;
 use super::x86::bf16;
 use std::cell::RefCell;
@@ -24,9 +24,6 @@ const NB_MAX: usize = 128;
 /// Depth of one panel (a multiple of 32 so quant blocks never straddle chunks).
 const KC: usize = 256;
 
-#[derive(Clone, Copy)]
-struct CPtr(*mut f32);
-
 /// The shared packed-A buffer; tasks write disjoint row ranges of it.
 #[derive(Clone, Copy)]
 struct APtr(*mut u16);
@@ -34,10 +31,6 @@ struct APtr(*mut u16);
 unsafe impl Send for APtr {}
 // SAFETY: as above.
 unsafe impl Sync for APtr {}
-// SAFETY: tasks only write disjoint C tiles, so sharing the pointer is sound.
-unsafe impl Send for CPtr {}
-// SAFETY: as above.
-unsafe impl Sync for CPtr {}
 
 thread_local! {
     /// f32 scratch: B panel, dequantization rows, a C edge tile.

@@ -9,9 +9,9 @@
 //! ≤ 2⁻¹¹) — summed in f32 in a fixed order: deterministic, whatever the thread count.
 
 use super::dispatch::Isa;
-use super::gemm::EdgeTile;
 use super::panel::{pack_b, BSrc};
 use super::par;
+use super::tile::{CPtr, EdgeTile};
 use std::cell::RefCell;
 
 /// Rows per task at most (see `gemm::MC_MAX`).
@@ -70,13 +70,6 @@ fn aligned16(buf: &mut [u16]) -> &mut [u16] {
     let off = buf.as_ptr().align_offset(64).min(32);
     &mut buf[off..]
 }
-
-#[derive(Clone, Copy)]
-struct CPtr(*mut f32);
-// SAFETY: tasks only write disjoint C tiles, so sharing the pointer is sound.
-unsafe impl Send for CPtr {}
-// SAFETY: as above.
-unsafe impl Sync for CPtr {}
 
 thread_local! {
     /// f32 scratch: the f32 panel, dequantization rows, a C edge tile.

@@ -16,8 +16,9 @@
 //! parallel (a cold hand-off to the pool costs tens of microseconds, more than a small GEMV
 //! takes), so generation from the main thread runs its per-layer GEMVs on one core.
 //!
-//! Layout: `dispatch` (ISA detection), `matmul` (public products) over `gemm` (tiled driver),
-//! `panel` (B panels: dequantize, transpose), `gemv` (few rows of x against W), `small`
+//! Layout: `dispatch` (ISA detection), `matmul` (public products with a weight) and
+//! `matmul_f32` (of two f32 matrices) over `gemm` (tiled driver) and `tile` (what the drivers
+//! share), `panel` (B panels: dequantize, transpose), `gemv` (few rows of x against W), `small`
 //! (few-row f32 products), `vecops` (vector kernels), `scalar` and `x86/*` (per-ISA code),
 //! `reference` (f64 references for tests), `par` (when to go parallel), `arm/neon` (AArch64),
 //! `gemm_bf16` + `x86/bf16` (the opt-in reduced-precision GEMM, `Isa::Avx512Bf16`),
@@ -34,21 +35,26 @@ mod gemm_bf16;
 mod gemm_f16;
 mod gemv;
 mod matmul;
+mod matmul_f32;
 mod panel;
 mod par;
 pub mod reference;
 mod scalar;
 mod small;
 mod swiglu;
+mod tile;
 mod vecops;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use dispatch::{active_isa, available_isas, isa_name, Isa};
 pub use matmul::{
+    matmul_w, matmul_w_into, matmul_w_lora, matmul_w_with, matmul_wt, matmul_wt_lora,
+    matmul_wt_range, matmul_wt_range_with, matmul_wt_with,
+};
+pub use matmul_f32::{
     matmul_f32_nn, matmul_f32_nn_with, matmul_f32_nt, matmul_f32_nt_with, matmul_f32_tn,
-    matmul_f32_tn_with, matmul_w, matmul_w_into, matmul_w_lora, matmul_w_with, matmul_wt,
-    matmul_wt_lora, matmul_wt_range, matmul_wt_range_with, matmul_wt_with,
+    matmul_f32_tn_with,
 };
 pub use swiglu::{swiglu_backward, swiglu_backward_with};
 pub use vecops::{

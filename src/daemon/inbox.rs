@@ -20,42 +20,20 @@
 
 use super::log;
 use super::state::{fnv1a, open_append, unix_now, DaemonState, FileEntry};
+use super::store::load_ids;
+pub use super::store::{read_store, Quarantined, Stored, QUARANTINE_FILE, STORE_FILE};
 use crate::data::parse_record;
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-pub const STORE_FILE: &str = "store.jsonl";
-pub const QUARANTINE_FILE: &str = "quarantine.jsonl";
 /// Bytes of a file's head remembered to recognise it.
 const HEAD: u64 = 64;
 /// Commit (store, then state) after this many pending bytes, bounding memory on a backlog.
 const BATCH_BYTES: usize = 4 << 20;
-
-/// One stored pair: its id, where it came from, and the record as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Stored {
-    pub id: String,
-    pub file: PathBuf,
-    pub line: u64,
-    pub record: serde_json::Value,
-}
-
-/// One quarantined line: where, and why.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Quarantined {
-    pub id: String,
-    pub file: PathBuf,
-    pub line: u64,
-    pub offset: u64,
-    pub bytes: u64,
-    pub reason: String,
-    pub unix_time: u64,
-}
 
 /// What one scan found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -73,65 +51,6 @@ pub struct Inbox {
     quarantined_ids: HashSet<String>,
     /// Lines in the store.
     pub store_len: u64,
-}
-
-/// Read the ids of a JSONL file written by the daemon, first cutting a partial last line (a
-/// crash mid-append) so the next append starts on a fresh line.
-fn load_ids(path: &Path) -> Result<Vec<String>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if complete < bytes.len() {
-        log(&format!(
-            "{}: cutting a partial last line ({} bytes) left by a crash",
-            path.display(),
-            bytes.len() - complete
-        ));
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        f.set_len(complete as u64).map_err(|e| Error::io(path, e))?;
-        f.sync_all().map_err(|e| Error::io(path, e))?;
-    }
-    #[derive(Deserialize)]
-    struct IdOnly {
-        id: String,
-    }
-    let mut ids = Vec::new();
-    for (i, l) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
-        if l.is_empty() {
-            continue;
-        }
-        let r: IdOnly = serde_json::from_slice(l)
-            .map_err(|e| Error::data(path, i + 1, format!("damaged daemon file: {e}")))?;
-        ids.push(r.id);
-    }
-    Ok(ids)
-}
-
-/// All stored pairs, in store order.
-pub fn read_store(state_dir: &Path) -> Result<Vec<Stored>> {
-    let p = state_dir.join(STORE_FILE);
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(&p, e)),
-    };
-    let mut out = Vec::new();
-    for (i, l) in text.lines().enumerate() {
-        if l.is_empty() {
-            continue;
-        }
-        out.push(
-            serde_json::from_str(l)
-                .map_err(|e| Error::data(&p, i + 1, format!("damaged store line: {e}")))?,
-        );
-    }
-    Ok(out)
 }
 
 /// A line read from an inbox file (without its '\n').

@@ -7,6 +7,7 @@
 //! - `config`: the TOML config and its defaults
 //! - `state`: the crash-safe state file and atomic-write helpers
 //! - `inbox`: reading the inbox into the store and the quarantine
+//! - `store`: the store and quarantine files (their records, reading back, ids after a crash)
 //! - `triggers`: the device conditions
 //! - `round`: one training round (plan, train, gate, publish, finish)
 //! - `gate`: the promotion rule and decisions.jsonl
@@ -20,6 +21,7 @@ pub mod publish;
 pub mod round;
 pub mod state;
 pub mod status;
+mod store;
 pub mod triggers;
 
 use crate::data::{load_jsonl, DataOptions};

@@ -6,11 +6,21 @@
 //! then the data section; tensor offsets are relative to its start. A string is a u64 length
 //! followed by that many bytes. Every count, length and offset is checked against the bytes that
 //! remain before it is used, so a lying file gives an `Error`, never a panic or a huge allocation.
+//!
+//! Files: `value` (metadata value types), `reader` (the bounded header cursor), this one (the
+//! file: header parse, tensor checks, lookups).
+
+mod reader;
+mod value;
+
+pub use reader::MAX_METADATA_VALUES;
+pub use value::{value_type, Value};
 
 use crate::error::{Error, Result};
 use crate::model::weights::{Backing, QMatrix};
 use crate::quant::{dequantize_row, GgmlType};
 use memmap2::Mmap;
+use reader::Reader;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,123 +29,6 @@ pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
 pub const DEFAULT_ALIGNMENT: usize = 32;
 /// ggml's `GGML_MAX_DIMS`.
 pub const MAX_DIMS: usize = 4;
-/// Deeper nesting than this is certainly garbage; the limit keeps recursion off the stack limit.
-const MAX_ARRAY_DEPTH: usize = 16;
-/// Most metadata values (array elements included) one file may hold. Each costs a 32-byte
-/// `Value` in memory however few bytes it takes in the file (a u8 takes one), so this caps the
-/// metadata's memory at 512 MiB plus its string bytes. Real models hold under a million (the
-/// largest vocabularies: ~262k tokens, with as many scores and types, plus the merges).
-pub const MAX_METADATA_VALUES: u64 = 1 << 24;
-
-/// GGUF metadata value type ids.
-pub mod value_type {
-    pub const U8: u32 = 0;
-    pub const I8: u32 = 1;
-    pub const U16: u32 = 2;
-    pub const I16: u32 = 3;
-    pub const U32: u32 = 4;
-    pub const I32: u32 = 5;
-    pub const F32: u32 = 6;
-    pub const BOOL: u32 = 7;
-    pub const STRING: u32 = 8;
-    pub const ARRAY: u32 = 9;
-    pub const U64: u32 = 10;
-    pub const I64: u32 = 11;
-    pub const F64: u32 = 12;
-}
-
-/// A GGUF metadata value (all GGUF value types).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    U8(u8),
-    I8(i8),
-    U16(u16),
-    I16(i16),
-    U32(u32),
-    I32(i32),
-    U64(u64),
-    I64(i64),
-    F32(f32),
-    F64(f64),
-    Bool(bool),
-    String(String),
-    Array(Vec<Value>),
-}
-
-impl Value {
-    /// The GGUF type id of this value.
-    pub fn type_id(&self) -> u32 {
-        use value_type as t;
-        match self {
-            Value::U8(_) => t::U8,
-            Value::I8(_) => t::I8,
-            Value::U16(_) => t::U16,
-            Value::I16(_) => t::I16,
-            Value::U32(_) => t::U32,
-            Value::I32(_) => t::I32,
-            Value::U64(_) => t::U64,
-            Value::I64(_) => t::I64,
-            Value::F32(_) => t::F32,
-            Value::F64(_) => t::F64,
-            Value::Bool(_) => t::BOOL,
-            Value::String(_) => t::STRING,
-            Value::Array(_) => t::ARRAY,
-        }
-    }
-
-    /// Any integer type as i128 (wide enough for every GGUF integer), else `None`.
-    fn as_int(&self) -> Option<i128> {
-        Some(match *self {
-            Value::U8(x) => x.into(),
-            Value::I8(x) => x.into(),
-            Value::U16(x) => x.into(),
-            Value::I16(x) => x.into(),
-            Value::U32(x) => x.into(),
-            Value::I32(x) => x.into(),
-            Value::U64(x) => x.into(),
-            Value::I64(x) => x.into(),
-            _ => return None,
-        })
-    }
-
-    pub fn as_u64(&self) -> Option<u64> {
-        self.as_int().and_then(|x| u64::try_from(x).ok())
-    }
-
-    pub fn as_i64(&self) -> Option<i64> {
-        self.as_int().and_then(|x| i64::try_from(x).ok())
-    }
-
-    /// F32 or F64 (narrowed), or any integer.
-    pub fn as_f32(&self) -> Option<f32> {
-        match *self {
-            Value::F32(x) => Some(x),
-            Value::F64(x) => Some(x as f32),
-            _ => self.as_int().map(|x| x as f32),
-        }
-    }
-
-    pub fn as_bool(&self) -> Option<bool> {
-        match *self {
-            Value::Bool(b) => Some(b),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Value::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_array(&self) -> Option<&[Value]> {
-        match self {
-            Value::Array(a) => Some(a),
-            _ => None,
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
@@ -167,127 +60,6 @@ pub struct GgufFile {
     /// Absolute offset of the data section.
     pub data_offset: usize,
     index: HashMap<String, usize>,
-}
-
-/// Cursor over the mapped bytes; every read checks what remains first.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    path: &'a Path,
-    /// Metadata values read so far, against [`MAX_METADATA_VALUES`].
-    values: u64,
-}
-
-impl<'a> Reader<'a> {
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
-        if n > self.remaining() as u64 {
-            return Err(Error::format(
-                self.path,
-                format!(
-                    "truncated file: {what} needs {n} bytes at offset {}, but the file has {} bytes",
-                    self.pos,
-                    self.buf.len()
-                ),
-            ));
-        }
-        let s = &self.buf[self.pos..self.pos + n as usize];
-        self.pos += n as usize;
-        Ok(s)
-    }
-
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N as u64, what)?);
-        Ok(a)
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32> {
-        self.array(what).map(u32::from_le_bytes)
-    }
-
-    fn u64(&mut self, what: &str) -> Result<u64> {
-        self.array(what).map(u64::from_le_bytes)
-    }
-
-    fn string(&mut self, what: &str) -> Result<String> {
-        let len = self.u64(what)?;
-        let bytes = self.take(len, what)?;
-        // GGUF strings are UTF-8; a stray invalid byte should not make the whole model unusable.
-        Ok(String::from_utf8_lossy(bytes).into_owned())
-    }
-
-    /// One value of type `ty`; `depth` counts enclosing arrays.
-    fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<Value> {
-        use value_type as t;
-        Ok(match ty {
-            t::U8 => Value::U8(self.array::<1>(key)?[0]),
-            t::I8 => Value::I8(self.array::<1>(key)?[0] as i8),
-            t::U16 => Value::U16(u16::from_le_bytes(self.array(key)?)),
-            t::I16 => Value::I16(i16::from_le_bytes(self.array(key)?)),
-            t::U32 => Value::U32(self.u32(key)?),
-            t::I32 => Value::I32(i32::from_le_bytes(self.array(key)?)),
-            t::U64 => Value::U64(self.u64(key)?),
-            t::I64 => Value::I64(i64::from_le_bytes(self.array(key)?)),
-            t::F32 => Value::F32(f32::from_le_bytes(self.array(key)?)),
-            t::F64 => Value::F64(f64::from_le_bytes(self.array(key)?)),
-            t::BOOL => match self.array::<1>(key)?[0] {
-                0 => Value::Bool(false),
-                1 => Value::Bool(true),
-                b => return Err(self.bad(format!("metadata '{key}': invalid bool byte {b}"))),
-            },
-            t::STRING => Value::String(self.string(key)?),
-            t::ARRAY => {
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.bad(format!(
-                        "metadata '{key}': arrays nested deeper than {MAX_ARRAY_DEPTH}"
-                    )));
-                }
-                let elem_ty = self.u32(key)?;
-                let count = self.u64(key)?;
-                // Smallest possible encoding of one element: bounds the count before allocating.
-                let min_size: u64 = match elem_ty {
-                    t::U8 | t::I8 | t::BOOL => 1,
-                    t::U16 | t::I16 => 2,
-                    t::U32 | t::I32 | t::F32 => 4,
-                    t::U64 | t::I64 | t::F64 | t::STRING => 8,
-                    t::ARRAY => 12,
-                    other => {
-                        return Err(self.bad(format!(
-                            "metadata '{key}': unknown array element type {other}"
-                        )))
-                    }
-                };
-                if !matches!(count.checked_mul(min_size), Some(b) if b <= self.remaining() as u64) {
-                    return Err(self.bad(format!(
-                        "metadata '{key}': array of {count} elements does not fit in the {} \
-                         bytes left (truncated or corrupt file)",
-                        self.remaining()
-                    )));
-                }
-                self.values += count;
-                if self.values > MAX_METADATA_VALUES {
-                    return Err(self.bad(format!(
-                        "metadata '{key}': array of {count} elements takes the file past \
-                         {MAX_METADATA_VALUES} metadata values (real models hold under a million)"
-                    )));
-                }
-                let mut items = Vec::with_capacity(count as usize);
-                for _ in 0..count {
-                    items.push(self.value(elem_ty, key, depth + 1)?);
-                }
-                Value::Array(items)
-            }
-            other => return Err(self.bad(format!("metadata '{key}': unknown value type {other}"))),
-        })
-    }
-
-    fn bad(&self, msg: String) -> Error {
-        Error::format(self.path, msg)
-    }
 }
 
 impl GgufFile {
@@ -327,12 +99,7 @@ impl GgufFile {
 
     fn parse(path: &Path, mmap: Arc<Mmap>) -> Result<Self> {
         let buf: &[u8] = &mmap;
-        let mut r = Reader {
-            buf,
-            pos: 0,
-            path,
-            values: 0,
-        };
+        let mut r = Reader::new(buf, path);
         let magic = r.array::<4>("magic")?;
         if magic != GGUF_MAGIC {
             return Err(Error::format(

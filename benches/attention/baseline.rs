@@ -1,5 +1,8 @@
-//! The attention before issue 4 (one task per (segment, head) forward, per (segment, kv head)
-//! backward, fresh Vecs everywhere), kept as the baseline the bench prints beside the current code.
+//! Reference only: the training attention as it was before issue 4 (one task per (segment,
+//! head) forward, per (segment, kv head) backward, fresh Vecs everywhere). Nothing in the crate
+//! uses it; `benches/attention.rs` times it beside the current code as the `baseline` row, so
+//! the speed-up is measured in one run on one machine. Left as it was: a fixed point to compare
+//! against, not code to maintain or fix.
 
 use edge_sft::cpu;
 use edge_sft::train::attention::AttnShape;
