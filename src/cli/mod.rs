@@ -13,6 +13,7 @@ pub mod report;
 pub mod run_toml;
 pub mod shell;
 pub mod tune;
+mod tune_progress;
 
 use edge_sft::Result;
 
