@@ -315,7 +315,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let total = plan::total_steps(train.examples.len(), a.batch_size, a.epochs, a.steps);
     eprintln!(
-        "tuning {} ({} threads), LoRA r={} α={} on {}, lr {:.2e}{}",
+        "tuning {} ({} threads), LoRA r={} α={} on {}, lr {}{}",
         a.model.display(),
         threads,
         opts.rank,
@@ -325,7 +325,7 @@ pub fn run(a: Args) -> Result<()> {
             .map(|t| t.short())
             .collect::<Vec<_>>()
             .join(","),
-        opts.lr,
+        short_float(opts.lr),
         if a.lr.is_none() {
             " (the default for this many records)"
         } else {
@@ -426,6 +426,16 @@ fn split_off_holdout(train: &mut Dataset, a: &Args) -> Option<Dataset> {
         examples: held_ex,
         ..Dataset::default()
     })
+}
+
+/// `2e-3` as typed, but a computed `7.2547e-4` as `7.25e-4`.
+fn short_float(v: f32) -> String {
+    let exact = format!("{v:e}");
+    if exact.len() <= 8 {
+        exact
+    } else {
+        format!("{v:.2e}")
+    }
 }
 
 fn absolute(p: &std::path::Path) -> PathBuf {
