@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 TRIPLE=aarch64-unknown-linux-gnu
 read -r -a CPUS <<<"${ARM_CI_CPUS:-max cortex-a72}"
-read -r -a TESTS <<<"${ARM_CI_TESTS:-kernels quant_blocks model_golden train_golden train_grad data_records}"
+read -r -a TESTS <<<"${ARM_CI_TESTS:-kernels quant_blocks quant_kquants kquant_model model_golden train_golden train_grad data_records}"
 RTOL=${ARM_CI_RTOL:-1e-4}
 TINY=tests/golden/tiny
 GGUF=$TINY/llama/q8_0.gguf
