@@ -389,8 +389,15 @@ mod tests {
         let f32s = [(v, GgmlType::F32); 10];
         let mut ts: Vec<(&[u64], GgmlType)> = f32s.to_vec();
         ts.push((col, GgmlType::F32));
-        ts.extend([(m, GgmlType::Q4_K), (m, GgmlType::Q8_0), (m, GgmlType::Q8_0)]);
-        assert_eq!(dominant_matrix_type(ts.iter().copied()), Some(GgmlType::Q8_0));
+        ts.extend([
+            (m, GgmlType::Q4_K),
+            (m, GgmlType::Q8_0),
+            (m, GgmlType::Q8_0),
+        ]);
+        assert_eq!(
+            dominant_matrix_type(ts.iter().copied()),
+            Some(GgmlType::Q8_0)
+        );
         // A tie goes to the type that got there first.
         let tie = [(m, GgmlType::Q4_K), (m, GgmlType::Q8_0)];
         assert_eq!(dominant_matrix_type(tie), Some(GgmlType::Q4_K));

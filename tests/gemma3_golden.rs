@@ -153,7 +153,14 @@ fn gemma3_eval_per_example_ids_are_the_golden_ids() {
     let (data, per) = (dir.join("data.jsonl"), dir.join("per.jsonl"));
     std::fs::write(&data, lines.join("\n") + "\n").unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_edge-sft"))
-        .args(["eval", "--threads", "2", "--json", "--per-example-ids", "--model"])
+        .args([
+            "eval",
+            "--threads",
+            "2",
+            "--json",
+            "--per-example-ids",
+            "--model",
+        ])
         .arg(&lm.model.path)
         .arg("--data")
         .arg(&data)

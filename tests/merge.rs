@@ -122,7 +122,10 @@ fn file_type_names_what_the_merge_wrote() {
     for arch in ["llama", "gemma3"] {
         let d = tmp(&format!("ftype-{arch}"));
         let base = tiny(&format!("{arch}/q4_0.gguf"));
-        assert_eq!(GgufFile::open(&base).unwrap().get_u32("general.file_type"), Some(2));
+        assert_eq!(
+            GgufFile::open(&base).unwrap().get_u32("general.file_type"),
+            Some(2)
+        );
         let cfg = LoadedModel::open(&base).unwrap().model.config;
         let lora = random_lora(&cfg, 4, 5, 0.2);
         for (dtype, want) in [

@@ -11,7 +11,8 @@ response tokens only, per record Σ log Pr(y|x). It scores
                          `convert_lora_to_gguf.py` (optional: --convert-script)
   merged                 a GGUF made by `edge-sft merge` (optional: --merged, no adapter)
 
-and compares with `edge-sft eval --per-example` on the same records (base and adapter).
+and compares with `edge-sft eval --per-example-ids` on the same records (base, adapter and
+merged).
 
 Tokens: the chat template is rendered to text by transformers (--template model: the GGUF's
 own template, or, as edge-sft does for a GGUF without one, the Gemma 3 turn format for a
@@ -282,7 +283,7 @@ def compare_adapters(ours: str, theirs: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    ap.add_argument("--run", required=True, help="a tune --out folder (PEFT files + adapter.gguf)")
+    ap.add_argument("--run", help="a tune --out folder (PEFT files + adapter.gguf)")
     ap.add_argument("--data", default=str(ROOT / "examples" / "extract_test.jsonl"))
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "edge-sft"))
     ap.add_argument("--convert-script", help="llama.cpp's convert_lora_to_gguf.py")
@@ -303,6 +304,8 @@ def main() -> None:
         cfg = write_hf_config(str(model), args.write_hf_config)
         print(json.dumps(cfg, indent=1))
         return
+    if not args.run:
+        ap.error("--run is required (a tune --out folder)")
 
     import gguf
     from transformers.utils.chat_template_utils import render_jinja_template
@@ -353,6 +356,8 @@ def main() -> None:
     edge = {"base": edge_sft_eval(args.bin, str(model), args.data, None, edge_template),
             "adapter.gguf": edge_sft_eval(args.bin, str(model), args.data, adapter_gguf,
                                           edge_template)}
+    if args.merged:
+        edge["merged"] = edge_sft_eval(args.bin, args.merged, args.data, None, edge_template)
     for name, rows in edge.items():
         assert len(rows) == len(encoded), f"edge-sft scored {len(rows)} records ({name})"
         for r, (ids, mask) in zip(rows, encoded):
@@ -415,6 +420,8 @@ def main() -> None:
         res["edge_vs_converted"] = abs(ln["adapter.gguf"] - ln["converted"]) / ln["converted"]
     if "merged" in ln:
         res["merged_vs_adapter"] = (ln["merged"] - ln["adapter.gguf"]) / ln["adapter.gguf"]
+        en = res["edge_sft_nll"]
+        res["edge_sft_merged_vs_adapter"] = (en["merged"] - en["adapter.gguf"]) / en["adapter.gguf"]
 
     print(json.dumps(res, indent=1))
     if args.json:
@@ -433,7 +440,9 @@ def main() -> None:
           f"{'ok' if ok3 else 'FAIL'}")
     if "merged_vs_adapter" in res:
         print(f"llama.cpp, merged GGUF vs base + adapter.gguf: {res['merged_vs_adapter']:+.3%} "
-              f"(merged {ln['merged']:.5f}, adapter {ln['adapter.gguf']:.5f})")
+              f"(merged {ln['merged']:.5f}, adapter {ln['adapter.gguf']:.5f}); edge-sft: "
+              f"{res['edge_sft_merged_vs_adapter']:+.3%} (merged {en['merged']:.5f}, "
+              f"adapter {en['adapter.gguf']:.5f})")
     if "edge_vs_converted" in res:
         ok2 = res["edge_vs_converted"] <= 0.005
         ok = ok and ok2
