@@ -68,6 +68,50 @@ pub fn ftype_of(ty: GgmlType) -> Option<u32> {
     })
 }
 
+/// The type most of a file's matrices are in, counted by tensor as llama.cpp's loader does when
+/// it guesses a missing `general.file_type`, but over tensors of 2 or more dims only: the
+/// vectors (norms, biases) are F32 in every quantized GGUF and would outnumber the rest. A tie
+/// goes to the type that reached the count first, in file order.
+pub fn dominant_matrix_type<'a>(
+    tensors: impl IntoIterator<Item = (&'a [u64], GgmlType)>,
+) -> Option<GgmlType> {
+    let mut counts: Vec<(GgmlType, usize)> = Vec::new();
+    let mut best: Option<(GgmlType, usize)> = None;
+    for (dims, ty) in tensors {
+        if dims.iter().filter(|&&d| d > 1).count() < 2 {
+            continue;
+        }
+        let n = match counts.iter_mut().find(|(t, _)| *t == ty) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                counts.push((ty, 1));
+                1
+            }
+        };
+        if best.is_none_or(|(_, m)| n > m) {
+            best = Some((ty, n));
+        }
+    }
+    best.map(|(ty, _)| ty)
+}
+
+/// The `general.file_type` a merge writes, or `None` to keep the base's. The base's value
+/// stays while the output's matrices are mostly in the type the base's are mostly in (it may
+/// say more than [`ftype_of`] can, e.g. Q4_K_S rather than Q4_K_M); once the merge moves most
+/// of them to another type (the default Q8_0 projections of a 4-bit base, or a `--dtype`), it
+/// names that type, so `llama-cli` and ollama do not report a Q8_0 model as Q4_1.
+pub fn merged_file_type(g: &GgufFile, out: &[TensorSpec]) -> Option<u32> {
+    let base = dominant_matrix_type(g.tensors.iter().map(|t| (t.dims.as_slice(), t.dtype)));
+    let merged = dominant_matrix_type(out.iter().map(|t| (t.dims.as_slice(), t.dtype)))?;
+    if base == Some(merged) {
+        return None;
+    }
+    ftype_of(merged)
+}
+
 /// The type a merged tensor is written in when no `--dtype` is given. Float and 8-bit bases keep
 /// their type. Coarser ones (4/5-bit, K-quants) get Q8_0: their base weights sit exactly on the
 /// coarse grid and a LoRA update is mostly smaller than one grid step, so rounding W + ΔW back
@@ -169,19 +213,6 @@ pub fn merge_gguf(
         }
     }
     let touched = plan(g, lora, opts)?;
-    let mut metadata: Vec<(String, Value)> = g
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    if let Some(ty) = opts.dtype {
-        if let (Some(slot), Some(ft)) = (
-            metadata.iter_mut().find(|(k, _)| k == "general.file_type"),
-            ftype_of(ty),
-        ) {
-            slot.1 = Value::U32(ft);
-        }
-    }
     let specs: Vec<TensorSpec> = g
         .tensors
         .iter()
@@ -191,6 +222,17 @@ pub fn merge_gguf(
             dtype: touched.get(&t.name).map_or(t.dtype, |x| x.out_type),
         })
         .collect();
+    let mut metadata: Vec<(String, Value)> = g
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let (Some(slot), Some(ft)) = (
+        metadata.iter_mut().find(|(k, _)| k == "general.file_type"),
+        merged_file_type(g, &specs),
+    ) {
+        slot.1 = Value::U32(ft);
+    }
     let mut w = GgufStreamWriter::create(out, &metadata, &specs)?;
     let mut file = std::fs::File::open(&g.path).map_err(|e| Error::io(&g.path, e))?;
     let n = g.tensors.len();
@@ -339,5 +381,26 @@ mod tests {
         for t in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0] {
             assert_eq!(default_merge_type(t, 576), t);
         }
+    }
+
+    #[test]
+    fn dominant_type_counts_matrices_not_vectors() {
+        let (m, v, col): (&[u64], &[u64], &[u64]) = (&[64, 32], &[64], &[64, 1]);
+        let f32s = [(v, GgmlType::F32); 10];
+        let mut ts: Vec<(&[u64], GgmlType)> = f32s.to_vec();
+        ts.push((col, GgmlType::F32));
+        ts.extend([
+            (m, GgmlType::Q4_K),
+            (m, GgmlType::Q8_0),
+            (m, GgmlType::Q8_0),
+        ]);
+        assert_eq!(
+            dominant_matrix_type(ts.iter().copied()),
+            Some(GgmlType::Q8_0)
+        );
+        // A tie goes to the type that got there first.
+        let tie = [(m, GgmlType::Q4_K), (m, GgmlType::Q8_0)];
+        assert_eq!(dominant_matrix_type(tie), Some(GgmlType::Q4_K));
+        assert_eq!(dominant_matrix_type(f32s), None);
     }
 }

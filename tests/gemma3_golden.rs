@@ -130,3 +130,74 @@ fn gemma3_greedy_generation_matches_transformers() {
         assert_eq!(got, want_body, "prompt {:?}", p["messages"]);
     }
 }
+
+/// `eval --per-example-ids` (what tests/reference/llamacpp_check.py compares with llama.cpp's
+/// tokenizer) writes the ids and scored positions edge-sft trains on: for Gemma, BOS once, from
+/// the turn format's `{{ bos_token }}`, as transformers tokenizes the same text (first 4
+/// golden records).
+#[test]
+fn gemma3_eval_per_example_ids_are_the_golden_ids() {
+    let Some(lm) = model() else { return };
+    let g = golden("gemma3_eval.json");
+    let recs = &g["records"].as_array().unwrap()[..4];
+    let dir = std::env::temp_dir().join(format!("edge-sft-g3ids-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/eval_smollm2.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(src)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(4)
+        .map(String::from)
+        .collect();
+    let (data, per) = (dir.join("data.jsonl"), dir.join("per.jsonl"));
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_edge-sft"))
+        .args([
+            "eval",
+            "--threads",
+            "2",
+            "--json",
+            "--per-example-ids",
+            "--model",
+        ])
+        .arg(&lm.model.path)
+        .arg("--data")
+        .arg(&data)
+        .arg("--per-example")
+        .arg(&per)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&per)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), recs.len());
+    let bos = lm.tokenizer.bos_id.unwrap();
+    for (row, rec) in rows.iter().zip(recs) {
+        let ids = ids_of(&row["ids"]);
+        assert_eq!(ids, ids_of(&rec["ids"]), "line {}: ids", row["line"]);
+        assert_eq!(ids[0], bos);
+        assert_eq!(ids.iter().filter(|&&t| t == bos).count(), 1, "one BOS");
+        let scored: Vec<u64> = rec["mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.as_u64() == Some(1))
+            .map(|(t, _)| t as u64)
+            .collect();
+        let got: Vec<u64> = row["scored"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(got, scored, "line {}: scored positions", row["line"]);
+        assert_eq!(row["scored_tokens"].as_u64(), Some(scored.len() as u64));
+        assert_eq!(row["tokens"].as_u64(), Some(ids.len() as u64));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

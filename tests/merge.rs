@@ -110,3 +110,59 @@ fn every_dtype_is_the_quantized_f32_merge() {
         );
     }
 }
+
+/// (3) `general.file_type` names what the merge wrote. The default merge of a 4-bit base writes
+/// its projections as Q8_0 (most of the model's matrices), so the file says Q8_0 (7), not the
+/// base's Q4_0 (2); a `--dtype` names that type. A merge that leaves most matrices in the
+/// base's type (an adapter on q and v only, or `--dtype` the base's own type) keeps the base's
+/// value.
+#[test]
+fn file_type_names_what_the_merge_wrote() {
+    use edge_sft::merge::{merge_gguf, MergeOptions};
+    for arch in ["llama", "gemma3"] {
+        let d = tmp(&format!("ftype-{arch}"));
+        let base = tiny(&format!("{arch}/q4_0.gguf"));
+        assert_eq!(
+            GgufFile::open(&base).unwrap().get_u32("general.file_type"),
+            Some(2)
+        );
+        let cfg = LoadedModel::open(&base).unwrap().model.config;
+        let lora = random_lora(&cfg, 4, 5, 0.2);
+        for (dtype, want) in [
+            (None, 7),
+            (Some(GgmlType::Q4_0), 2),
+            (Some(GgmlType::F16), 1),
+            (Some(GgmlType::Q8_0), 7),
+        ] {
+            let out = d.join(format!("{dtype:?}.gguf"));
+            merge_to(&base, &lora, &out, dtype);
+            let m = GgufFile::open(&out).unwrap();
+            assert_eq!(
+                m.get_u32("general.file_type"),
+                Some(want),
+                "{arch} --dtype {dtype:?}"
+            );
+            let q = m.require(&gguf_base_name(0, Target::Q)).unwrap().dtype;
+            assert_eq!(q, dtype.unwrap_or(GgmlType::Q8_0), "{arch} {dtype:?}");
+        }
+        // Only q and v adapted: 2 of 7 projections per layer become Q8_0, the rest stay Q4_0.
+        let mut qv = lora.clone();
+        for slots in &mut qv.layers {
+            for t in Target::ALL {
+                if !matches!(t, Target::Q | Target::V) {
+                    slots[t.index()] = None;
+                }
+            }
+        }
+        qv.targets = vec![Target::Q, Target::V];
+        let out = d.join("qv.gguf");
+        let g = GgufFile::open(&base).unwrap();
+        merge_gguf(&g, &qv, &out, &MergeOptions::default(), |_, _, _| {}).unwrap();
+        let m = GgufFile::open(&out).unwrap();
+        assert_eq!(m.get_u32("general.file_type"), Some(2), "{arch} q,v only");
+        assert_eq!(
+            m.require(&gguf_base_name(0, Target::V)).unwrap().dtype,
+            GgmlType::Q8_0
+        );
+    }
+}

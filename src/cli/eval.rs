@@ -37,6 +37,10 @@ pub struct Args {
     /// Write one JSON line per record (line, sum_logprob, scored_tokens, tokens) to this file.
     #[arg(long)]
     pub per_example: Option<PathBuf>,
+    /// With --per-example, also write each record's token ids ("ids") and the positions whose
+    /// token is scored ("scored"), e.g. to check another runtime tokenizes the same.
+    #[arg(long, requires = "per_example")]
+    pub per_example_ids: bool,
     /// Worker threads (default: physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -107,7 +111,7 @@ pub fn run(a: Args) -> Result<()> {
 
     if let Some(path) = &a.per_example {
         let mut text = String::new();
-        for (i, s) in main_scores.iter().enumerate() {
+        for (i, (s, ex)) in main_scores.iter().zip(&ds.examples).enumerate() {
             let mut o = json!({
                 "line": s.line,
                 "sum_logprob": s.sum_logprob,
@@ -116,6 +120,11 @@ pub fn run(a: Args) -> Result<()> {
             });
             if let (Some(b), true) = (&base, adapted.is_some()) {
                 o["base_sum_logprob"] = json!(b[i].sum_logprob);
+            }
+            if a.per_example_ids {
+                let scored: Vec<usize> = (0..ex.mask.len()).filter(|&t| ex.mask[t]).collect();
+                o["ids"] = json!(ex.ids);
+                o["scored"] = json!(scored);
             }
             text.push_str(&o.to_string());
             text.push('\n');

@@ -16,6 +16,21 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Byte for byte the GEMMA_TEMPLATE of src/tokenize/chat.rs (edge-sft's `--template gemma`, and
+# its choice for a Gemma GGUF with no chat template): the instruction-tuned Gemma 3 turn format.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = "
+    "messages[0]['content'] + '\\n\\n' %}{% set loop_messages = messages[1:] %}{% else %}"
+    "{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}"
+    "{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + "
+    "(first_user_prefix if loop.first else '') }}{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
 # A varied tokenizer corpus: unicode, emoji, digits, code, runs of whitespace, special tokens.
 GOLDEN_TOKENIZE_TEXTS = [
     "Hello world",

@@ -32,26 +32,12 @@ import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt, logits_of, record_messages, score_ids  # noqa: E402
+from common import GEMMA_TEMPLATE, fmt, logits_of, record_messages, score_ids  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
 DEFAULT_MODEL = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
 torch.set_num_threads(2)
-
-# Byte for byte the GEMMA_TEMPLATE of src/tokenize/chat.rs.
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = "
-    "messages[0]['content'] + '\\n\\n' %}{% set loop_messages = messages[1:] %}{% else %}"
-    "{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
-    "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{% endif %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}"
-    "{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + "
-    "(first_user_prefix if loop.first else '') }}{{ message['content'] | trim }}"
-    "{{ '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<start_of_turn>model\\n' }}{% endif %}"
-)
 
 GENERATE_PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],

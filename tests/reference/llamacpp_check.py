@@ -11,18 +11,27 @@ response tokens only, per record Σ log Pr(y|x). It scores
                          `convert_lora_to_gguf.py` (optional: --convert-script)
   merged                 a GGUF made by `edge-sft merge` (optional: --merged, no adapter)
 
-and compares with `edge-sft eval --per-example` on the same records (base and adapter).
+and compares with `edge-sft eval --per-example-ids` on the same records (base, adapter and
+merged).
 
-Tokens: the chat template is rendered to text by transformers (the GGUF's own template) and the
-text is tokenized by llama.cpp's tokenizer with special tokens parsed. The response mask comes
-from prefix rendering, as everywhere in edge-sft: the prompt rendered with the generation
-prompt must tokenize as a prefix of the full record; the scored tokens run from there through
-the closing <|im_end|>. edge-sft tokenizes on its own, so the token counts are compared too.
+Tokens: the chat template is rendered to text by transformers (--template model: the GGUF's
+own template, or, as edge-sft does for a GGUF without one, the Gemma 3 turn format for a
+vocabulary with <start_of_turn> and ChatML otherwise; --template gemma / chatml to choose) and
+the text is tokenized by llama.cpp's tokenizer with special tokens parsed and nothing added (a
+BOS comes from the template's {{ bos_token }}, as in edge-sft). The response mask comes from
+prefix rendering, as everywhere in edge-sft: the prompt rendered with the generation prompt
+must tokenize as a prefix of the full record; the scored tokens run from there through the
+end-of-turn token that closes the response (<|im_end|>, <end_of_turn>, ...). edge-sft tokenizes
+on its own (`eval --per-example-ids`); its ids and scored positions must equal llama.cpp's,
+record by record, or the check stops and shows the first difference.
 
   python tests/reference/llamacpp_check.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf \\
       --run runs/demo --data examples/extract_test.jsonl \\
       [--convert-script .../convert_lora_to_gguf.py --hf-base /tmp/smollm2-hf] \\
       [--merged /tmp/merged.gguf] --json benches/results/llamacpp_check.json
+
+--write-hf-config DIR writes DIR/config.json for the base from the GGUF's metadata (Llama,
+Gemma 3), the only base file llama.cpp's converter reads for a LoRA, and exits.
 """
 
 from __future__ import annotations
@@ -39,9 +48,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record_messages  # noqa: E402
+from common import GEMMA_TEMPLATE, record_messages  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# edge-sft's built-in ChatML (src/tokenize/chat.rs CHATML_TEMPLATE), for a GGUF with no template.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# The end-of-turn tokens edge-sft knows (src/tokenize/mod.rs EOT_CANDIDATES), first found wins.
+EOT_CANDIDATES = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"]
 
 
 class LlamaScorer:
@@ -71,12 +89,17 @@ class LlamaScorer:
         self.adapters = {}
 
     def tokenize(self, text: str) -> list[int]:
+        """llama.cpp's ids for `text`: special tokens parsed, no BOS/EOS added."""
         raw = text.encode()
         buf = (self.L.llama_token * (len(raw) + 8))()
         n = self.L.llama_tokenize(self.vocab, raw, len(raw), buf, len(buf), False, True)
         if n < 0:
             raise RuntimeError(f"llama_tokenize needs {-n} tokens")
         return list(buf[:n])
+
+    def single_token(self, text: str) -> int | None:
+        ids = self.tokenize(text)
+        return ids[0] if len(ids) == 1 else None
 
     def use_adapter(self, path: str | None) -> None:
         L = self.L
@@ -127,30 +150,109 @@ class LlamaScorer:
         return total
 
 
-def encode(scorer: LlamaScorer, tok, rec: dict) -> tuple[list[int], list[int]]:
+def encode(scorer: LlamaScorer, render, eot: int, rec: dict) -> tuple[list[int], list[int]]:
     """(ids, mask) by prefix rendering with llama.cpp's tokenizer (see the module docstring)."""
     msgs = record_messages(rec)
     assert msgs[-1]["role"] == "assistant" and all(m["role"] != "assistant" for m in msgs[:-1]), \
         "this check scores single-response records"
-    ids = scorer.tokenize(tok.apply_chat_template(msgs, tokenize=False))
-    prefix = scorer.tokenize(tok.apply_chat_template(msgs[:-1], tokenize=False,
-                                                     add_generation_prompt=True))
+    ids = scorer.tokenize(render(msgs, False))
+    prefix = scorer.tokenize(render(msgs[:-1], True))
     assert ids[: len(prefix)] == prefix, "prompt rendering does not tokenize as a prefix"
-    eos = scorer.tokenize("<|im_end|>")
-    assert len(eos) == 1
-    end = ids.index(eos[0], len(prefix))
+    end = ids.index(eot, len(prefix))
     mask = [1 if len(prefix) <= t <= end else 0 for t in range(len(ids))]
     return ids, mask
 
 
-def edge_sft_eval(bin_path: str, model: str, data: str, adapter: str | None) -> list[dict]:
+def pick_template(choice: str, model_template: str | None, scorer: LlamaScorer) -> tuple[str, str]:
+    """(name, Jinja source) as edge-sft chooses it for `--template choice`."""
+    if choice == "gemma":
+        return "gemma (built-in)", GEMMA_TEMPLATE
+    if choice == "chatml":
+        return "chatml (built-in)", CHATML_TEMPLATE
+    if model_template:
+        return "model (tokenizer.chat_template)", model_template
+    if scorer.single_token("<start_of_turn>") is not None:
+        return "gemma (built-in, the GGUF has no chat template)", GEMMA_TEMPLATE
+    return "chatml (built-in, the GGUF has no chat template)", CHATML_TEMPLATE
+
+
+def first_difference(a: list[int], b: list[int]) -> str:
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return (f"lengths {len(a)} vs {len(b)}, first difference at {k}: "
+            f"{a[max(0, k - 3): k + 3]} vs {b[max(0, k - 3): k + 3]}")
+
+
+def edge_sft_eval(bin_path: str, model: str, data: str, adapter: str | None,
+                  template: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "per.jsonl")
-        cmd = [bin_path, "eval", "--model", model, "--data", data, "--per-example", out, "--json"]
+        cmd = [bin_path, "eval", "--model", model, "--data", data, "--per-example", out,
+               "--per-example-ids", "--template", template, "--json"]
         if adapter:
             cmd += ["--adapter", adapter, "--adapter-only"]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return [json.loads(line) for line in open(out)]
+
+
+def write_hf_config(model_path: str, out_dir: str) -> dict:
+    """An HF config.json for the base, from the GGUF's metadata: what llama.cpp's
+    convert_lora_to_gguf.py reads (the architecture picks its tensor-name map; the sizes
+    its block count). No weights, no tokenizer: the LoRA converter needs neither."""
+    import gguf
+
+    r = gguf.GGUFReader(model_path)
+
+    def val(key: str, default=None):
+        f = r.fields.get(key)
+        return default if f is None else f.contents()
+
+    arch = val("general.architecture")
+    p = f"{arch}."
+    names = {t.name for t in r.tensors}
+    heads = int(val(p + "attention.head_count"))
+    hidden = int(val(p + "embedding_length"))
+    cfg = {
+        "hidden_size": hidden,
+        "intermediate_size": int(val(p + "feed_forward_length")),
+        "num_hidden_layers": int(val(p + "block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(val(p + "attention.head_count_kv", heads)),
+        "head_dim": int(val(p + "attention.key_length", hidden // heads)),
+        "rms_norm_eps": float(val(p + "attention.layer_norm_rms_epsilon")),
+        "max_position_embeddings": int(val(p + "context_length")),
+        "vocab_size": len(r.fields["tokenizer.ggml.tokens"].data),
+        "bos_token_id": val("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": val("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": val("tokenizer.ggml.padding_token_id"),
+        "tie_word_embeddings": "output.weight" not in names,
+        "attention_bias": False,
+        "torch_dtype": "float32",
+    }
+    theta = float(val(p + "rope.freq_base", 10000.0))
+    if arch == "llama":
+        cfg.update(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu",
+                   mlp_bias=False, rope_theta=theta,
+                   rope_parameters={"rope_theta": theta, "rope_type": "default"})
+    elif arch == "gemma3":
+        n = cfg["num_hidden_layers"]
+        # llama.cpp's Gemma 3: every 6th layer global (rope.freq_base), the others sliding
+        # (window attention.sliding_window, RoPE base 10000); 1/sqrt(head_dim) attention scale.
+        cfg.update(
+            architectures=["Gemma3ForCausalLM"], model_type="gemma3_text",
+            hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=cfg["head_dim"],
+            sliding_window=int(val(p + "attention.sliding_window")),
+            layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                         for i in range(n)],
+            final_logit_softcapping=None, attn_logit_softcapping=None,
+            rope_theta=theta, rope_local_base_freq=10000.0,
+            rope_parameters={"full_attention": {"rope_theta": theta, "rope_type": "default"},
+                             "sliding_attention": {"rope_theta": 10000.0,
+                                                   "rope_type": "default"}})
+    else:
+        raise SystemExit(f"--write-hf-config: no HF config recipe for architecture {arch!r}")
+    os.makedirs(out_dir, exist_ok=True)
+    Path(out_dir, "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+    return cfg
 
 
 def mean_nll(sums: list[float], counts: list[int]) -> float:
@@ -181,20 +283,46 @@ def compare_adapters(ours: str, theirs: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    ap.add_argument("--run", required=True, help="a tune --out folder (PEFT files + adapter.gguf)")
+    ap.add_argument("--run", help="a tune --out folder (PEFT files + adapter.gguf)")
     ap.add_argument("--data", default=str(ROOT / "examples" / "extract_test.jsonl"))
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "edge-sft"))
     ap.add_argument("--convert-script", help="llama.cpp's convert_lora_to_gguf.py")
     ap.add_argument("--hf-base", help="an HF folder (config.json) of the base, for the converter")
     ap.add_argument("--merged", help="a merged GGUF from `edge-sft merge` to score as well")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--template", choices=["model", "gemma", "chatml"], default="model",
+                    help="as edge-sft's --template: the GGUF's own (or edge-sft's fallback for "
+                         "a GGUF without one), or a built-in turn format")
+    ap.add_argument("--n-ctx", type=int, default=1024)
+    ap.add_argument("--write-hf-config", metavar="DIR",
+                    help="write DIR/config.json for --model from its GGUF metadata and exit")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
-    from transformers import AutoTokenizer
-
     model = Path(args.model)
-    tok = AutoTokenizer.from_pretrained(str(model.parent), gguf_file=model.name)
+    if args.write_hf_config:
+        cfg = write_hf_config(str(model), args.write_hf_config)
+        print(json.dumps(cfg, indent=1))
+        return
+    if not args.run:
+        ap.error("--run is required (a tune --out folder)")
+
+    import gguf
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    meta = gguf.GGUFReader(str(model))
+
+    def meta_val(key: str):
+        f = meta.fields.get(key)
+        return None if f is None else f.contents()
+
+    tokens = meta.fields["tokenizer.ggml.tokens"].contents()
+    special = {}
+    for k in ("bos", "eos"):
+        tid = meta_val(f"tokenizer.ggml.{k}_token_id")
+        special[f"{k}_token"] = tokens[tid] if tid is not None else ""
+    model_template = meta_val("tokenizer.chat_template")
+    del meta, tokens
     records = [json.loads(line) for line in open(args.data) if line.strip()]
 
     conv = None
@@ -204,10 +332,46 @@ def main() -> None:
         tensors = compare_adapters(os.path.join(args.run, "adapter.gguf"), conv)
         print(f"adapter.gguf vs llama.cpp's conversion of the PEFT files: {tensors}")
 
-    scorer = LlamaScorer(str(model), n_ctx=1024, threads=args.threads)
-    encoded = [encode(scorer, tok, r) for r in records]
+    scorer = LlamaScorer(str(model), n_ctx=args.n_ctx, threads=args.threads)
+    tmpl_name, tmpl = pick_template(args.template, model_template, scorer)
+    eot = next((t for c in EOT_CANDIDATES if (t := scorer.single_token(c)) is not None), None)
+    if eot is None:
+        raise SystemExit(f"no end-of-turn token ({', '.join(EOT_CANDIDATES)}) in the vocabulary")
+    print(f"template: {tmpl_name}; special tokens {special}; end of turn id {eot}")
+
+    def render(msgs: list[dict], gen: bool) -> str:
+        out, _ = render_jinja_template([msgs], chat_template=tmpl, add_generation_prompt=gen,
+                                       **special)
+        return out[0]
+
+    encoded = [encode(scorer, render, eot, r) for r in records]
     counts = [sum(m) for _, m in encoded]
     adapter_gguf = os.path.join(args.run, "adapter.gguf")
+
+    # edge-sft's own tokenization and mask (eval --per-example-ids) must be llama.cpp's.
+    edge_template = "gemma" if args.template == "gemma" else (
+        "model" if args.template == "model" else None)
+    if edge_template is None:
+        raise SystemExit("edge-sft has no --template chatml; use --template model")
+    edge = {"base": edge_sft_eval(args.bin, str(model), args.data, None, edge_template),
+            "adapter.gguf": edge_sft_eval(args.bin, str(model), args.data, adapter_gguf,
+                                          edge_template)}
+    if args.merged:
+        edge["merged"] = edge_sft_eval(args.bin, args.merged, args.data, None, edge_template)
+    for name, rows in edge.items():
+        assert len(rows) == len(encoded), f"edge-sft scored {len(rows)} records ({name})"
+        for r, (ids, mask) in zip(rows, encoded):
+            if r["ids"] != ids:
+                raise SystemExit(f"edge-sft and llama.cpp tokenize record line {r['line']} "
+                                 f"differently ({name}): {first_difference(r['ids'], ids)}")
+            scored = [t for t, m in enumerate(mask) if m]
+            if r["scored"] != scored:
+                raise SystemExit(f"edge-sft scores other positions than llama.cpp on line "
+                                 f"{r['line']} ({name}): {r['scored'][:4]}..{r['scored'][-2:]} "
+                                 f"vs {scored[:4]}..{scored[-2:]}")
+    print(f"edge-sft and llama.cpp: the same ids and scored positions in all {len(encoded)} "
+          f"records ({sum(len(i) for i, _ in encoded)} tokens, {sum(counts)} scored; "
+          f"first ids {encoded[0][0][:3]})")
 
     def score_all(adapter: str | None, who: LlamaScorer) -> list[float]:
         who.use_adapter(adapter)
@@ -219,20 +383,18 @@ def main() -> None:
         return out
 
     res: dict = {"model": model.name, "data": args.data, "records": len(records),
-                 "scored_tokens": sum(counts)}
+                 "scored_tokens": sum(counts), "template": tmpl_name,
+                 "tokens_identical": True}
     llama = {"base": score_all(None, scorer), "adapter.gguf": score_all(adapter_gguf, scorer)}
     if conv:
         res["converted_tensors"] = tensors
         llama["converted"] = score_all(conv, scorer)
     if args.merged:
-        merged = LlamaScorer(args.merged, n_ctx=1024, threads=args.threads)
+        merged = LlamaScorer(args.merged, n_ctx=args.n_ctx, threads=args.threads)
+        for r, (ids, _) in zip(records, encoded):
+            m = record_messages(r)
+            assert merged.tokenize(render(m, False)) == ids, "the merged GGUF tokenizes otherwise"
         llama["merged"] = score_all(None, merged)
-
-    edge = {"base": edge_sft_eval(args.bin, str(model), args.data, None),
-            "adapter.gguf": edge_sft_eval(args.bin, str(model), args.data, adapter_gguf)}
-    for name, rows in edge.items():
-        got = [r["scored_tokens"] for r in rows]
-        assert got == counts, f"edge-sft scores other tokens than llama.cpp ({name})"
 
     res["llama_cpp_nll"] = {k: mean_nll(v, counts) for k, v in llama.items()}
     res["edge_sft_nll"] = {k: mean_nll([r["sum_logprob"] for r in v], counts)
@@ -249,12 +411,17 @@ def main() -> None:
     res["gap_nats_per_token"] = {k: abs(res["llama_cpp_nll"][k] - res["edge_sft_nll"][k])
                                  for k in edge}
     res["gap_per_record_mean"] = per_rec
+    res["llama_cpp_sum_logprob"] = {k: float(sum(v)) for k, v in llama.items()}
+    res["edge_sft_sum_logprob"] = {k: float(sum(r["sum_logprob"] for r in v))
+                                   for k, v in edge.items()}
     ln = res["llama_cpp_nll"]
     res["adapter_drop"] = 1 - ln["adapter.gguf"] / ln["base"]
     if "converted" in ln:
         res["edge_vs_converted"] = abs(ln["adapter.gguf"] - ln["converted"]) / ln["converted"]
     if "merged" in ln:
         res["merged_vs_adapter"] = (ln["merged"] - ln["adapter.gguf"]) / ln["adapter.gguf"]
+        en = res["edge_sft_nll"]
+        res["edge_sft_merged_vs_adapter"] = (en["merged"] - en["adapter.gguf"]) / en["adapter.gguf"]
 
     print(json.dumps(res, indent=1))
     if args.json:
@@ -266,11 +433,16 @@ def main() -> None:
     print(f"llama.cpp vs edge-sft, per-record Σ log Pr(y|x): base {per_rec['base']:.3%}, "
           f"with adapter {per_rec['adapter.gguf']:.3%}")
     nat = res["gap_nats_per_token"]
+    ok3 = nat["adapter.gguf"] <= nat["base"]
+    ok = ok and ok3
     print(f"llama.cpp vs edge-sft, |Δ mean NLL|: base {nat['base']:.5f} nats/token, "
-          f"with adapter {nat['adapter.gguf']:.5f}")
+          f"with adapter {nat['adapter.gguf']:.5f} (need with adapter ≤ base): "
+          f"{'ok' if ok3 else 'FAIL'}")
     if "merged_vs_adapter" in res:
         print(f"llama.cpp, merged GGUF vs base + adapter.gguf: {res['merged_vs_adapter']:+.3%} "
-              f"(merged {ln['merged']:.5f}, adapter {ln['adapter.gguf']:.5f})")
+              f"(merged {ln['merged']:.5f}, adapter {ln['adapter.gguf']:.5f}); edge-sft: "
+              f"{res['edge_sft_merged_vs_adapter']:+.3%} (merged {en['merged']:.5f}, "
+              f"adapter {en['adapter.gguf']:.5f})")
     if "edge_vs_converted" in res:
         ok2 = res["edge_vs_converted"] <= 0.005
         ok = ok and ok2
