@@ -17,7 +17,8 @@
 //! takes), so generation from the main thread runs its per-layer GEMVs on one core.
 //!
 //! Layout: `dispatch` (ISA detection), `matmul` (public products) over `gemm` (tiled driver),
-//! `panel` (B panels: dequantize, transpose), `gemv` (few rows of x against W), `small`
+//! `panel` (B panels: dequantize, transpose), `gemv` (few rows of x against W), `gemv_q8` +
+//! `x86/gemv_vnni` (generation's int8-activation matrix-vector product), `small`
 //! (few-row f32 products), `vecops` (vector kernels), `scalar` and `x86/*` (per-ISA code),
 //! `reference` (f64 references for tests), `par` (when to go parallel), `arm/neon` (AArch64),
 //! `gemm_bf16` + `x86/bf16` (the opt-in reduced-precision GEMM, `Isa::Avx512Bf16`),
@@ -33,6 +34,7 @@ mod gemm_bf16;
 #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 mod gemm_f16;
 mod gemv;
+pub mod gemv_q8;
 mod matmul;
 mod panel;
 mod par;

@@ -1,6 +1,7 @@
 //! Model config, weights, loading and the inference forward pass.
 
 pub mod config;
+pub mod decode;
 pub mod forward;
 pub mod load;
 pub mod lora;
