@@ -1,4 +1,5 @@
-//! Generation's one-token decode path (`Model::decode_step` + `decode_logits`, integer dots on
+//! Generation's one-token decode path (`Model::decode_next`: the thread team or `decode_step`
+//! + `decode_logits`, integer dots on
 //! AVX-512 VNNI) against the exact forward pass on the real model: every logit within 3e-3 of
 //! the largest |logit| (measured: 7e-4 over 24 steps on AVX-512 VNNI; ~1e-6 where the decode
 //! path is exact).
@@ -28,12 +29,13 @@ fn decode_step_matches_forward() {
     let mut st = m.decode_state();
     st.hidden.copy_from_slice(&h[h.len() - d..]);
     let mut worst = 0.0f32;
+    m.decode_logits(&mut st);
     for step in 0..24 {
-        m.decode_logits(&mut st);
         // The exact path: forward on the same cache contents.
         let next = edge_sft::infer::sampling::argmax(&st.logits) as u32;
         let exact_h = m.forward(&[next], &mut cb, None).unwrap();
-        m.decode_step(next, &mut ca, None, &mut st).unwrap();
+        // With several threads: the thread-team step (`decode_step_team`).
+        m.decode_next(next, &mut ca, None, &mut st).unwrap();
         let hd = st
             .hidden
             .iter()
@@ -42,7 +44,6 @@ fn decode_step_matches_forward() {
             .fold(0.0f32, f32::max);
         let scale = exact_h.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
         let exact_logits = m.logits(&exact_h, 1);
-        m.decode_logits(&mut st);
         let ld = st
             .logits
             .iter()

@@ -124,8 +124,44 @@ pub fn matvec(x: &[f32], q: &mut QuantX, jobs: &mut [(&QMatrix, &mut [f32])]) {
     });
 }
 
-#[cfg(target_arch = "x86_64")]
 fn rows_task(w: &QMatrix, q: &QuantX, rows: std::ops::Range<usize>, y: YPtr) {
+    let mut buf = [0.0f32; ROWS_PER_TASK];
+    let n = rows.len();
+    rows_into(w, q, rows.clone(), &mut buf[..n]);
+    for (i, v) in buf[..n].iter().enumerate() {
+        // SAFETY: rows.start + i < rows.end ≤ w.rows = y's length; these rows belong to this
+        // task only.
+        unsafe { *y.get().add(rows.start + i) = *v };
+    }
+}
+
+/// Quantize x for `matvec_rows` (a no-op where the int8 path is off).
+pub fn prepare(x: &[f32], q: &mut QuantX) {
+    if enabled() && x.len().is_multiple_of(64) {
+        quantize(x, q);
+    }
+}
+
+/// y = W[rows]·x on the calling thread: W's int8 path with x as `prepare` left it in q, or
+/// the exact product.
+pub fn matvec_rows(
+    x: &[f32],
+    q: &QuantX,
+    w: &QMatrix,
+    rows: std::ops::Range<usize>,
+    y: &mut [f32],
+) {
+    assert!(w.cols == x.len() && y.len() == rows.len() && rows.end <= w.rows);
+    if int8_path(w) {
+        assert_eq!(q.q8.len(), 2 * x.len(), "matvec_rows: x was not prepared");
+        rows_into(w, q, rows, y);
+    } else {
+        super::matmul_wt_range(x, 1, w, rows, y);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn rows_into(w: &QMatrix, q: &QuantX, rows: std::ops::Range<usize>, y: &mut [f32]) {
     use super::x86::gemv_vnni::{dot_rows, ROWS};
     let mut out = [0.0f32; ROWS];
     let mut r = rows.start;
@@ -134,16 +170,13 @@ fn rows_task(w: &QMatrix, q: &QuantX, rows: std::ops::Range<usize>, y: YPtr) {
         let wrows: [&[u8]; ROWS] = std::array::from_fn(|i| w.row(r + i.min(g - 1)));
         // SAFETY: `int8_path(w)` held (CPU features, type, cols a multiple of 64 = q's length).
         unsafe { dot_rows(w.dtype, &wrows[..g], q, &mut out) };
-        for (i, v) in out[..g].iter().enumerate() {
-            // SAFETY: r + i < rows.end ≤ w.rows = y's length; these rows belong to this task.
-            unsafe { *y.get().add(r + i) = *v };
-        }
+        y[r - rows.start..r - rows.start + g].copy_from_slice(&out[..g]);
         r += g;
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn rows_task(_w: &QMatrix, _q: &QuantX, _rows: std::ops::Range<usize>, _y: YPtr) {
+fn rows_into(_w: &QMatrix, _q: &QuantX, _rows: std::ops::Range<usize>, _y: &mut [f32]) {
     unreachable!("the int8 path is x86-only")
 }
 

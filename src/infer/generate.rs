@@ -60,18 +60,18 @@ pub fn generate_cached(
     let hidden = model.forward(new_ids, cache, lora)?;
     let mut st = model.decode_state();
     st.hidden.copy_from_slice(&hidden[hidden.len() - d..]);
+    model.decode_logits(&mut st);
     while out.len() < opts.max_tokens && cache.len < limit {
         if stopped() {
             return Ok((out, true));
         }
-        model.decode_logits(&mut st);
         let next = sample(&st.logits, opts.temperature, opts.top_p, rng) as u32;
         if opts.stop_ids.contains(&next) {
             break;
         }
         out.push(next);
         on_token(next)?;
-        model.decode_step(next, cache, lora, &mut st)?;
+        model.decode_next(next, cache, lora, &mut st)?;
     }
     Ok((out, false))
 }

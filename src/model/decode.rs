@@ -194,6 +194,32 @@ impl Model {
         att: &mut [f32],
         scores: &mut Vec<f32>,
     ) {
+        let hd = self.config.head_dim;
+        if pos + 1 >= PAR_ATTN_ROWS {
+            att.par_chunks_mut(hd)
+                .enumerate()
+                .for_each_init(Vec::new, |s, (h, out)| {
+                    self.attend_head_at(li, pos, h, q, cache, out, s)
+                });
+        } else {
+            for (h, out) in att.chunks_mut(hd).enumerate() {
+                self.attend_head_at(li, pos, h, q, cache, out, scores);
+            }
+        }
+    }
+
+    /// Head h's row of `attend_one` into out [head_dim].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attend_head_at(
+        &self,
+        li: usize,
+        pos: usize,
+        h: usize,
+        q: &[f32],
+        cache: &KvCache,
+        out: &mut [f32],
+        s: &mut Vec<f32>,
+    ) {
         let c = &self.config;
         let hd = c.head_dim;
         let group = c.n_heads / c.n_kv_heads;
@@ -204,26 +230,35 @@ impl Model {
             (pos + 1).saturating_sub(window)
         };
         let n = pos + 1 - first;
-        let head = |h: usize, out: &mut [f32], s: &mut Vec<f32>| {
-            let (k, v) = cache.head(li, h / group);
-            let (k, v) = (
-                &k[first * hd..(pos + 1) * hd],
-                &v[first * hd..(pos + 1) * hd],
-            );
-            s.resize(n, 0.0);
-            cpu::matmul_f32_nt(&q[h * hd..(h + 1) * hd], k, s, 1, hd, n, false);
-            cpu::scale(scale, s);
-            cpu::softmax_inplace(s);
-            cpu::matmul_f32_nn(s, v, out, 1, n, hd, false);
-        };
-        if n >= PAR_ATTN_ROWS {
-            att.par_chunks_mut(hd)
-                .enumerate()
-                .for_each_init(Vec::new, |s, (h, out)| head(h, out, s));
-        } else {
-            for (h, out) in att.chunks_mut(hd).enumerate() {
-                head(h, out, scores);
-            }
+        let (k, v) = cache.head(li, h / group);
+        let (k, v) = (
+            &k[first * hd..(pos + 1) * hd],
+            &v[first * hd..(pos + 1) * hd],
+        );
+        s.resize(n, 0.0);
+        cpu::matmul_f32_nt(&q[h * hd..(h + 1) * hd], k, s, 1, hd, n, false);
+        cpu::scale(scale, s);
+        cpu::softmax_inplace(s);
+        cpu::matmul_f32_nn(s, v, out, 1, n, hd, false);
+    }
+
+    /// Run `token` (as `decode_step`) and compute its logits (as `decode_logits`): without
+    /// LoRA and with several threads, in one thread team per token (`decode_step_team`).
+    pub fn decode_next(
+        &self,
+        token: u32,
+        cache: &mut KvCache,
+        lora: Option<&LoraSet>,
+        st: &mut DecodeState,
+    ) -> Result<()> {
+        // The team needs every pool thread: from inside the pool, a worker may only broadcast
+        // if the pool has nothing else to run (generation owns the pool; others keep rayon).
+        let threads = rayon::current_num_threads();
+        if lora.is_none() && threads > 1 && std::env::var_os("EDGE_SFT_DECODE_RAYON").is_none() {
+            return self.decode_step_team(token, cache, threads, &mut st.hidden, &mut st.logits);
         }
+        self.decode_step(token, cache, lora, st)?;
+        self.decode_logits(st);
+        Ok(())
     }
 }

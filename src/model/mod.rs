@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod decode;
+mod decode_team;
 pub mod forward;
 pub mod load;
 pub mod lora;
