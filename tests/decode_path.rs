@@ -28,38 +28,37 @@ fn decode_step_matches_forward() {
     m.forward(&prompt, &mut cb, None).unwrap();
     let mut st = m.decode_state();
     st.hidden.copy_from_slice(&h[h.len() - d..]);
-    let mut worst = 0.0f32;
     m.decode_logits(&mut st);
-    for step in 0..24 {
-        // The exact path: forward on the same cache contents.
-        let next = edge_sft::infer::sampling::argmax(&st.logits) as u32;
-        let exact_h = m.forward(&[next], &mut cb, None).unwrap();
-        // With several threads: the thread-team step (`decode_step_team`).
-        m.decode_next(next, &mut ca, None, &mut st).unwrap();
-        let hd = st
-            .hidden
-            .iter()
-            .zip(&exact_h)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        let scale = exact_h.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-        let exact_logits = m.logits(&exact_h, 1);
-        let ld = st
-            .logits
-            .iter()
-            .zip(&exact_logits)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        let lscale = exact_logits.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-        worst = worst.max(ld / lscale);
-        eprintln!(
-            "step {step}: hidden max|Δ| {hd:.3e} (max|h| {scale:.2}), logits max|Δ| {ld:.3e} (max|l| {lscale:.2})"
-        );
-        assert!(
-            ld / lscale < 3e-3,
-            "step {step}: logits differ by {ld} of {lscale}"
-        );
-        assert_eq!(ca.len, cb.len);
-    }
+    let mut worst = 0.0f32;
+    // With several threads and no adapter: the thread team (`with_team`); else `decode_next`.
+    m.with_decoder(&mut ca, None, |step_fn| {
+        for step in 0..24 {
+            let next = edge_sft::infer::sampling::argmax(&st.logits) as u32;
+            // The exact path: forward on the same tokens.
+            let exact_h = m.forward(&[next], &mut cb, None).unwrap();
+            step_fn(next, &mut st).unwrap();
+            let hd = st
+                .hidden
+                .iter()
+                .zip(&exact_h)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            let scale = exact_h.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+            let exact_logits = m.logits(&exact_h, 1);
+            let ld = st
+                .logits
+                .iter()
+                .zip(&exact_logits)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            let lscale = exact_logits.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+            worst = worst.max(ld / lscale);
+            eprintln!(
+                "step {step}: hidden max|Δ| {hd:.3e} (max|h| {scale:.2}), logits max|Δ| {ld:.3e} (max|l| {lscale:.2})"
+            );
+            assert!(ld / lscale < 3e-3, "step {step}: logits differ by {ld} of {lscale}");
+        }
+    });
+    assert_eq!(ca.len, cb.len);
     eprintln!("worst relative logit difference {worst:.3e}");
 }

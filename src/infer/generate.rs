@@ -61,17 +61,21 @@ pub fn generate_cached(
     let mut st = model.decode_state();
     st.hidden.copy_from_slice(&hidden[hidden.len() - d..]);
     model.decode_logits(&mut st);
-    while out.len() < opts.max_tokens && cache.len < limit {
-        if stopped() {
-            return Ok((out, true));
+    let mut len = cache.len;
+    model.with_decoder(cache, lora, |step| {
+        while out.len() < opts.max_tokens && len < limit {
+            if stopped() {
+                return Ok((out, true));
+            }
+            let next = sample(&st.logits, opts.temperature, opts.top_p, rng) as u32;
+            if opts.stop_ids.contains(&next) {
+                break;
+            }
+            out.push(next);
+            on_token(next)?;
+            step(next, &mut st)?;
+            len += 1;
         }
-        let next = sample(&st.logits, opts.temperature, opts.top_p, rng) as u32;
-        if opts.stop_ids.contains(&next) {
-            break;
-        }
-        out.push(next);
-        on_token(next)?;
-        model.decode_next(next, cache, lora, &mut st)?;
-    }
-    Ok((out, false))
+        Ok((out, false))
+    })
 }

@@ -242,8 +242,7 @@ impl Model {
         cpu::matmul_f32_nn(s, v, out, 1, n, hd, false);
     }
 
-    /// Run `token` (as `decode_step`) and compute its logits (as `decode_logits`): without
-    /// LoRA and with several threads, in one thread team per token (`decode_step_team`).
+    /// Run `token` (as `decode_step`) and compute its logits (as `decode_logits`).
     pub fn decode_next(
         &self,
         token: u32,
@@ -251,14 +250,28 @@ impl Model {
         lora: Option<&LoraSet>,
         st: &mut DecodeState,
     ) -> Result<()> {
-        // The team needs every pool thread: from inside the pool, a worker may only broadcast
-        // if the pool has nothing else to run (generation owns the pool; others keep rayon).
-        let threads = rayon::current_num_threads();
-        if lora.is_none() && threads > 1 && std::env::var_os("EDGE_SFT_DECODE_RAYON").is_none() {
-            return self.decode_step_team(token, cache, threads, &mut st.hidden, &mut st.logits);
-        }
         self.decode_step(token, cache, lora, st)?;
         self.decode_logits(st);
         Ok(())
+    }
+
+    /// Run `decode` with a per-token step function: the thread team's (`with_team`) where it
+    /// applies (no LoRA, several pool threads, every product on the int8 path), else
+    /// `decode_next`. `EDGE_SFT_DECODE_TEAM=0` turns the team off.
+    pub fn with_decoder<R>(
+        &self,
+        cache: &mut KvCache,
+        lora: Option<&LoraSet>,
+        decode: impl FnOnce(&mut dyn FnMut(u32, &mut DecodeState) -> Result<()>) -> R,
+    ) -> R {
+        let threads = rayon::current_num_threads();
+        let off = std::env::var("EDGE_SFT_DECODE_TEAM").is_ok_and(|v| v == "0");
+        if lora.is_none() && threads > 1 && !off && self.team_ok() {
+            self.with_team(cache, threads, |team| {
+                decode(&mut |tok: u32, st: &mut DecodeState| team.step(tok, st))
+            })
+        } else {
+            decode(&mut |tok: u32, st: &mut DecodeState| self.decode_next(tok, cache, lora, st))
+        }
     }
 }
