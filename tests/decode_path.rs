@@ -1,9 +1,8 @@
-//! Generation's one-token decode path (`Model::decode_next`: the thread team or `decode_step`
-//! + `decode_logits`, integer dots on
-//! AVX-512 VNNI) against the exact forward pass on the real model: every logit within 3e-3 of
-//! the largest |logit| (measured: 7e-4 over 24 steps on AVX-512 VNNI; ~1e-6 where the decode
-//! path is exact).
-//! Skipped (with a note) when the model file is absent.
+//! Generation's one-token decode path (`Model::with_decoder`: the thread team, or
+//! `decode_step` and `decode_logits`; integer dots on AVX-512 VNNI) against the exact forward
+//! pass on the real model: every logit within 3e-3 of the largest |logit| (measured: 7e-4 over
+//! 24 steps on AVX-512 VNNI; ~1e-6 where the decode path is exact). Skipped (with a note) when
+//! the model file is absent.
 
 mod common;
 
