@@ -312,19 +312,22 @@ impl Team<'_> {
             }
             let rope = &ropes[m.rope_index(li)];
             rope.apply_row(0, &mut l.q, false);
-            if t == 0 {
-                rope.apply_row(0, &mut l.k, false);
-                let mut w = self.kv.write().unwrap_or_else(|e| e.into_inner());
-                w.append(li, &l.k, &l.v, c.n_kv_heads, hd);
-            }
-            bar.wait();
+            rope.apply_row(0, &mut l.k, false);
+            // The new position's keys and values come from this thread's own copies, so the
+            // heads need not wait for thread 0 to append them to the cache (it does so once
+            // the others have stopped reading this layer's rows: the lock orders it).
             {
                 let r = self.kv.read().unwrap_or_else(|e| e.into_inner());
                 for h in (t..c.n_heads).step_by(threads) {
                     let out = &mut l.att[h * hd..(h + 1) * hd];
-                    attend_serial(m, li, pos, h, &l.q, &r, out, &mut l.scores);
+                    let new = (&l.k[..], &l.v[..]);
+                    attend_serial(m, li, pos, h, &l.q, &r, new, out, &mut l.scores);
                     self.satt.put(h * hd, out);
                 }
+            }
+            if t == 0 {
+                let mut w = self.kv.write().unwrap_or_else(|e| e.into_inner());
+                w.append(li, &l.k, &l.v, c.n_kv_heads, hd);
             }
             bar.wait();
             self.satt.get(&mut l.att);
@@ -380,7 +383,8 @@ impl Team<'_> {
     }
 }
 
-/// `Model::attend_head_at` without any rayon inside (dot and axpy per cache row).
+/// `Model::attend_head_at` without any rayon inside (dot and axpy per cache row), the cache
+/// holding positions ..pos and `new` (k, v [kv_dim]) position pos.
 #[allow(clippy::too_many_arguments)]
 fn attend_serial(
     m: &Model,
@@ -389,6 +393,7 @@ fn attend_serial(
     h: usize,
     q: &[f32],
     cache: &KvCache,
+    new: (&[f32], &[f32]),
     out: &mut [f32],
     s: &mut Vec<f32>,
 ) {
@@ -400,13 +405,17 @@ fn attend_serial(
     } else {
         (pos + 1).saturating_sub(window)
     };
-    let (k, v) = cache.head(li, h / (c.n_heads / c.n_kv_heads));
+    let g = h / (c.n_heads / c.n_kv_heads);
+    let (k, v) = cache.head(li, g);
+    let (kn, vn) = (&new.0[g * hd..(g + 1) * hd], &new.1[g * hd..(g + 1) * hd]);
     let qh = &q[h * hd..(h + 1) * hd];
     s.clear();
-    s.extend((first..=pos).map(|j| cpu::dot(qh, &k[j * hd..(j + 1) * hd]) * scale));
+    s.extend((first..pos).map(|j| cpu::dot(qh, &k[j * hd..(j + 1) * hd]) * scale));
+    s.push(cpu::dot(qh, kn) * scale);
     cpu::softmax_inplace(s);
     out.fill(0.0);
-    for (p, j) in s.iter().zip(first..=pos) {
+    for (p, j) in s.iter().zip(first..pos) {
         cpu::axpy(*p, &v[j * hd..(j + 1) * hd], out);
     }
+    cpu::axpy(s[s.len() - 1], vn, out);
 }
