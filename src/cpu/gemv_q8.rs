@@ -1,7 +1,8 @@
-//! Decoding's fast matrix-vector product: y = W·x with x quantized to 8 bits per 32-value
-//! block, as llama.cpp does for its CPU dots. Only generation uses it (`Model::decode_step`):
-//! training, eval and prompt prefill keep the exact f32 products of `matmul_wt`, whose results
-//! it changes in about the third significant digit. Q4_1 and Q8_0 weights (every weight of
+//! Decoding's fast matrix-vector product: y = W·x with x quantized per 32-value block (as
+//! llama.cpp does for its CPU dots, but to two int8 codes per value: see `QuantX`). Only
+//! generation uses it (`Model::with_decoder`): training, eval and prompt prefill keep the exact
+//! f32 products of `matmul_wt`, whose results it changes by ~1e-4 relative (the logits by up to
+//! 7e-4 of the largest, `tests/decode_path.rs`). Q4_1 and Q8_0 weights (every weight of
 //! the default model) on CPUs with AVX-512 VNNI; everything else, and `EDGE_SFT_DECODE=exact`,
 //! goes through `matmul_wt`. Several matrices that read the same x (q, k, v; gate, up) run in
 //! one parallel region, so a decoded token forks and joins a few times per layer, not per
