@@ -8,6 +8,7 @@ use edge_sft::tokenize::chat::Message;
 use edge_sft::Result;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,6 +36,10 @@ pub struct Args {
     /// Worker threads (default: physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// After the reply, print the prompt and decode speeds to stderr (decode: tokens 2..N, each
+    /// timed from the previous token's emission; see benches/decode_vs_llamacpp.py).
+    #[arg(long)]
+    pub timings: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -77,7 +82,14 @@ pub fn run(a: Args) -> Result<()> {
     let mut stream = TextStream::new(tok);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let start = Instant::now();
+    let mut first: Option<Instant> = None;
+    let mut last = start;
+    let mut emitted = 0usize;
     generate(&lm.model, lora.as_ref(), &prompt_ids, &opts, |id| {
+        last = Instant::now();
+        first.get_or_insert(last);
+        emitted += 1;
         let s = stream.push(id)?;
         if !s.is_empty() {
             let _ = out.write_all(s.as_bytes());
@@ -88,5 +100,19 @@ pub fn run(a: Args) -> Result<()> {
     let (rest, _) = stream.finish()?;
     let _ = out.write_all(rest.as_bytes());
     let _ = writeln!(out);
+    if a.timings {
+        let first = first.unwrap_or(last);
+        let prefill = (first - start).as_secs_f64();
+        let decode = (last - first).as_secs_f64();
+        let rate = (emitted.saturating_sub(1)) as f64 / decode.max(1e-9);
+        eprintln!(
+            "timings: prompt {} tokens, first token after {:.1} ms; decode {} tokens in {:.1} ms = {:.2} tokens/s",
+            prompt_ids.len(),
+            prefill * 1e3,
+            emitted.saturating_sub(1),
+            decode * 1e3,
+            rate
+        );
+    }
     Ok(())
 }

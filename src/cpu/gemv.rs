@@ -58,7 +58,7 @@ thread_local! {
 }
 
 #[derive(Clone, Copy)]
-struct YPtr(*mut f32);
+pub(crate) struct YPtr(pub(crate) *mut f32);
 // SAFETY: each task writes the y columns of its own W rows only (disjoint).
 unsafe impl Send for YPtr {}
 // SAFETY: as above.
@@ -66,7 +66,7 @@ unsafe impl Sync for YPtr {}
 
 impl YPtr {
     /// A method, so closures capture the whole Send+Sync wrapper rather than its raw field.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -18,7 +18,8 @@
 //!
 //! Layout: `dispatch` (ISA detection), `matmul` (public products with a weight) and
 //! `matmul_f32` (of two f32 matrices) over `gemm` (tiled driver) and `tile` (what the drivers
-//! share), `panel` (B panels: dequantize, transpose), `gemv` (few rows of x against W), `small`
+//! share), `panel` (B panels: dequantize, transpose), `gemv` (few rows of x against W), `gemv_q8`
+//! and `x86/gemv_vnni` (generation's int8-activation matrix-vector product, over `quant_x`), `small`
 //! (few-row f32 products), `vecops` (vector kernels), `scalar` and `x86/*` (per-ISA code),
 //! `reference` (f64 references for tests), `par` (when to go parallel), `arm/neon` (AArch64),
 //! `gemm_bf16` + `x86/bf16` (the opt-in reduced-precision GEMM, `Isa::Avx512Bf16`),
@@ -34,10 +35,12 @@ mod gemm_bf16;
 #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 mod gemm_f16;
 mod gemv;
+pub mod gemv_q8;
 mod matmul;
 mod matmul_f32;
 mod panel;
 mod par;
+mod quant_x;
 pub mod reference;
 mod scalar;
 mod small;

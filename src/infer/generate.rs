@@ -55,21 +55,27 @@ pub fn generate_cached(
     if new_ids.is_empty() {
         return Ok((out, false));
     }
-    let mut hidden = model.forward(new_ids, cache, lora)?;
-    let mut last = hidden[hidden.len() - d..].to_vec();
-    while out.len() < opts.max_tokens && cache.len < limit {
-        if stopped() {
-            return Ok((out, true));
+    // The prompt (or a chat turn's new tokens) in one exact forward pass; then one token at a
+    // time through the decode path.
+    let hidden = model.forward(new_ids, cache, lora)?;
+    let mut st = model.decode_state();
+    st.hidden.copy_from_slice(&hidden[hidden.len() - d..]);
+    model.decode_logits(&mut st);
+    let mut len = cache.len;
+    model.with_decoder(cache, lora, |step| {
+        while out.len() < opts.max_tokens && len < limit {
+            if stopped() {
+                return Ok((out, true));
+            }
+            let next = sample(&st.logits, opts.temperature, opts.top_p, rng) as u32;
+            if opts.stop_ids.contains(&next) {
+                break;
+            }
+            out.push(next);
+            on_token(next)?;
+            step(next, &mut st)?;
+            len += 1;
         }
-        let logits = model.logits(&last, 1);
-        let next = sample(&logits, opts.temperature, opts.top_p, rng) as u32;
-        if opts.stop_ids.contains(&next) {
-            break;
-        }
-        out.push(next);
-        on_token(next)?;
-        hidden = model.forward(&[next], cache, lora)?;
-        last.copy_from_slice(&hidden[..d]);
-    }
-    Ok((out, false))
+        Ok((out, false))
+    })
 }

@@ -12,10 +12,11 @@ use crate::train::attention::{attend_head, gather};
 use crate::train::proj::proj_forward_infer;
 use rayon::prelude::*;
 
-/// Keys and values of the positions seen so far, per layer.
+/// Keys and values of the positions seen so far, per layer and KV head: each head's rows
+/// [len, head_dim] are contiguous, so attention reads them in place (no per-token gather).
 pub struct KvCache {
-    k: Vec<Vec<f32>>, // per layer [len, kv_dim]
-    v: Vec<Vec<f32>>, // per layer [len, kv_dim]
+    k: Vec<Vec<Vec<f32>>>, // per layer, per kv head [len, head_dim]
+    v: Vec<Vec<Vec<f32>>>, // per layer, per kv head [len, head_dim]
     pub len: usize,
 }
 
@@ -34,12 +35,34 @@ impl KvCache {
         if len >= self.len {
             return;
         }
-        for (k, v) in self.k.iter_mut().zip(self.v.iter_mut()) {
-            let row = k.len() / self.len.max(1);
-            k.truncate(len * row);
-            v.truncate(len * row);
+        for heads in self.k.iter_mut().chain(self.v.iter_mut()) {
+            for h in heads.iter_mut() {
+                let row = h.len() / self.len.max(1);
+                h.truncate(len * row);
+            }
         }
         self.len = len;
+    }
+
+    /// Append the rows k, v [n, n_kv · hd] of layer `li`; the caller adds n to `len` once
+    /// every layer has its rows.
+    pub(crate) fn append(&mut self, li: usize, k: &[f32], v: &[f32], n_kv: usize, hd: usize) {
+        for (store, src) in [(&mut self.k[li], k), (&mut self.v[li], v)] {
+            if store.len() != n_kv {
+                store.resize(n_kv, Vec::new());
+            }
+            for row in src.chunks_exact(n_kv * hd) {
+                for (g, h) in store.iter_mut().enumerate() {
+                    h.extend_from_slice(&row[g * hd..(g + 1) * hd]);
+                }
+            }
+        }
+    }
+
+    /// Keys and values [len', hd] of KV head `g` of layer `li` (len' counts the rows appended
+    /// so far, including any of the current forward pass).
+    pub(crate) fn head(&self, li: usize, g: usize) -> (&[f32], &[f32]) {
+        (&self.k[li][g], &self.v[li][g])
     }
 }
 
@@ -161,9 +184,8 @@ impl Model {
                 rope.apply_row(i, &mut q[i * qd..(i + 1) * qd], false);
                 rope.apply_row(i, &mut k[i * kvd..(i + 1) * kvd], false);
             }
-            cache.k[li].extend_from_slice(&k);
-            cache.v[li].extend_from_slice(&v);
-            let (kc, vc) = (&cache.k[li], &cache.v[li]); // [start + n, kvd]
+            cache.append(li, &k, &v, c.n_kv_heads, hd);
+            let kv = &*cache;
 
             let mut att = vec![0.0f32; n * qd]; // [n, qd]
             let group = c.n_heads / c.n_kv_heads;
@@ -173,9 +195,8 @@ impl Model {
                 .map(|head| {
                     let g = head / group;
                     let qh = gather(&q, qd, 0, n, head * hd, hd); // [n, hd]
-                    let kh = gather(kc, kvd, 0, start + n, g * hd, hd); // [L, hd]
-                    let vh = gather(vc, kvd, 0, start + n, g * hd, hd); // [L, hd]
-                    attend_head(&qh, &kh, &vh, n, hd, sw).0
+                    let (kh, vh) = kv.head(li, g); // [start + n, hd] each, in place
+                    attend_head(&qh, kh, vh, n, hd, sw).0
                 })
                 .collect();
             for (head, oh) in heads.iter().enumerate() {

@@ -1,6 +1,8 @@
 //! Model config, weights, loading and the inference forward pass.
 
 pub mod config;
+pub mod decode;
+mod decode_team;
 pub mod forward;
 pub mod load;
 pub mod lora;

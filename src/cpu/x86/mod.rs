@@ -14,6 +14,8 @@ pub(crate) mod bf16;
 #[clippy::msrv = "1.89"]
 pub(crate) mod gemv_avx512;
 #[clippy::msrv = "1.89"]
+pub(crate) mod gemv_vnni;
+#[clippy::msrv = "1.89"]
 pub(crate) mod kquant;
 #[clippy::msrv = "1.89"]
 pub(crate) mod narrow512;
