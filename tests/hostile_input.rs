@@ -207,3 +207,35 @@ fn chat_template_that_recurses_hits_the_limit() {
     let e = t.render(&[Message::new("user", "hi")], true).unwrap_err();
     assert!(e.to_string().contains("recursion"), "{e}");
 }
+
+/// A value nested 120,000 deep, built by a loop (fuzz finding, issue 16): minijinja drops and
+/// prints values recursively, and this overflowed an 8 MB stack (SIGSEGV, the whole process
+/// gone). Rendering now runs on a thread with a stack sized for the depth fuel allows. A stack
+/// overflow aborts the process, so the render runs in a child (this test binary, running
+/// `deeply_nested_value_child`), and the parent checks that the child finished.
+#[test]
+fn chat_template_that_nests_a_value_deeply_does_not_overflow() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "deeply_nested_value_child", "--ignored"])
+        .args(["--nocapture", "--test-threads=1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child: {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "run by chat_template_that_nests_a_value_deeply_does_not_overflow in a child"]
+fn deeply_nested_value_child() {
+    use edge_sft::tokenize::chat::{ChatTemplate, Message};
+    let src = "{% set ns = namespace(x=[]) %}{% for i in range(12000) %}\
+        {% set ns.x = [[[[[[[[[[ns.x]]]]]]]]]] %}{% endfor %}{{ ns.x }}";
+    let t = ChatTemplate::new(src, None, None).unwrap();
+    let out = t.render(&[Message::new("user", "hi")], true).unwrap();
+    assert_eq!(out.len(), 2 * 120_001, "{}", &out[..64]);
+}

@@ -1,5 +1,6 @@
 //! A model-supplied chat template: compiled, then rendered for a short conversation with and
-//! without the generation prompt. Rendering is bounded (fuel, recursion limit in chat.rs).
+//! without the generation prompt. Rendering is bounded (fuel, recursion limit, a big-stack render
+//! thread for deeply nested values: see chat.rs).
 #![no_main]
 
 use edge_sft::tokenize::chat::{ChatTemplate, Message};

@@ -34,14 +34,21 @@ const NAME: &str = "chat_template";
 pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
 /// Bounds for rendering a template that came with a model (a stranger's code, in effect).
 /// Fuel counts VM instructions per render: a real template takes tens per message (a few
-/// thousand for a long conversation with tools), so a million only stops a loop that would run
-/// for a second or more (about half a second here, in a release build). Nesting (macros,
+/// thousand for a long conversation with tools), so 250,000 leaves room for conversations of
+/// thousands of turns and stops a runaway loop in a fraction of a second. Nesting (macros,
 /// recursive loops, includes) is capped well below where the stack could overflow; real
 /// templates nest a few levels. minijinja itself refuses ranges of over 100,000 items and a
 /// string repeated past 100 MB. Not bounded: a string grown by doubling in a short loop
 /// (`{% set ns.s = ns.s ~ ns.s %}` 40 times) — minijinja has no memory limit, and fuel counts
 /// instructions, not bytes.
-pub const TEMPLATE_FUEL: u64 = 1_000_000;
+pub const TEMPLATE_FUEL: u64 = 250_000;
+/// Values a template builds can nest without limit (`{% set ns.x = [ns.x] %}` in a loop, one
+/// level per few instructions), and minijinja drops, prints and compares them recursively, a
+/// few hundred bytes of stack per level: 30,000 levels overflowed an 8 MB stack (fuzz finding,
+/// issue 16). Fuel bounds the depth (each level costs at least one instruction, so at most
+/// about `TEMPLATE_FUEL` levels); every render runs on its own thread with this much stack,
+/// which covers that depth at up to 2 KB a level. Only the pages touched are ever resident.
+pub const TEMPLATE_STACK_BYTES: usize = 512 << 20;
 pub const TEMPLATE_RECURSION_LIMIT: usize = 64;
 
 /// A compiled chat template plus the special-token strings it may reference.
@@ -115,7 +122,26 @@ impl ChatTemplate {
     }
 
     /// Render `messages`; with `add_generation_prompt` the template opens an assistant turn.
+    /// Runs on a thread of its own with a `TEMPLATE_STACK_BYTES` stack (see there).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("chat-template".to_string())
+                .stack_size(TEMPLATE_STACK_BYTES)
+                .spawn_scoped(scope, || self.render_here(messages, add_generation_prompt))
+                .map_err(|e| {
+                    Error::Template(format!(
+                        "cannot start a thread to render the template ({} MB stack): {e}",
+                        TEMPLATE_STACK_BYTES >> 20
+                    ))
+                })?;
+            worker
+                .join()
+                .map_err(|_| Error::Template("rendering the template panicked".to_string()))?
+        })
+    }
+
+    fn render_here(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self
             .env
             .get_template(NAME)
