@@ -27,7 +27,7 @@ pub const MAX_LR_SCALE: f32 = 2.0;
 /// The peak learning rate when `--lr` is not given, for `n` training records in steps of
 /// `batch_size`: `BASE_LR` · √(`BASE_LR_STEPS` / steps per epoch), between 1× and 2×. A small
 /// data set gets fewer updates, so each moves further: 45 records get 1e-3, 95 get 7.3e-4, 190
-/// and more 5e-4 (the sweep behind it: benches/results/defaults.md).
+/// get 5.1e-4 and 200 or more 5e-4 (the sweep behind it: benches/results/defaults.md).
 pub fn default_lr(n: usize, batch_size: usize) -> f32 {
     let per_epoch = n.div_ceil(batch_size.max(1)).max(1);
     let scale = (BASE_LR_STEPS as f32 / per_epoch as f32).sqrt();
