@@ -82,17 +82,13 @@ pub fn score_example(model: &Model, ex: &Example, lora: Option<&LoraSet>) -> Res
     })
 }
 
-/// Score every example, calling `progress(done, total)` after each.
+/// Score every example (packed several to a forward pass; see `train::score`), calling
+/// `progress(done, total)` as batches finish.
 pub fn score_all(
     model: &Model,
     examples: &[Example],
     lora: Option<&LoraSet>,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<Vec<RecordScore>> {
-    let mut out = Vec::with_capacity(examples.len());
-    for (i, ex) in examples.iter().enumerate() {
-        out.push(score_example(model, ex, lora)?);
-        progress(i + 1, examples.len());
-    }
-    Ok(out)
+    crate::train::score::score_packed(model, examples, lora, progress)
 }

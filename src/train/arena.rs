@@ -209,6 +209,32 @@ impl Arena {
         }
     }
 
+    /// Buffers for a forward pass only (scoring): two residual-stream buffers used in turn,
+    /// one block's activations, and none of the backward's scratch or the loss tile.
+    pub fn forward_only(c: &ModelConfig, lora: &LoraSet, t_max: usize) -> Arena {
+        // `new` asks for zeroed pages; the ones dropped here were never touched.
+        let mut a = Arena::new(c, lora, t_max, true, false);
+        a.inputs.truncate(2);
+        let s = &mut a.scratch;
+        for v in [
+            &mut s.d_act,
+            &mut s.d_gate,
+            &mut s.d_up,
+            &mut s.dh,
+            &mut s.d_att,
+            &mut s.dq,
+            &mut s.dk,
+            &mut s.dv,
+            &mut s.du,
+            &mut s.dhs,
+            &mut s.grad,
+        ] {
+            *v = Vec::new();
+        }
+        s.nll = NllScratch::for_rows(0, c.d_model, c.vocab_size);
+        a
+    }
+
     /// Bytes held by the arena's buffers.
     pub fn bytes(&self) -> usize {
         let l = |v: &Vec<f32>| v.len();

@@ -15,5 +15,6 @@ pub mod optim;
 pub mod params;
 pub mod plan;
 pub mod proj;
+pub mod score;
 pub mod step;
 pub mod trainer;

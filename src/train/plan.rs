@@ -14,8 +14,13 @@ use crate::infer::sampling::Rng;
 pub const DEFAULT_WARMUP_RATIO: f32 = 0.05;
 /// … but never more than this many steps.
 pub const WARMUP_CAP: usize = 100;
-/// Held-out scorings per run when `--eval-every` is not given (plus the one at the end).
+/// Held-out scorings per run when `--eval-every` is not given (plus the one at the end) …
 pub const EVALS_PER_RUN: usize = 10;
+/// … fewer where they would cost more than this share of the run's training compute (a scored
+/// token is one forward pass, about a third of a trained token's forward and backward) …
+pub const EVAL_COST_SHARE: f64 = 0.10;
+/// … but never fewer than this many.
+pub const MIN_EVALS_PER_RUN: usize = 3;
 
 /// The default peak learning rate on a data set of many records: `DEFAULT_LR` …
 pub const BASE_LR: f32 = 5e-4;
@@ -79,9 +84,23 @@ pub fn warmup_steps(total: usize, warmup: Option<usize>, ratio: f32) -> usize {
     }
 }
 
-/// Steps between held-out scorings: `every` when given, else about `EVALS_PER_RUN` per run.
-pub fn eval_interval(total: usize, every: Option<usize>) -> usize {
-    every.unwrap_or_else(|| total.div_ceil(EVALS_PER_RUN).max(1))
+/// Steps between held-out scorings: `every` when given, else about `EVALS_PER_RUN` per run, or
+/// fewer when scoring `heldout_tokens` that often would cost more than `EVAL_COST_SHARE` of
+/// training `total` steps of `step_tokens` tokens each. Only a small data set meets the cap:
+/// its minimum of 5 held-out records is a tenth of 50 records (ten scorings of them added a
+/// fifth to the run), while 5% of a larger set is a twentieth.
+pub fn eval_interval(
+    total: usize,
+    every: Option<usize>,
+    heldout_tokens: usize,
+    step_tokens: f64,
+) -> usize {
+    every.unwrap_or_else(|| {
+        let training = 3.0 * step_tokens * total as f64; // in forward-token units
+        let affordable = (EVAL_COST_SHARE * training / heldout_tokens.max(1) as f64) as usize;
+        let evals = affordable.clamp(MIN_EVALS_PER_RUN, EVALS_PER_RUN);
+        total.div_ceil(evals).max(1)
+    })
 }
 
 /// An upper bound on the longest micro-batch any step can pack: the longest record, or the
@@ -227,8 +246,17 @@ mod tests {
 
     #[test]
     fn auto_eval_interval() {
-        assert_eq!(eval_interval(320, None), 32);
-        assert_eq!(eval_interval(5, None), 1);
-        assert_eq!(eval_interval(320, Some(7)), 7);
+        // 320 steps of 50 tokens (48,000 forward-token units), 400 held-out tokens: ten
+        // scorings cost 8% of the run.
+        assert_eq!(eval_interval(320, None, 400, 50.0), 32);
+        assert_eq!(eval_interval(320, Some(7), 400, 50.0), 7);
+        // Twice the held-out tokens: six scorings are the 10% share.
+        assert_eq!(eval_interval(320, None, 800, 50.0), 54);
+        assert_eq!(eval_interval(5, None, 1, 50.0), 1);
+        // 50 records: 90 steps of 53 tokens, 5 records (300 tokens) held out: four scorings
+        // are 10% of the training compute, ten would be 25%.
+        assert_eq!(eval_interval(90, None, 300, 53.0), 23);
+        // However costly, at least three.
+        assert_eq!(eval_interval(30, None, 3000, 50.0), 10);
     }
 }

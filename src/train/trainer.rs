@@ -261,7 +261,11 @@ pub fn tune(
     let fp = fingerprint(train);
     let total_steps = plan::total_steps(train.len(), opts.batch_size, opts.epochs, opts.steps);
     let warmup = plan::warmup_steps(total_steps, opts.warmup, opts.warmup_ratio);
-    let eval_every = plan::eval_interval(total_steps, opts.eval_every);
+    let heldout_tokens: usize = eval.map_or(0, |ev| ev.iter().map(|e| e.ids.len()).sum());
+    // Tokens an optimizer step trains on, on average over the records.
+    let step_tokens = lens.iter().sum::<usize>() as f64 / train.len() as f64
+        * opts.batch_size.min(train.len()) as f64;
+    let eval_every = plan::eval_interval(total_steps, opts.eval_every, heldout_tokens, step_tokens);
 
     let mut params = init_lora(
         &model.config,
