@@ -37,7 +37,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "edge-sft")
+BIN = os.environ.get("EDGE_SFT_BIN", os.path.join(ROOT, "target", "release", "edge-sft"))
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 DATASETS = ["chatterbot", "extract", "instruct"]
 SIZES = (50, 100, 200, 1000)
@@ -216,9 +216,13 @@ def report(results, peft_path, md_path):
     for r in rows:
         if r.get("seed", 42) == 42:
             latest[(r["data"], r["size"], r["setting"])] = r
-    seeds = {}
+    seed_rows = {}  # (data, size, setting) -> {seed: latest row}
     for r in rows:
-        seeds.setdefault((r["data"], r["size"], r["setting"]), {})[r.get("seed", 42)] = r["test_nll"]
+        seed_rows.setdefault((r["data"], r["size"], r["setting"]), {})[r.get("seed", 42)] = r
+    seeds = {k: {sd: r["test_nll"] for sd, r in v.items()} for k, v in seed_rows.items()}
+
+    def mean_of(v, key):
+        return sum(r[key] for r in v.values()) / len(v)
     peft_by = {}
     for r in peft:
         if r.get("batch_size", 1) == 1 and r.get("epochs") == 2 and abs(r.get("lr", 0) - 2e-4) < 1e-12:
@@ -240,6 +244,13 @@ def report(results, peft_path, md_path):
               " the default's time, not of the settings' rows).", "",
               "| data | records | PEFT | default | ≤ PEFT | default, mean of seeds | ≤ PEFT | stopped at / planned | default cpu s | fastest at PEFT's quality | its cpu s | ratio |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    robust = ["", "### Over seeds", "",
+              "The same comparison with every setting run on three seeds (42, 1, 2): a setting reaches"
+              " PEFT's quality when its mean test NLL over the seeds is no worse than PEFT's, and"
+              " times are means over the seeds. One lucky seed of a one-epoch setting is not a"
+              " setting a user can rely on; this is the comparison the 2× bar is judged by.", "",
+              "| data | records | PEFT | default, mean of seeds | ≤ PEFT | default mean cpu s | fastest at PEFT's quality over seeds | its mean cpu s | ratio |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for data in DATASETS:
         for size in SIZES:
             p = peft_by.get((data, size))
@@ -267,6 +278,24 @@ def report(results, peft_path, md_path):
                 mean_s, mean_ok = "–", "–"
             lines.append(f"| {data} | {size} | {p['tuned_nll']:.4f} | {d['test_nll']:.4f} | {ok} | {mean_s} | {mean_ok} | {stop} "
                          f"| {d['cpu_s']:.0f} | {fast} | {fcpu} | {ratio} |")
+            dv = seed_rows.get((data, size, "default"), {})
+            if len(dv) >= 3:
+                dm, dc = mean_of(dv, "test_nll"), mean_of(dv, "cpu_s")
+                ok3 = [(st, v) for (dd, ss, st), v in seed_rows.items()
+                       if dd == data and ss == size and st != "default" and st not in CANDIDATES
+                       and len(v) >= 3 and mean_of(v, "test_nll") <= p["tuned_nll"]]
+                if ok3:
+                    st, v = min(ok3, key=lambda x: mean_of(x[1], "cpu_s"))
+                    fc = mean_of(v, "cpu_s")
+                    cells = f"{st} ({mean_of(v, 'test_nll'):.4f}) | {fc:.0f} | {dc / fc:.2f}×"
+                else:
+                    tried = sorted(st for (dd, ss, st), v in seed_rows.items()
+                                   if dd == data and ss == size and st != "default"
+                                   and st not in CANDIDATES and len(v) >= 3)
+                    cells = f"none of {', '.join(tried) or 'no setting with 3 seeds'} | – | –"
+                robust.append(f"| {data} | {size} | {p['tuned_nll']:.4f} | {dm:.4f} | "
+                              f"{'yes' if dm <= p['tuned_nll'] else '**no**'} | {dc:.0f} | {cells} |")
+    lines += robust
     lines += ["", REASONING, ""]
     multi = {k: v for k, v in seeds.items() if len(v) > 1}
     if multi:

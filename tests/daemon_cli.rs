@@ -341,3 +341,50 @@ fn a_condition_failing_mid_run_pauses_the_round_until_it_holds_again() {
     sigterm(&c);
     wait_exit(c, 30);
 }
+
+/// A candidate that learns the person's pairs but raises the general NLL past the margin is
+/// trained again from the same adapter at half the learning rate, up to `backoff_tries` times;
+/// every try is recorded with its learning rate, and general replay pairs are mixed in.
+#[test]
+fn a_round_refused_for_the_general_set_is_retried_at_half_the_learning_rate() {
+    let d = tmp("backoff");
+    let r = records();
+    // Held-back pairs repeat the trained one (the personal NLL falls); the general set is two
+    // other records, which 60 steps at lr 0.1 on one record make worse.
+    let lines: Vec<String> = (0..12).map(|_| r[1].clone()).collect();
+    write_inbox(&d, &lines);
+    std::fs::write(d.join("general.jsonl"), format!("{}\n{}\n", r[0], r[2])).unwrap();
+    std::fs::write(d.join("replay.jsonl"), format!("{}\n", r[1])).unwrap();
+    let cfg = config(
+        &d,
+        "lr = 0.1\nstep_budget = 60\ngate_margin = 0.0\nbackoff_tries = 2\n\
+         general_set = \"general.jsonl\"\ngeneral_replay = \"replay.jsonl\"\n\
+         general_replay_size = 4",
+    );
+    once(&cfg);
+    let ds = decisions(&d);
+    assert!(!ds.is_empty());
+    let first = &ds[0];
+    assert_eq!(first["promoted"], false, "{first:?}");
+    assert!(
+        first["general_rise"].as_f64().unwrap() > 0.0,
+        "the test needs a general rise: {first:?}"
+    );
+    assert_eq!(first["general_replay_pairs"], 1, "{first:?}");
+    // Tries 0, 1, 2 at 0.1, 0.05, 0.025 unless one was promoted earlier; all one round.
+    assert!(ds.len() >= 2 && ds.len() <= 3, "{ds:?}");
+    for (i, x) in ds.iter().enumerate() {
+        assert_eq!(x["round"], 1);
+        assert_eq!(x["attempt"], i as u64);
+        let lr = x["lr"].as_f64().unwrap();
+        assert!((lr - 0.1 / f64::powi(2.0, i as i32)).abs() < 1e-9, "{x:?}");
+        if i + 1 < ds.len() {
+            assert_eq!(x["promoted"], false, "only a refused try is retried: {x:?}");
+        }
+    }
+    // The round is finished once: the pairs are used and nothing is queued again.
+    assert_eq!(status_json(&d)["rounds"], 1);
+    assert_eq!(status_json(&d)["queue"], 0);
+    let trained = std::fs::read_to_string(d.join("state/trained.jsonl")).unwrap();
+    assert_eq!(trained.lines().count(), 1);
+}

@@ -17,6 +17,11 @@ pub struct Config {
     pub state: PathBuf,
     /// A fixed general JSONL set scored by the gate (empty: only the personal gate applies).
     pub general_set: PathBuf,
+    /// General JSONL pairs (other than `general_set`'s) mixed into every round's training, so
+    /// the adapter keeps seeing ordinary requests beside the person's (empty: none).
+    pub general_replay: PathBuf,
+    /// Most `general_replay` pairs sampled into a round.
+    pub general_replay_size: usize,
     /// Fraction of each round's new pairs held back (never trained on) for the personal gate.
     pub heldout_fraction: f64,
     /// New pairs needed before a round starts.
@@ -33,6 +38,9 @@ pub struct Config {
     pub checkpoint_every: usize,
     /// Highest relative rise of the general NLL a promoted adapter may cause (0.02 = 2%).
     pub gate_margin: f64,
+    /// A round refused because the general NLL rose past `gate_margin` is trained again from
+    /// the same adapter at half the learning rate, up to this many times.
+    pub backoff_tries: usize,
     /// Adapter versions kept in STATE/adapters.
     pub keep_versions: usize,
     /// Seconds between inbox scans.
@@ -91,6 +99,8 @@ impl Default for Config {
             inbox: "inbox".into(),
             state: "state".into(),
             general_set: PathBuf::new(),
+            general_replay: PathBuf::new(),
+            general_replay_size: 16,
             heldout_fraction: 0.1,
             min_new_pairs: 20,
             replay_size: 64,
@@ -99,6 +109,7 @@ impl Default for Config {
             time_budget_s: 1800,
             checkpoint_every: 10,
             gate_margin: 0.02,
+            backoff_tries: 2,
             keep_versions: 5,
             poll_s: 30.0,
             max_line_bytes: 1 << 20,
@@ -133,6 +144,7 @@ impl Config {
             &mut self.inbox,
             &mut self.state,
             &mut self.general_set,
+            &mut self.general_replay,
             &mut t.power_supply_root,
             &mut t.thermal_root,
             &mut t.loadavg_path,
@@ -171,6 +183,13 @@ impl Config {
         }
         if !self.poll_s.is_finite() || self.poll_s < 0.0 {
             return Err("`poll_s` must be 0 or more".into());
+        }
+        if !self.general_replay.as_os_str().is_empty() && self.general_replay == self.general_set {
+            return Err(
+                "`general_replay` must not be `general_set`: the gate would score pairs the \
+                 adapter was trained on"
+                    .into(),
+            );
         }
         if self.personal_gate_size == 0 {
             return Err("`personal_gate_size` must be at least 1".into());

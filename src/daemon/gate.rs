@@ -40,6 +40,14 @@ pub struct Decision {
     pub replay_pairs: usize,
     pub heldout_pairs: usize,
     pub steps: usize,
+    /// Which try of the round this is (0: the first; see `backoff_tries`) and its learning rate.
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default)]
+    pub lr: f32,
+    /// General pairs (`general_replay`) trained on beside the person's.
+    #[serde(default)]
+    pub general_replay_pairs: usize,
 }
 
 /// The rule, on numbers alone: (promote, reason).
@@ -111,14 +119,21 @@ pub fn score_pair(
     })
 }
 
-/// The decision already recorded for a round (a restart after a crash between recording it
-/// and finishing the round), if any.
-pub fn recorded(state_dir: &Path, round: u64) -> Option<Decision> {
+/// The decision already recorded for a try of a round (a restart after a crash between
+/// recording it and acting on it), if any.
+pub fn recorded(state_dir: &Path, round: u64, attempt: u32) -> Option<Decision> {
     let text = std::fs::read_to_string(state_dir.join(DECISIONS_FILE)).ok()?;
     text.lines()
         .rev()
         .filter_map(|l| serde_json::from_str::<Decision>(l).ok())
-        .find(|d| d.round == round)
+        .find(|d| d.round == round && d.attempt == attempt)
+}
+
+/// Whether the gate refused the candidate for its rise on the general set (and nothing else).
+pub fn refused_for_general(d: &Decision) -> bool {
+    !d.promoted
+        && d.personal.is_some_and(|p| p.candidate < p.current)
+        && d.general_rise.is_some_and(|r| r.is_nan() || r > d.margin)
 }
 
 pub fn last_decision(state_dir: &Path) -> Option<Decision> {

@@ -112,6 +112,23 @@ fn main_loop(cfg: &Config, ro: &RunOptions, status: &Shared, stop: Arc<AtomicBoo
         };
         Some(load_jsonl(&cfg.general_set, &lm.tokenizer, &lm.chat, &opts)?.examples)
     };
+    let general_replay = if cfg.general_replay.as_os_str().is_empty() {
+        None
+    } else {
+        let opts = DataOptions {
+            max_seq: cfg.max_seq,
+            skip_bad: true,
+            ..DataOptions::default()
+        };
+        let ex = load_jsonl(&cfg.general_replay, &lm.tokenizer, &lm.chat, &opts)?.examples;
+        log(&format!(
+            "{} general pairs from {}: {} mixed into each round",
+            ex.len(),
+            cfg.general_replay.display(),
+            cfg.general_replay_size.min(ex.len())
+        ));
+        Some(ex)
+    };
     let mut st = DaemonState::load(&cfg.state)?;
     let mut inbox = inbox::Inbox::open(&cfg.inbox, &cfg.state, cfg.max_line_bytes)?;
     set(status, |s| {
@@ -131,6 +148,8 @@ fn main_loop(cfg: &Config, ro: &RunOptions, status: &Shared, stop: Arc<AtomicBoo
         cfg,
         lm: &lm,
         general: general.as_deref(),
+        general_replay: general_replay.as_deref(),
+        general_base: std::cell::OnceCell::new(),
         status: status.clone(),
         stop: stop.clone(),
     };

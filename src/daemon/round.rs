@@ -45,6 +45,10 @@ pub struct Ctx<'a> {
     pub cfg: &'a Config,
     pub lm: &'a LoadedModel,
     pub general: Option<&'a [Example]>,
+    /// General pairs a round samples `general_replay_size` of into its training.
+    pub general_replay: Option<&'a [Example]>,
+    /// The base model's mean NLL on `general`, scored once.
+    pub general_base: std::cell::OnceCell<f64>,
     pub status: Shared,
     pub stop: Arc<AtomicBool>,
 }
@@ -85,7 +89,25 @@ pub fn plan(cfg: &Config, st: &DaemonState, store: &[Stored], state_dir: &Path) 
         init_adapter: init,
         seed,
         trained: false,
+        attempt: 0,
     }
+}
+
+/// The learning rate of a round's try: halved for every retry the gate asked for.
+pub fn attempt_lr(base: f32, attempt: u32) -> f32 {
+    base * 0.5f32.powi(attempt as i32)
+}
+
+/// A seeded sample of `size` general replay pairs (all of them when there are fewer).
+fn general_sample(pool: &[Example], size: usize, seed: u64) -> Vec<Example> {
+    let mut idx: Vec<usize> = (0..pool.len()).collect();
+    let take = size.min(pool.len());
+    let mut rng = Rng::new(seed ^ 0x6E6E_7261_6C21);
+    for i in 0..take {
+        let j = i + (rng.next_u64() % (pool.len() - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    idx[..take].iter().map(|&i| pool[i].clone()).collect()
 }
 
 /// Tokenize stored pairs (by id, in the order given); records that cannot be built are
@@ -189,7 +211,17 @@ pub fn run(ctx: &Ctx, st: &mut DaemonState, store: &[Stored]) -> Result<RoundEnd
     let p = st.plan.clone().expect("planned");
     let by_id: HashMap<&str, &Stored> = store.iter().map(|s| (s.id.as_str(), s)).collect();
     let ids: Vec<String> = p.train_ids.iter().chain(&p.replay_ids).cloned().collect();
-    let (train, bad) = examples(ctx, &by_id, &ids);
+    let (mut train, bad) = examples(ctx, &by_id, &ids);
+    let general_pairs = match ctx.general_replay {
+        Some(pool) if !train.is_empty() => {
+            let g = general_sample(pool, ctx.cfg.general_replay_size, p.seed);
+            let n = g.len();
+            train.extend(g);
+            n
+        }
+        _ => 0,
+    };
+    let lr = attempt_lr(ctx.cfg.lr, p.attempt);
     let started = Instant::now();
     let mut steps = 0;
     if !p.trained {
@@ -207,7 +239,7 @@ pub fn run(ctx: &Ctx, st: &mut DaemonState, store: &[Stored]) -> Result<RoundEnd
         super::state::private_dir(&run_dir)?;
         let _lock = OutLock::acquire(&run_dir)?;
         let mut opts = TuneOptions {
-            lr: ctx.cfg.lr,
+            lr,
             rank: ctx.cfg.rank,
             alpha: ctx.cfg.alpha,
             steps: Some(ctx.cfg.step_budget),
@@ -284,14 +316,35 @@ pub fn run(ctx: &Ctx, st: &mut DaemonState, store: &[Stored]) -> Result<RoundEnd
         st.save(&sd)?;
     }
     set_state(ctx, "gating");
-    let d = match gate::recorded(&sd, p.round) {
+    let d = match gate::recorded(&sd, p.round, p.attempt) {
         Some(d) => d,
         None => {
-            let d = decide(ctx, st, &p, &by_id, &run_dir, ids.len() - bad, steps)?;
+            let mut d = decide(ctx, st, &p, &by_id, &run_dir, ids.len() - bad, steps)?;
+            d.lr = lr;
+            d.general_replay_pairs = general_pairs;
             gate::record(&sd, &d)?;
             d
         }
     };
+    if gate::refused_for_general(&d) && (p.attempt as usize) < ctx.cfg.backoff_tries {
+        // The person's pairs were learned but pulled the general set too far: the same round
+        // again from the same adapter with smaller steps (a retry is a full round's training).
+        let next = p.attempt + 1;
+        log(&format!(
+            "round {}: trying again at lr {:.1e} (try {} of {})",
+            p.round,
+            attempt_lr(ctx.cfg.lr, next),
+            next + 1,
+            ctx.cfg.backoff_tries + 1
+        ));
+        if let Some(pl) = st.plan.as_mut() {
+            pl.attempt = next;
+            pl.trained = false;
+        }
+        st.save(&sd)?;
+        let _ = std::fs::remove_dir_all(&run_dir);
+        return run(ctx, st, store);
+    }
     if let (true, Some(v)) = (d.promoted, &d.version) {
         let m = VersionMeta {
             version: v.clone(),
@@ -326,6 +379,9 @@ fn failed(ctx: &Ctx, p: &Plan, bad: usize, why: &str) -> Decision {
         replay_pairs: p.replay_ids.len(),
         heldout_pairs: p.heldout_ids.len(),
         steps: 0,
+        attempt: p.attempt,
+        lr: attempt_lr(ctx.cfg.lr, p.attempt),
+        general_replay_pairs: 0,
     }
 }
 
@@ -365,7 +421,20 @@ fn decide(
     // cannot clear (measured: round 2 refused at +9.8% over round 1's adapter while still 5%
     // below the base, benches/results/personalization.md).
     let general = match ctx.general {
-        Some(g) => Some(gate::score_pair(m, g, None, &candidate)?),
+        Some(g) => {
+            let base = match ctx.general_base.get() {
+                Some(&b) => b,
+                None => {
+                    let b = gate::mean_nll(m, g, None)?;
+                    let _ = ctx.general_base.set(b);
+                    b
+                }
+            };
+            Some(Pair {
+                current: base,
+                candidate: gate::mean_nll(m, g, Some(&candidate))?,
+            })
+        }
         None => None,
     };
     let (promoted, reason) = gate::judge(personal, general, ctx.cfg.gate_margin);
@@ -396,7 +465,7 @@ fn finish(
     seconds: f64,
 ) -> Result<RoundEnd> {
     let sd = &ctx.cfg.state;
-    if gate::recorded(sd, p.round).is_none() {
+    if gate::recorded(sd, p.round, p.attempt).is_none() {
         gate::record(sd, &d)?;
     }
     let tp = sd.join(TRAINED_FILE);

@@ -46,6 +46,10 @@ pub struct Plan {
     pub seed: u64,
     /// Training finished (fully or at the time budget): the round only needs its gate.
     pub trained: bool,
+    /// Retries after the gate refused a candidate for its general NLL (`backoff_tries`); the
+    /// learning rate of the attempt is `lr` · 0.5^attempt.
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
