@@ -30,9 +30,12 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "edge-sft")
+BIN = os.environ.get("EDGE_SFT_BIN", os.path.join(ROOT, "target", "release", "edge-sft"))
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 GENERAL = os.path.join(ROOT, "benches", "data", "chatterbot_test.jsonl")
+# General pairs mixed into each round (`general_replay`): chatterbot training pairs, disjoint
+# from the gate's test pairs.
+GENERAL_REPLAY = os.path.join(ROOT, "benches", "data", "chatterbot_train200.jsonl")
 
 SIGN = " — M."
 FACTS = [
@@ -114,7 +117,8 @@ def main() -> None:
     cfg = os.path.join(a.work, "edge-sft.toml")
     with open(cfg, "w") as f:
         f.write(f'model = "{MODEL}"\ninbox = "{inbox}"\nstate = "{state}"\n'
-                f'general_set = "{GENERAL}"\nmin_new_pairs = 10\n'
+                f'general_set = "{GENERAL}"\ngeneral_replay = "{GENERAL_REPLAY}"\n'
+                'min_new_pairs = 10\n'
                 + (f'step_budget = {a.steps}\n' if a.steps else "")
                 + f'threads = {a.threads}\n'
                 '[triggers]\nrequire_ac = false\nmax_load = 0\nmax_temp_c = 0\nwindow = ""\n')
@@ -139,6 +143,9 @@ def main() -> None:
             with open(dec_path) as f:
                 lines = [json.loads(x) for x in f if x.strip()]
             decision = lines[-1] if lines else None
+            tries = [x for x in lines if decision and x["round"] == decision["round"]]
+        else:
+            tries = []
         nxt = os.path.join(a.work, f"next_day_{d + 1}.jsonl")
         write_jsonl(nxt, days[d + 1])
         current = os.path.join(state, "adapters", "current")
@@ -147,7 +154,10 @@ def main() -> None:
             "day": d + 1,
             "pairs_in_inbox": a.pairs_per_day * (d + 1),
             "decision": ("promoted" if decision.get("promoted") else "rejected: " + decision.get("reason", ""))
+            + (f" (try {len(tries)}, lr {decision.get('lr', 0):.1e})" if len(tries) > 1 else "")
             if decision else "no round",
+            "tries": [{"lr": x.get("lr"), "promoted": x["promoted"], "general_rise": x.get("general_rise"),
+                       "personal": x.get("personal")} for x in tries],
             "steps": (decision or {}).get("steps"),
             "round_s": round(secs, 1),
             "personal_base": eval_nll(nxt, None, a.threads),
@@ -161,8 +171,9 @@ def main() -> None:
              "Made by `python3 benches/personalization.py` (see its docstring). Model: "
              "SmolLM2-135M-Instruct Q4_1. A simulated person's pairs (facts the base cannot know, "
              f"one style) arrive {a.pairs_per_day} a day; after each day `edge-sft daemon --once` "
-             f"runs one round (at most {a.steps or 'the default'} steps from the current adapter, replay, gate, "
-             "publish). Personal = mean NLL per response token on the NEXT day's pairs (never "
+             f"runs one round (at most {a.steps or 'the default'} steps from the current adapter, replay of "
+             "older pairs and of 16 general chatterbot training pairs, gate, and up to two retries at half "
+             "the learning rate when the general NLL rose past the 2% margin, publish). Personal = mean NLL per response token on the NEXT day's pairs (never "
              "trained on) with the published adapter; general = the 60 chatterbot test pairs.",
              "", f"General set with the base model: {general_base:.4f}.", "",
              "| after day | decision | personal NLL (base) | personal NLL (current) | general NLL | general vs base | round s |",

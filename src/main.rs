@@ -88,7 +88,10 @@ fn main() -> ExitCode {
         Command::Tune(a) => a.threads,
         Command::Export(_) | Command::Report(_) => None,
         Command::Merge(a) => a.threads,
-        Command::Daemon(a) => a.thread_hint(),
+        Command::Daemon(a) => {
+            cli::daemon::apply_nice(a);
+            a.thread_hint()
+        }
         Command::Adapters(_) | Command::Status(_) => None,
         Command::Completions(_) | Command::Man(_) => None,
     };

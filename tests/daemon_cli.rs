@@ -286,6 +286,17 @@ fn status_socket_answers_and_sigterm_mid_round_checkpoints_then_resumes() {
     assert_eq!(s["pid"].as_u64().unwrap(), c.id() as u64);
     assert_no_network_sockets(c.id());
     assert_eq!(s["stored"], 12);
+    // Every thread runs at the config's nice level (default 10): field 19 of each task's stat.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", c.id())).unwrap();
+    let mut n = 0;
+    for t in tasks {
+        let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice: i32 = after.split(' ').nth(16).unwrap().parse().unwrap();
+        assert_eq!(nice, 10, "{stat}");
+        n += 1;
+    }
+    assert!(n >= 2, "the worker threads are there too");
     sigterm(&c);
     let err = wait_exit(c, 30);
     assert!(err.contains("checkpoint is saved"), "{err}");
@@ -387,4 +398,31 @@ fn a_round_refused_for_the_general_set_is_retried_at_half_the_learning_rate() {
     assert_eq!(status_json(&d)["queue"], 0);
     let trained = std::fs::read_to_string(d.join("state/trained.jsonl")).unwrap();
     assert_eq!(trained.lines().count(), 1);
+}
+
+/// A round that needs more memory than `max_memory_mb` does not train: it waits, says why, and
+/// its pairs stay queued; with no budget the same round runs.
+#[test]
+fn a_round_over_the_memory_budget_waits_and_keeps_its_pairs() {
+    let d = tmp("membudget");
+    let r = records();
+    let lines: Vec<String> = (0..8).map(|i| r[i % 4].clone()).collect();
+    write_inbox(&d, &lines);
+    let cfg = config(&d, "max_memory_mb = 1\nlr = 0.01");
+    let o = once(&cfg);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("max_memory_mb 1") && err.contains("MiB even with gradient checkpointing"),
+        "{err}"
+    );
+    assert!(decisions(&d).is_empty());
+    assert!(!d.join("state/adapters/current").exists());
+    let cfg = config(&d, "max_memory_mb = 0\nlr = 0.01");
+    let o = once(&cfg);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("needs about"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(decisions(&d).len(), 1);
 }

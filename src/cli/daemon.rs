@@ -48,6 +48,16 @@ impl Args {
     }
 }
 
+/// Lower the process's CPU priority to the config's `nice` before the worker pool is built (its
+/// threads inherit it). A config that cannot be read is left for `run` to report.
+pub fn apply_nice(a: &Args) {
+    if let Ok(c) = Config::load(&a.config) {
+        if let Err(why) = edge_sft::daemon::limits::apply_nice(c.nice) {
+            eprintln!("warning: {why}");
+        }
+    }
+}
+
 pub fn run(a: Args) -> Result<()> {
     let cfg = Config::load(&a.config)?;
     daemon::run(&cfg, &daemon::RunOptions { once: a.once })

@@ -58,6 +58,11 @@ pub struct Config {
     pub seed: u64,
     /// Worker threads (0: physical cores).
     pub threads: usize,
+    /// CPU priority of the daemon and every thread it starts (0-19; 19 yields to everything).
+    pub nice: i32,
+    /// Peak memory a round may need, in MiB (0: no budget). A round over it trains with
+    /// gradient checkpointing if that fits, else waits (the status says by how much).
+    pub max_memory_mb: u64,
     pub triggers: Triggers,
 }
 
@@ -119,6 +124,8 @@ impl Default for Config {
             alpha: 16.0,
             seed: 42,
             threads: 0,
+            nice: 10,
+            max_memory_mb: 0,
             triggers: Triggers::default(),
         }
     }
@@ -190,6 +197,9 @@ impl Config {
                  adapter was trained on"
                     .into(),
             );
+        }
+        if !(-20..=19).contains(&self.nice) {
+            return Err("`nice` must be between -20 and 19".into());
         }
         if self.personal_gate_size == 0 {
             return Err("`personal_gate_size` must be at least 1".into());

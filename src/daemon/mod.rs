@@ -17,6 +17,7 @@
 pub mod config;
 pub mod gate;
 pub mod inbox;
+pub mod limits;
 pub mod publish;
 pub mod round;
 pub mod state;

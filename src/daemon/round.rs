@@ -10,7 +10,7 @@ use super::inbox::Stored;
 use super::publish::{self, VersionMeta};
 use super::state::{open_append, unix_now, DaemonState, LastRun, Plan};
 use super::status::Shared;
-use super::{log, triggers};
+use super::{limits, log, triggers};
 use crate::data::{build_example, parse_record, Built, DataOptions, Example};
 use crate::error::{Error, Result};
 use crate::infer::sampling::Rng;
@@ -262,6 +262,54 @@ pub fn run(ctx: &Ctx, st: &mut DaemonState, store: &[Stored]) -> Result<RoundEnd
             why: RefCell::new(None),
             last_check: RefCell::new(Instant::now()),
         };
+        let lens: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
+        let t_max =
+            crate::train::plan::max_micro_batch_tokens(&lens, opts.batch_size, opts.batch_tokens);
+        let shape = crate::train::params::init_lora(
+            &ctx.lm.model.config,
+            opts.rank,
+            opts.alpha,
+            &opts.targets,
+            0,
+        );
+        let budget = ctx.cfg.max_memory_mb << 20;
+        let mib = |b: u64| b.div_ceil(1 << 20);
+        match limits::fit(
+            ctx.lm.file_size,
+            &ctx.lm.model.config,
+            &shape,
+            t_max,
+            budget,
+        ) {
+            limits::Fit::Fits(b) => log(&format!(
+                "round {}: needs about {} MiB{}",
+                p.round,
+                mib(b),
+                if budget > 0 {
+                    format!(" (budget {} MiB)", ctx.cfg.max_memory_mb)
+                } else {
+                    String::new()
+                }
+            )),
+            limits::Fit::WithCheckpointing(b) => {
+                log(&format!(
+                    "round {}: needs about {} MiB with gradient checkpointing (budget {} MiB); \
+                     recomputing each block in backward to fit",
+                    p.round,
+                    mib(b),
+                    ctx.cfg.max_memory_mb
+                ));
+                opts.grad_checkpoint = true;
+            }
+            limits::Fit::TooBig(b) => {
+                return Ok(RoundEnd::Paused(format!(
+                    "the memory budget (max_memory_mb {}) is raised or max_seq lowered: the \
+                     round needs about {} MiB even with gradient checkpointing",
+                    ctx.cfg.max_memory_mb,
+                    mib(b)
+                )));
+            }
+        }
         let resume = checkpoint::exists(&run_dir);
         let mut res = tune(
             &ctx.lm.model,
