@@ -1,7 +1,9 @@
 //! The forward pass against transformers on tiny random Llama and Qwen2 models (committed
 //! fixtures in tests/golden/tiny, written by tests/reference/make_tiny_models.py): logits per
 //! position for HF folders in F32/BF16/F16 (Gemma 3, Qwen3: F32) and GGUF files in Q8_0/Q4_0/Q4_1, with and without a
-//! PEFT adapter, and per-record Σ log Pr(y|x) through the whole data pipeline.
+//! PEFT adapter, and per-record Σ log Pr(y|x) through the whole data pipeline. Wider Gemma 3
+//! and Qwen3 models (tests/reference/make_tiny_kquant.py) do the same for Q4_K_M-style GGUFs
+//! (Q4_K/Q5_K/Q6_K, with Q5_0/Q8_0 where rows are not whole super-blocks).
 //! Tolerances come from the active kernel path (tests/common): f32 on the f32 paths, the
 //! documented bf16/f16 bounds on the reduced-precision ones.
 
@@ -85,6 +87,7 @@ fn check_variant(
             for (k, &col) in subset.iter().enumerate() {
                 let want = f(&seq["logits_subset"][t][k]);
                 let got = row[col] as f64;
+                worst.see("logit (absolute)", (got - want).abs());
                 let err = (got - want).abs() / want.abs().max(1.0);
                 worst.see("logit (relative to max(1,|x|))", err);
                 assert!(
@@ -208,4 +211,21 @@ fn tiny_qwen3_matches_transformers() {
 #[test]
 fn tiny_llama3_rope_scaling_matches_transformers() {
     run_arch_with("llama3", 5);
+}
+
+/// K-quant GGUFs (tests/reference/make_tiny_kquant.py): Gemma 3 with the same 6-layer
+/// local/global pattern, d_model 256, in a Q4_K_M-style mix: Q6_K tied embedding, Q4_K/Q5_K/Q6_K
+/// q/k/v and gate/up (rows of 256), Q5_0/Q8_0 attn_output and ffn_down (rows of 32, llama.cpp's
+/// fallback types), F32 norms. Random blocks, compared with transformers' float32 forward on
+/// gguf-py's dequantization.
+#[test]
+fn tiny_gemma3_kquant_matches_transformers() {
+    run_arch_with("gemma3_kquant", 1);
+}
+
+/// Qwen3 at d_model 256, 1 layer, every matrix a K-quant: Q4_K embedding and q/o/gate/up, Q5_K
+/// attn_k, Q6_K attn_v, ffn_down and the untied output.
+#[test]
+fn tiny_qwen3_kquant_matches_transformers() {
+    run_arch_with("qwen3_kquant", 1);
 }
