@@ -93,6 +93,12 @@ pub fn plan(cfg: &Config, st: &DaemonState, store: &[Stored], state_dir: &Path) 
     }
 }
 
+/// Records per step so that `step_budget` steps take every pair of the round at least once
+/// (batch 1 would leave most of 100 pairs out of 30 steps).
+pub fn round_batch_size(pairs: usize, step_budget: usize) -> usize {
+    pairs.div_ceil(step_budget.max(1)).max(1)
+}
+
 /// The learning rate of a round's try: halved for every retry the gate asked for.
 pub fn attempt_lr(base: f32, attempt: u32) -> f32 {
     base * 0.5f32.powi(attempt as i32)
@@ -243,6 +249,7 @@ pub fn run(ctx: &Ctx, st: &mut DaemonState, store: &[Stored]) -> Result<RoundEnd
             rank: ctx.cfg.rank,
             alpha: ctx.cfg.alpha,
             steps: Some(ctx.cfg.step_budget),
+            batch_size: round_batch_size(train.len(), ctx.cfg.step_budget),
             save_every: Some(ctx.cfg.checkpoint_every),
             keep: Keep::Last,
             seed: p.seed,
@@ -554,4 +561,28 @@ fn finish(
     st.save(sd)?;
     let _ = std::fs::remove_dir_all(sd.join(RUN_DIR));
     Ok(RoundEnd::Finished(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::plan::{epoch_order, epoch_steps};
+
+    #[test]
+    fn a_round_steps_over_every_pair() {
+        for (pairs, budget) in [(107, 30), (30, 30), (31, 30), (5, 30), (1000, 7)] {
+            let bs = round_batch_size(pairs, budget);
+            let lens = vec![20; pairs];
+            let order = epoch_order(pairs, 42, 0);
+            let steps = epoch_steps(&order, &lens, bs, 1024);
+            assert!(
+                steps.len() <= budget,
+                "{pairs} pairs, batch {bs}: {} steps",
+                steps.len()
+            );
+            let mut seen: Vec<usize> = steps.iter().flatten().flatten().copied().collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..pairs).collect::<Vec<_>>());
+        }
+    }
 }
