@@ -172,11 +172,11 @@ REASONING = """## How the defaults were chosen
   (16 cpu s) for one epoch at lr 1e-3 without a split: 1.95–1.98×. Judged over three seeds
   (table above), one epoch does **not** reach PEFT's quality on 50 chat or instruction records
   (b1-lr1e-3-e1: 2.853 vs 2.845, 1.310 vs 1.296), so there the fastest reliable setting has two
-  epochs and the default is within 2×. Where one epoch at a high rate does reach PEFT reliably —
-  extraction at 50 records (b1-lr1e-3-e1, 0.195 vs 0.481) and all three sets at 200 records
-  (one epoch at lr 2e-3, batch 2: chat 2.6157 vs 2.6211, extraction 0.033 vs 0.054, instruction
-  0.798 vs 0.896) — the default costs **2.05–2.5× that setting's CPU time, over the issue's 2×
-  bar**. It plans two epochs at a rate (5e-4 at 200 records) that stays ahead of PEFT on every
+  epochs (b1-lr5e-4-e2) and the default costs 1.03–1.09× its CPU time. Where one epoch does reach
+  PEFT reliably — extraction at 50 records (b1-lr5e-4-e1, 0.426 vs 0.481) and all three sets at
+  200 records (one epoch at lr 2e-3, batch 2: chat 2.6157 vs 2.6211, extraction 0.033 vs 0.054,
+  instruction 0.798 vs 0.896) — the default costs **2.16–2.51× that setting's CPU time, over the
+  issue's 2× bar**. It plans two epochs at a rate (5e-4 at 200 records) that stays ahead of PEFT on every
   seed of every set, open-ended chat included, where the fast setting's margin is thin (its seeds
   2.624 and 2.637 lose to PEFT's 2.621, only the mean wins), and its early stop rarely fires on a
   small split. A rule that picked one high-rate epoch for 200 records would need seeds at 100 and
