@@ -75,8 +75,8 @@ const ALL_TYPES: [GgmlType; 6] = [
 ];
 
 /// The types with no fused SIMD block decoder (decoded into f32 rows and panels: Q4_K and Q6_K
-/// by the x86 row decoders, the others by the scalar code); the K-quants need rows of whole
-/// 256-value super-blocks.
+/// by the x86 row decoders, all but Q8_K by the NEON row decoders, the rest by the scalar
+/// code); the K-quants need rows of whole 256-value super-blocks.
 const ROW_DECODED_TYPES: [GgmlType; 6] = [
     GgmlType::Q5_0,
     GgmlType::Q5_1,
@@ -363,8 +363,9 @@ fn matmul_w_matches_reference() {
 fn row_decoded_types_match_reference_everywhere() {
     // Q5_0, Q5_1 and the K-quants have no fused block decoders: every ISA decodes them into
     // f32 rows and panels (GEMV rows, Wᵀ panels, and W panels whose 32- to 128-column tiles
-    // cut through 256-value super-blocks), Q4_K and Q6_K with the x86 row decoders. Exact dequantization, products
-    // within the usual tolerance, and bit-identical results from unaligned bytes.
+    // cut through 256-value super-blocks), Q4_K and Q6_K with the x86 row decoders, all but Q8_K
+    // with the NEON ones. Exact dequantization, products within the usual tolerance, and
+    // bit-identical results from unaligned bytes.
     let wt_shapes = [
         (1, 67, 256),
         (3, 96, 512),

@@ -101,6 +101,90 @@ fn every_isa_decoder_matches_the_scalar_one() {
     }
 }
 
+/// xorshift64*: deterministic random bytes without a rand dependency.
+struct Rng(u64);
+impl Rng {
+    fn byte(&mut self) -> u8 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+    }
+}
+
+/// Byte offsets of the f16 scale fields of each block (d first, then dmin or m).
+fn f16_fields(t: GgmlType) -> &'static [usize] {
+    match t {
+        GgmlType::Q5_0 => &[0],
+        GgmlType::Q6_K => &[208],
+        GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        _ => &[],
+    }
+}
+
+/// Every ISA's decoder against the scalar one, bit for bit (NaN payloads included), on rows of
+/// random blocks: entirely random bytes (so the scales can be any bit pattern: normal,
+/// subnormal, zero, negative, ±inf, NaN), and random codes under each f16 scale set to the
+/// edge values (0, −0, the smallest subnormal, the largest finite, negative), at two
+/// alignments and for rows of 1 to 4 blocks.
+#[test]
+fn every_isa_decoder_matches_the_scalar_one_on_random_blocks() {
+    let edge: [u16; 7] = [0x0000, 0x8000, 0x0001, 0x7BFF, 0xFBFF, 0xBC00, 0x3C00];
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for t in [
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_K,
+    ] {
+        for trial in 0..40 {
+            let blocks = 1 + trial % 4;
+            let mut bytes: Vec<u8> = (0..blocks * t.type_size()).map(|_| rng.byte()).collect();
+            // Trials past the first 12 set the scale fields of every block to edge values.
+            if trial >= 12 {
+                for b in 0..blocks {
+                    for &off in f16_fields(t) {
+                        let v = edge[(trial + b + off) % edge.len()];
+                        let at = b * t.type_size() + off;
+                        bytes[at..at + 2].copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+            let n = blocks * t.block_size();
+            let mut want = vec![0f32; n];
+            dequantize_row(t, &bytes, &mut want);
+            let mut shifted = vec![0u8];
+            shifted.extend_from_slice(&bytes);
+            for isa in cpu::available_isas() {
+                for src in [&bytes[..], &shifted[1..]] {
+                    let mut got = vec![f32::NAN; n];
+                    cpu::dequantize_row_with(isa, t, src, &mut got);
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{} trial {trial} {isa:?}: element {i}: {a} vs {b} ({:#010x} vs {:#010x})",
+                            t.name(),
+                            a.to_bits(),
+                            b.to_bits()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// On AArch64 the NEON decoders must be among the ISAs the tests above loop over (every
+/// AArch64 CPU has NEON), so that they are really compared with the scalar decoder.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_decoders_are_exercised_on_aarch64() {
+    assert!(cpu::available_isas().contains(&cpu::Isa::Neon));
+}
+
 #[test]
 #[should_panic(expected = "does not write Q4_K")]
 fn quantizing_to_a_k_quant_is_a_programming_error() {

@@ -262,8 +262,9 @@ pub fn dequantize_row_with(isa: Isa, ty: GgmlType, src: &[u8], dst: &mut [f32]) 
 /// (`x86::gemv_avx2::decode`, `x86::pack512::decode`, the NEON GEMV): the float types, Q8_0,
 /// Q4_0 and Q4_1. The others (Q5_0, Q5_1 and the 256-value K-quants) go through
 /// [`dequant_unchecked`] into f32 rows and panels instead (AVX2/AVX-512 row decoders for Q4_K
-/// and Q6_K in `x86/kquant.rs`, the scalar decoder for the rest); the fused entry points panic on
-/// them, so every caller asks this first.
+/// and Q6_K in `x86/kquant.rs`, NEON row decoders for Q5_0, Q5_1, Q4_K, Q5_K and Q6_K in
+/// `arm/q5_neon.rs` and `arm/kquant_neon.rs`, the scalar decoder for the rest); the fused entry
+/// points panic on them, so every caller asks this first.
 pub(crate) fn has_block32_simd(ty: GgmlType) -> bool {
     matches!(
         ty,

@@ -38,7 +38,7 @@ fn f16_at(p: *const u8) -> f32 {
 /// 16 unsigned bytes → four f32x4 in order.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn u8x16_to_f32(v: uint8x16_t) -> [float32x4_t; 4] {
+pub(super) unsafe fn u8x16_to_f32(v: uint8x16_t) -> [float32x4_t; 4] {
     let lo = vmovl_u8(vget_low_u8(v));
     let hi = vmovl_u8(vget_high_u8(v));
     [
@@ -52,7 +52,7 @@ unsafe fn u8x16_to_f32(v: uint8x16_t) -> [float32x4_t; 4] {
 /// 16 signed bytes → four f32x4 in order.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn s8x16_to_f32(v: int8x16_t) -> [float32x4_t; 4] {
+pub(super) unsafe fn s8x16_to_f32(v: int8x16_t) -> [float32x4_t; 4] {
     let lo = vmovl_s8(vget_low_s8(v));
     let hi = vmovl_s8(vget_high_s8(v));
     [

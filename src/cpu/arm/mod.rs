@@ -3,4 +3,6 @@
 
 pub(crate) mod fp16;
 pub(crate) mod gemv_neon;
+pub(crate) mod kquant_neon;
 pub(crate) mod neon;
+pub(crate) mod q5_neon;

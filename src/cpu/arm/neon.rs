@@ -264,15 +264,23 @@ pub(crate) unsafe fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     let d = dst.as_mut_ptr();
     match ty {
         // No stable f16 vector type yet: the portable conversion (exact either way); and no
-        // NEON decoder yet for the 5-bit formats and K-quants.
-        GgmlType::F32
-        | GgmlType::F16
-        | GgmlType::Q5_0
-        | GgmlType::Q5_1
-        | GgmlType::Q4_K
-        | GgmlType::Q5_K
-        | GgmlType::Q6_K
-        | GgmlType::Q8_K => crate::quant::dequantize_row(ty, src, dst),
+        // NEON decoder for Q8_K (ggml's activation format for K-quant dot products, not a
+        // weight format that llama.cpp writes).
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_K => {
+            crate::quant::dequantize_row(ty, src, dst)
+        }
+        // SAFETY: this function's own target feature is the callees'; each callee checks the
+        // block/length contract itself (whole 32-value blocks, or whole 256-value
+        // super-blocks for the K-quants) before any pointer arithmetic.
+        GgmlType::Q5_0 => super::q5_neon::q5_0(src, dst),
+        // SAFETY: as for Q5_0 just above.
+        GgmlType::Q5_1 => super::q5_neon::q5_1(src, dst),
+        // SAFETY: as for Q5_0 above.
+        GgmlType::Q4_K => super::kquant_neon::q4k(src, dst),
+        // SAFETY: as for Q5_0 above.
+        GgmlType::Q5_K => super::kquant_neon::q5k(src, dst),
+        // SAFETY: as for Q5_0 above.
+        GgmlType::Q6_K => super::kquant_neon::q6k(src, dst),
         GgmlType::BF16 => {
             // Byte loads: the mapped data need not be 2-byte aligned.
             let s = src.as_ptr();
