@@ -23,6 +23,7 @@ Run: python benches/reference/bench_data.py --model models/X.gguf --seq 256 512 
 import argparse
 import json
 import os
+import sys
 import random
 
 # Common English words; the ones that are not a single token either way are dropped at run time.
@@ -47,7 +48,15 @@ def load_tokenizer(model):
     from transformers import AutoTokenizer
 
     d, f = os.path.split(os.path.abspath(model))
-    return AutoTokenizer.from_pretrained(d, gguf_file=f)
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    if not tok.chat_template:
+        # A Gemma base GGUF carries no template; edge-sft then uses its built-in Gemma turn
+        # format, the same text as tests/reference/common.py's GEMMA_TEMPLATE.
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                        "tests", "reference"))
+        from common import GEMMA_TEMPLATE
+        tok.chat_template = GEMMA_TEMPLATE
+    return tok
 
 
 def ids_of(enc):
