@@ -85,7 +85,10 @@ def encode(tok, rec):
     if full[:len(prefix)] != prefix:
         raise SystemExit("bench_data: prompt rendering is not a prefix of the full rendering")
     # Scored: the response through its end-of-turn token (eos, "<|im_end|>"), not the "\n" after it.
-    end = full.index(tok.eos_token_id, len(prefix)) + 1
+    eot = tok.eos_token_id
+    if eot not in full[len(prefix):]:
+        eot = tok.convert_tokens_to_ids("<end_of_turn>")  # Gemma's turn end (its eos is <eos>)
+    end = full.index(eot, len(prefix)) + 1
     labels = [-100] * len(prefix) + full[len(prefix):end] + [-100] * (len(full) - end)
     return full, labels
 
