@@ -104,7 +104,10 @@ mod tests {
             let e = exp_vectorizable(x) as f64;
             worst_exp = worst_exp.max(((e - (x as f64).exp()) / (x as f64).exp()).abs());
         }
-        assert!(worst_tanh < 2e-7, "tanh: worst absolute error {worst_tanh:e}");
+        assert!(
+            worst_tanh < 2e-7,
+            "tanh: worst absolute error {worst_tanh:e}"
+        );
         assert!(worst_exp < 5e-7, "exp: worst relative error {worst_exp:e}");
         assert_eq!(tanh_vectorizable(200.0), 1.0);
         assert_eq!(tanh_vectorizable(-200.0), -1.0);

@@ -268,6 +268,24 @@ pub(crate) unsafe fn nibbles_f32(p: *const u8) -> (__m512, __m512) {
     (_mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi))
 }
 
+/// The 32 five-bit codes of a Q5_0/Q5_1 block as two [16 × i32] halves: the nibbles of the 16
+/// bytes at `qs` (low nibbles first) with bit j of `qh` as value j's fifth bit.
+///
+/// # Safety
+/// AVX-512 F/BW/VL must be available and `qs .. qs + 16` readable.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn q5_codes(qs: *const u8, qh: u32) -> (__m512i, __m512i) {
+    let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(qs as *const __m128i));
+    let lo = _mm512_and_si512(v, _mm512_set1_epi32(0x0F));
+    let hi = _mm512_srli_epi32::<4>(v);
+    let sixteen = _mm512_set1_epi32(16);
+    (
+        _mm512_mask_or_epi32(lo, (qh & 0xFFFF) as u16, lo, sixteen),
+        _mm512_mask_or_epi32(hi, (qh >> 16) as u16, hi, sixteen),
+    )
+}
+
 /// Dequantize whole blocks: `dst.len()` values of `ty` from `src`. Bit-identical to
 /// `crate::quant::dequantize_row` (same single rounding per operation, no FMA contraction).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -348,10 +366,40 @@ pub(crate) unsafe fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         GgmlType::Q4_K => super::kquant::q4k_avx512(src, dst),
         // SAFETY: as for Q4_K just above.
         GgmlType::Q6_K => super::kquant::q6k_avx512(src, dst),
-        // No SIMD decoder yet: the scalar reference (exact by definition).
-        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K | GgmlType::Q8_K => {
-            crate::quant::dequantize_row(ty, src, dst)
+        // Q5_0 / Q5_1: the fifth bit of value j (j < 16: low nibble of qs[j]; j ≥ 16: high
+        // nibble of qs[j − 16]) is bit j of qh, so each half's 16 bits are an AVX-512 lane mask.
+        GgmlType::Q5_0 => {
+            let sixteen = _mm512_set1_epi32(16);
+            for b in 0..n / 32 {
+                // Block b is bytes 22b .. 22b + 22, inside `src` by the length check above.
+                let blk = s.add(b * 22);
+                let vd = bcast_f16(blk);
+                let qh = u32::from_le_bytes([*blk.add(2), *blk.add(3), *blk.add(4), *blk.add(5)]);
+                let (lo, hi) = q5_codes(blk.add(6), qh);
+                // (q − 16) exactly in integers, then one product: the scalar decoder's rounding.
+                let lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, sixteen));
+                let hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, sixteen));
+                let o = d.add(b * 32);
+                _mm512_storeu_ps(o, _mm512_mul_ps(lo, vd));
+                _mm512_storeu_ps(o.add(16), _mm512_mul_ps(hi, vd));
+            }
         }
+        GgmlType::Q5_1 => {
+            for b in 0..n / 32 {
+                // Block b is bytes 24b .. 24b + 24, inside `src` by the length check above.
+                let blk = s.add(b * 24);
+                let (vd, vm) = bcast_f16_pair(blk);
+                let qh = u32::from_le_bytes([*blk.add(4), *blk.add(5), *blk.add(6), *blk.add(7)]);
+                let (lo, hi) = q5_codes(blk.add(8), qh);
+                let o = d.add(b * 32);
+                // q · d, then + m: two roundings, as the scalar decoder (no FMA).
+                let (lo, hi) = (_mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi));
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_mul_ps(lo, vd), vm));
+                _mm512_storeu_ps(o.add(16), _mm512_add_ps(_mm512_mul_ps(hi, vd), vm));
+            }
+        }
+        // No SIMD decoder yet: the scalar reference (exact by definition).
+        GgmlType::Q5_K | GgmlType::Q8_K => crate::quant::dequantize_row(ty, src, dst),
     }
 }
 
