@@ -53,8 +53,8 @@ impl EvalReport {
     }
 }
 
-/// Σ log Pr(ids[t] | ids[..t]) over the positions t where `mask[t]` is set.
-pub fn score_example(model: &Model, ex: &Example, lora: Option<&LoraSet>) -> Result<RecordScore> {
+/// An example built in memory by a caller must have one mask entry per id.
+pub(crate) fn check_mask_len(ex: &Example) -> Result<()> {
     if ex.ids.len() != ex.mask.len() {
         return Err(Error::Usage(format!(
             "record at line {}: {} ids but {} mask entries",
@@ -63,6 +63,12 @@ pub fn score_example(model: &Model, ex: &Example, lora: Option<&LoraSet>) -> Res
             ex.mask.len()
         )));
     }
+    Ok(())
+}
+
+/// Σ log Pr(ids[t] | ids[..t]) over the positions t where `mask[t]` is set.
+pub fn score_example(model: &Model, ex: &Example, lora: Option<&LoraSet>) -> Result<RecordScore> {
+    check_mask_len(ex)?;
     let d = model.config.d_model;
     let mut cache = KvCache::new(model.layers.len());
     let hidden = model.forward(&ex.ids, &mut cache, lora)?; // [n, d]

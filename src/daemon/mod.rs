@@ -102,26 +102,24 @@ pub fn run(cfg: &Config, ro: &RunOptions) -> Result<()> {
 
 fn main_loop(cfg: &Config, ro: &RunOptions, status: &Shared, stop: Arc<AtomicBool>) -> Result<()> {
     let lm = LoadedModel::open(&cfg.model)?;
+    // General pairs (the gate's set, the replayed ones): bad lines skipped, not fatal.
+    let opts = DataOptions {
+        max_seq: cfg.max_seq,
+        skip_bad: true,
+        ..DataOptions::default()
+    };
+    let load =
+        |p: &std::path::Path| load_jsonl(p, &lm.tokenizer, &lm.chat, &opts).map(|d| d.examples);
     let general = if cfg.general_set.as_os_str().is_empty() {
         log("no general_set configured: the gate checks the personal held-back pairs only");
         None
     } else {
-        let opts = DataOptions {
-            max_seq: cfg.max_seq,
-            skip_bad: true,
-            ..DataOptions::default()
-        };
-        Some(load_jsonl(&cfg.general_set, &lm.tokenizer, &lm.chat, &opts)?.examples)
+        Some(load(&cfg.general_set)?)
     };
     let general_replay = if cfg.general_replay.as_os_str().is_empty() {
         None
     } else {
-        let opts = DataOptions {
-            max_seq: cfg.max_seq,
-            skip_bad: true,
-            ..DataOptions::default()
-        };
-        let ex = load_jsonl(&cfg.general_replay, &lm.tokenizer, &lm.chat, &opts)?.examples;
+        let ex = load(&cfg.general_replay)?;
         log(&format!(
             "{} general pairs from {}: {} mixed into each round",
             ex.len(),

@@ -93,6 +93,40 @@ fn array<const N: usize>(b: &[u8]) -> [u8; N] {
     a
 }
 
+/// The row contract of the SIMD K-quant decoders: `src` is whole blocks of `block_bytes`,
+/// `dst` their 256 values each.
+pub(crate) fn check_row_len(src: &[u8], dst: &[f32], block_bytes: usize) {
+    assert!(
+        src.len().is_multiple_of(block_bytes) && src.len() / block_bytes * QK_K == dst.len(),
+        "K-quant row decoder: {} bytes for {} values",
+        src.len(),
+        dst.len()
+    );
+}
+
+fn f16_le(b: &[u8]) -> f32 {
+    f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// The (d·sc, dmin·m) factor pairs of a Q4_K or Q5_K block's 8 sub-blocks (both start with
+/// d, dmin and the 12 scale bytes), computed as the scalar decoder does; the SIMD decoders
+/// multiply codes by them.
+pub(crate) fn q45k_factors(blk: &[u8]) -> [(f32, f32); 8] {
+    let (d, dmin) = (f16_le(&blk[0..2]), f16_le(&blk[2..4]));
+    let mut scales = [0u8; K_SCALE_SIZE];
+    scales.copy_from_slice(&blk[4..16]);
+    std::array::from_fn(|s| {
+        let (sc, m) = scale_min(s, &scales);
+        (d * sc as f32, dmin * m as f32)
+    })
+}
+
+/// The d·sc factors of a Q6_K block's 16 sub-blocks.
+pub(crate) fn q6k_factors(blk: &[u8]) -> [f32; 16] {
+    let d = f16_le(&blk[208..210]);
+    std::array::from_fn(|s| d * (blk[192 + s] as i8) as f32)
+}
+
 /// The 6-bit scale and min of sub-block `s` (< 8) of a Q4_K/Q5_K super-block.
 ///
 /// 8 scales and 8 mins of 6 bits are 96 bits, packed into 12 bytes so that sub-blocks 0..4

@@ -41,14 +41,7 @@ pub fn score_packed(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<RecordScore>> {
     for ex in examples {
-        if ex.ids.len() != ex.mask.len() {
-            return Err(Error::Usage(format!(
-                "record at line {}: {} ids but {} mask entries",
-                ex.line,
-                ex.ids.len(),
-                ex.mask.len()
-            )));
-        }
+        crate::eval::check_mask_len(ex)?;
     }
     let empty = no_adapter();
     let lora = lora.unwrap_or(&empty);

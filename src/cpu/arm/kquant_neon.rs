@@ -12,54 +12,22 @@
 //! operand order still matters for the sign of zero results and for which NaN propagates.
 //!
 //! What the caller asks for: a row of these types is a whole number of 256-value super-blocks
-//! (`GgmlType::row_bytes` refuses any other length, and `check_len` below asserts it again),
+//! (`GgmlType::row_bytes` refuses any other length, and `check_row_len` asserts it again),
 //! and block b of `src` becomes `dst[256·b .. 256·b + 256]` in value order. Callers that need
 //! a part of a super-block (the W panels of dy·W, whose column tiles can cut through one) decode
 //! the whole super-block into a buffer and copy their part (`panel::dequant_segment`).
 //!
-//! Bounds: `check_len` ties both slice lengths to the block count before any pointer
+//! Bounds: `check_row_len` ties both slice lengths to the block count before any pointer
 //! arithmetic; blocks come from `chunks_exact`, and every load reads 16 bytes at an offset
 //! that the block layout keeps inside the 144-, 176- or 210-byte block (offsets noted at each
 //! load); every store writes 4 floats inside the block's 256-value output chunk.
 
 use super::gemv_neon::{s8x16_to_f32, u8x16_to_f32};
 use crate::quant::kquants::{
-    scale_min, BLOCK_Q4_K_BYTES, BLOCK_Q5_K_BYTES, BLOCK_Q6_K_BYTES, K_SCALE_SIZE, QK_K,
+    check_row_len, q45k_factors, q6k_factors, BLOCK_Q4_K_BYTES, BLOCK_Q5_K_BYTES, BLOCK_Q6_K_BYTES,
+    QK_K,
 };
-use half::f16;
 use std::arch::aarch64::*;
-
-/// The row contract: `src` is whole blocks of `block_bytes`, `dst` their 256 values each.
-fn check_len(src: &[u8], dst: &[f32], block_bytes: usize) {
-    assert!(
-        src.len().is_multiple_of(block_bytes) && src.len() / block_bytes * QK_K == dst.len(),
-        "K-quant NEON row decoder: {} bytes for {} values",
-        src.len(),
-        dst.len()
-    );
-}
-
-fn f16_le(b: &[u8]) -> f32 {
-    f16::from_le_bytes([b[0], b[1]]).to_f32()
-}
-
-/// The (d·sc, dmin·m) factor pairs of a Q4_K or Q5_K block's 8 sub-blocks (both start with
-/// d, dmin and the 12 scale bytes), computed as the scalar decoder does.
-fn q45k_factors(blk: &[u8]) -> [(f32, f32); 8] {
-    let (d, dmin) = (f16_le(&blk[0..2]), f16_le(&blk[2..4]));
-    let mut scales = [0u8; K_SCALE_SIZE];
-    scales.copy_from_slice(&blk[4..16]);
-    std::array::from_fn(|s| {
-        let (sc, m) = scale_min(s, &scales);
-        (d * sc as f32, dmin * m as f32)
-    })
-}
-
-/// The d·sc factors of a Q6_K block's 16 sub-blocks.
-fn q6k_factors(blk: &[u8]) -> [f32; 16] {
-    let d = f16_le(&blk[208..210]);
-    std::array::from_fn(|s| d * (blk[192 + s] as i8) as f32)
-}
 
 /// Stores (d·q − m) for 16 unsigned codes at `o`: the scalar `d0 * q as f32 - mn0`, a
 /// multiply then a subtract, each rounded once.
@@ -85,7 +53,7 @@ unsafe fn store_dq_minus_m(o: *mut f32, codes: uint8x16_t, d: f32, m: f32) {
 /// NEON must be available (every AArch64 CPU has it); the length contract is checked here.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn q4k(src: &[u8], dst: &mut [f32]) {
-    check_len(src, dst, BLOCK_Q4_K_BYTES);
+    check_row_len(src, dst, BLOCK_Q4_K_BYTES);
     let m4 = vdupq_n_u8(0x0F);
     for (blk, y) in src
         .chunks_exact(BLOCK_Q4_K_BYTES)
@@ -116,7 +84,7 @@ pub(crate) unsafe fn q4k(src: &[u8], dst: &mut [f32]) {
 /// NEON must be available; the length contract is checked here.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn q5k(src: &[u8], dst: &mut [f32]) {
-    check_len(src, dst, BLOCK_Q5_K_BYTES);
+    check_row_len(src, dst, BLOCK_Q5_K_BYTES);
     let (m4, bit4) = (vdupq_n_u8(0x0F), vdupq_n_u8(0x10));
     for (blk, y) in src
         .chunks_exact(BLOCK_Q5_K_BYTES)
@@ -170,7 +138,7 @@ unsafe fn q6k_codes(a: uint8x16_t, b: uint8x16_t, h: uint8x16_t) -> [int8x16_t; 
 /// NEON must be available; the length contract is checked here.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn q6k(src: &[u8], dst: &mut [f32]) {
-    check_len(src, dst, BLOCK_Q6_K_BYTES);
+    check_row_len(src, dst, BLOCK_Q6_K_BYTES);
     for (blk, y) in src
         .chunks_exact(BLOCK_Q6_K_BYTES)
         .zip(dst.chunks_exact_mut(QK_K))

@@ -10,41 +10,10 @@
 //! 144- or 210-byte block slice (offsets noted at each load); blocks come from
 //! `chunks_exact`, so a short row cannot be over-read.
 
-use crate::quant::kquants::{scale_min, BLOCK_Q4_K_BYTES, BLOCK_Q6_K_BYTES, K_SCALE_SIZE, QK_K};
-use half::f16;
+use crate::quant::kquants::{
+    check_row_len, q45k_factors, q6k_factors, BLOCK_Q4_K_BYTES, BLOCK_Q6_K_BYTES, QK_K,
+};
 use std::arch::x86_64::*;
-
-/// The row contract: `src` is whole blocks of `block_bytes`, `dst` their 256 values each.
-fn check_len(src: &[u8], dst: &[f32], block_bytes: usize) {
-    assert!(
-        src.len().is_multiple_of(block_bytes) && src.len() / block_bytes * QK_K == dst.len(),
-        "K-quant row decoder: {} bytes for {} values",
-        src.len(),
-        dst.len()
-    );
-}
-
-fn f16_le(b: &[u8]) -> f32 {
-    f16::from_le_bytes([b[0], b[1]]).to_f32()
-}
-
-/// The (d·sc, dmin·m) factor pairs of a Q4_K block's 8 sub-blocks, computed as the scalar
-/// decoder does.
-fn q4k_factors(blk: &[u8]) -> [(f32, f32); 8] {
-    let (d, dmin) = (f16_le(&blk[0..2]), f16_le(&blk[2..4]));
-    let mut scales = [0u8; K_SCALE_SIZE];
-    scales.copy_from_slice(&blk[4..16]);
-    std::array::from_fn(|s| {
-        let (sc, m) = scale_min(s, &scales);
-        (d * sc as f32, dmin * m as f32)
-    })
-}
-
-/// The d·sc factors of a Q6_K block's 16 sub-blocks.
-fn q6k_factors(blk: &[u8]) -> [f32; 16] {
-    let d = f16_le(&blk[208..210]);
-    std::array::from_fn(|s| d * (blk[192 + s] as i8) as f32)
-}
 
 /// Low and high nibbles of 16 bytes at `p` (Q4_K codes).
 ///
@@ -107,12 +76,12 @@ unsafe fn u8x16_to_f32x8(v: __m128i) -> (__m256, __m256) {
 /// AVX2 must be available (the length contract is checked here).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q4k_avx2(src: &[u8], dst: &mut [f32]) {
-    check_len(src, dst, BLOCK_Q4_K_BYTES);
+    check_row_len(src, dst, BLOCK_Q4_K_BYTES);
     for (blk, y) in src
         .chunks_exact(BLOCK_Q4_K_BYTES)
         .zip(dst.chunks_exact_mut(QK_K))
     {
-        let f = q4k_factors(blk);
+        let f = q45k_factors(blk);
         let (q, o) = (blk.as_ptr().add(16), y.as_mut_ptr());
         for i in 0..4 {
             let (d0, m0) = (_mm256_set1_ps(f[2 * i].0), _mm256_set1_ps(f[2 * i].1));
@@ -141,7 +110,7 @@ pub(crate) unsafe fn q4k_avx2(src: &[u8], dst: &mut [f32]) {
 /// AVX2 must be available (the length contract is checked here).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn q6k_avx2(src: &[u8], dst: &mut [f32]) {
-    check_len(src, dst, BLOCK_Q6_K_BYTES);
+    check_row_len(src, dst, BLOCK_Q6_K_BYTES);
     let off = _mm256_set1_ps(32.0);
     for (blk, y) in src
         .chunks_exact(BLOCK_Q6_K_BYTES)
@@ -184,12 +153,12 @@ unsafe fn u8x16_to_f32x16(v: __m128i) -> __m512 {
 /// AVX-512 F/BW/VL (and AVX2) must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(crate) unsafe fn q4k_avx512(src: &[u8], dst: &mut [f32]) {
-    check_len(src, dst, BLOCK_Q4_K_BYTES);
+    check_row_len(src, dst, BLOCK_Q4_K_BYTES);
     for (blk, y) in src
         .chunks_exact(BLOCK_Q4_K_BYTES)
         .zip(dst.chunks_exact_mut(QK_K))
     {
-        let f = q4k_factors(blk);
+        let f = q45k_factors(blk);
         let (q, o) = (blk.as_ptr().add(16), y.as_mut_ptr());
         for i in 0..4 {
             let (d0, m0) = (_mm512_set1_ps(f[2 * i].0), _mm512_set1_ps(f[2 * i].1));
@@ -215,7 +184,7 @@ pub(crate) unsafe fn q4k_avx512(src: &[u8], dst: &mut [f32]) {
 /// AVX-512 F/BW/VL (and AVX2) must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(crate) unsafe fn q6k_avx512(src: &[u8], dst: &mut [f32]) {
-    check_len(src, dst, BLOCK_Q6_K_BYTES);
+    check_row_len(src, dst, BLOCK_Q6_K_BYTES);
     let off = _mm512_set1_ps(32.0);
     for (blk, y) in src
         .chunks_exact(BLOCK_Q6_K_BYTES)
