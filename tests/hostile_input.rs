@@ -198,6 +198,51 @@ fn chat_template_that_loops_runs_out_of_fuel() {
     assert!(e.to_string().contains("fuel"), "{e}");
 }
 
+/// A template that prints big strings in a loop, or asks for a huge indent, gets an error before
+/// it fills memory: each 1 MB line is within minijinja's repeat limit, and fuel allows 100,000
+/// of them (100 GB); the output cap stops it at 8 MB. An indent of 10^9 spaces would be one
+/// 1 GB allocation before any check of minijinja's own.
+#[test]
+fn chat_template_that_prints_without_bound_is_refused() {
+    use edge_sft::tokenize::chat::{ChatTemplate, Message};
+    let msgs = [Message::new("user", "hi")];
+    let t = ChatTemplate::new(
+        "{% for i in range(100000) %}{{ 'x' * 1000000 }}{% endfor %}",
+        None,
+        None,
+    )
+    .unwrap();
+    let e = t.render(&msgs, true).unwrap_err();
+    assert!(e.to_string().contains("printed more than 8 MB"), "{e}");
+    for src in [
+        "{{ messages[0].content | indent(1000000000) }}",
+        "{{ messages[0].content | indent(width=1000000000, first=true) }}",
+        "{{ messages | tojson(indent=1000000000) }}",
+    ] {
+        let t = ChatTemplate::new(src, None, None).unwrap();
+        let e = t.render(&msgs, true).unwrap_err();
+        assert!(
+            e.to_string().contains("wider than the 64 allowed"),
+            "{src}: {e}"
+        );
+    }
+    // A namespace that holds itself (fuzz finding): tojson would walk it for ever.
+    let t = ChatTemplate::new(
+        "{% set ns = namespace(s='ab') %}{% set ns.s = ns %}{{ ns | tojson }}",
+        None,
+        None,
+    )
+    .unwrap();
+    let e = t.render(&msgs, true).unwrap_err();
+    assert!(
+        e.to_string().contains("does a namespace hold itself"),
+        "{e}"
+    );
+    // Real widths still work.
+    let t = ChatTemplate::new("{{ messages | tojson(indent=2) }}", None, None).unwrap();
+    assert!(t.render(&msgs, true).unwrap().contains("\n  {"));
+}
+
 /// A template that recurses without end stops at the recursion limit, not a stack overflow.
 #[test]
 fn chat_template_that_recurses_hits_the_limit() {

@@ -2,6 +2,7 @@
 //! transformers' `apply_chat_template` (trim_blocks, lstrip_blocks, loop controls, Python
 //! string methods, `raise_exception`, `strftime_now`, a Python-style `tojson`).
 
+use super::template_limits::{self, BoundedOutput, MAX_RENDER_BYTES};
 use crate::error::{Error, Result};
 use minijinja::value::{Kwargs, Value as JValue};
 use minijinja::{Environment, ErrorKind};
@@ -38,9 +39,9 @@ pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 's
 /// thousands of turns and stops a runaway loop in a fraction of a second. Nesting (macros,
 /// recursive loops, includes) is capped well below where the stack could overflow; real
 /// templates nest a few levels. minijinja itself refuses ranges of over 100,000 items and a
-/// string repeated past 100 MB. Not bounded: a string grown by doubling in a short loop
-/// (`{% set ns.s = ns.s ~ ns.s %}` 40 times) — minijinja has no memory limit, and fuel counts
-/// instructions, not bytes.
+/// string repeated past 100 MB; template_limits.rs caps the output and every indent width. Not
+/// bounded: a value grown by concatenation in a loop without being printed (`{% set ns.s = ns.s
+/// ~ ns.s %}` 40 times) — minijinja has no memory limit, and fuel counts instructions, not bytes.
 pub const TEMPLATE_FUEL: u64 = 250_000;
 /// Values a template builds can nest without limit (`{% set ns.x = [ns.x] %}` in a loop, one
 /// level per few instructions), and minijinja drops, prints and compares them recursively, a
@@ -74,6 +75,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
+        env.add_filter("indent", template_limits::indent);
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| Error::Template(format!("cannot compile: {}", describe(&e))))?;
         Ok(ChatTemplate {
@@ -146,16 +148,29 @@ impl ChatTemplate {
             .env
             .get_template(NAME)
             .map_err(|e| Error::Template(describe(&e)))?;
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            // transformers passes these as None; `tools is none` must hold.
-            tools => (),
-            documents => (),
-            bos_token => self.bos_token,
-            eos_token => self.eos_token,
-        })
-        .map_err(|e| Error::Template(describe(&e)))
+        let mut out = BoundedOutput::default();
+        let rendered = tmpl.render_captured_to(
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                // transformers passes these as None; `tools is none` must hold.
+                tools => (),
+                documents => (),
+                bos_token => self.bos_token,
+                eos_token => self.eos_token,
+            },
+            &mut out,
+        );
+        if out.overflowed {
+            return Err(Error::Template(format!(
+                "the template printed more than {} MB for {} messages; refusing it",
+                MAX_RENDER_BYTES >> 20,
+                messages.len()
+            )));
+        }
+        rendered.map_err(|e| Error::Template(describe(&e)))?;
+        String::from_utf8(out.bytes)
+            .map_err(|_| Error::Template("the template printed invalid UTF-8".to_string()))
     }
 }
 
@@ -179,6 +194,9 @@ fn raise_exception(msg: String) -> std::result::Result<JValue, minijinja::Error>
 /// value directly so maps keep their insertion order, as Python dicts do.
 fn tojson(value: JValue, kwargs: Kwargs) -> std::result::Result<JValue, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
+    if let Some(w) = indent {
+        template_limits::checked_indent(w, "tojson")?;
+    }
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     let _: Option<bool> = kwargs.get("ensure_ascii")?;
     let _: Option<JValue> = kwargs.get("separators")?;
@@ -196,6 +214,18 @@ fn py_dumps(
     out: &mut String,
 ) -> std::result::Result<(), minijinja::Error> {
     use minijinja::value::ValueKind as K;
+    if depth > template_limits::MAX_JSON_DEPTH || out.len() > MAX_RENDER_BYTES {
+        // A namespace can hold itself (`{% set ns.s = ns %}`): without this the walk recurses
+        // until the stack overflows (fuzz finding, issue 16).
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "tojson: value nested deeper than {} levels or longer than {} MB (does a namespace hold itself?)",
+                template_limits::MAX_JSON_DEPTH,
+                MAX_RENDER_BYTES >> 20
+            ),
+        ));
+    }
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
             out.push('\n');

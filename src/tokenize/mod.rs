@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod gguf_vocab;
+pub mod template_limits;
 
 use crate::error::{Error, Result};
 use crate::format::gguf::{GgufFile, Value};

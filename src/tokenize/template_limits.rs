@@ -1,0 +1,112 @@
+//! Size bounds for rendering a model-supplied chat template. Fuel bounds how many instructions
+//! a render runs, not how many bytes one instruction makes: `'x' * n`, `indent(width=n)` and
+//! `tojson(indent=n)` make strings whose size comes straight from a number in the template, and
+//! a loop that prints a large string multiplies it by the iteration count. A chat prompt is a
+//! few kilobytes, so the output and every width a template asks for are capped far above that.
+
+use minijinja::value::{Kwargs, StringInput, Value as JValue};
+use minijinja::{Error as JError, ErrorKind};
+use std::io;
+
+/// Most bytes a render may output (a long conversation with tools is tens of kilobytes).
+pub const MAX_RENDER_BYTES: usize = 8 << 20;
+/// Deepest value `tojson` walks (real tool schemas nest a handful of levels).
+pub const MAX_JSON_DEPTH: usize = 128;
+/// Widest indent `indent` and `tojson` accept (transformers' templates use 2 or 4).
+pub const MAX_INDENT: usize = 64;
+
+/// An `io::Write` sink that refuses to grow past `MAX_RENDER_BYTES`, so a template that prints
+/// without bound stops with an error instead of filling memory.
+#[derive(Default)]
+pub struct BoundedOutput {
+    pub bytes: Vec<u8>,
+    pub overflowed: bool,
+}
+
+impl io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > MAX_RENDER_BYTES {
+            self.overflowed = true;
+            return Err(io::Error::other(format!(
+                "the template's output passed {} MB",
+                MAX_RENDER_BYTES >> 20
+            )));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An indent width from a template, refused past `MAX_INDENT`.
+pub fn checked_indent(width: usize, filter: &str) -> Result<usize, JError> {
+    if width > MAX_INDENT {
+        return Err(JError::new(
+            ErrorKind::InvalidOperation,
+            format!("{filter}: indent {width} is wider than the {MAX_INDENT} allowed"),
+        ));
+    }
+    Ok(width)
+}
+
+/// Jinja's `indent(width=4, first=False, blank=False)`: minijinja's own filter, after the width
+/// (positional or keyword) is checked; minijinja's builds a string of `width` spaces first,
+/// whatever the width.
+pub fn indent(
+    value: StringInput<'_>,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> Result<JValue, JError> {
+    let asked = match width {
+        Some(w) => Some(w),
+        None => kwargs.get::<Option<usize>>("width")?,
+    };
+    if let Some(w) = asked {
+        checked_indent(w, "indent")?;
+    }
+    minijinja::filters::indent(value, width, first, blank, kwargs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn bounded_output_refuses_past_the_cap() {
+        let mut out = BoundedOutput::default();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..(MAX_RENDER_BYTES >> 20) {
+            out.write_all(&chunk).unwrap();
+        }
+        assert!(out.write_all(b"y").is_err());
+        assert!(out.overflowed);
+        assert_eq!(out.bytes.len(), MAX_RENDER_BYTES);
+    }
+
+    #[test]
+    fn indent_matches_jinja_and_refuses_a_huge_width() {
+        let env = minijinja::Environment::new();
+        let mut env2 = minijinja::Environment::new();
+        env2.add_filter("indent", indent);
+        for src in [
+            "{{ 'a\nb\n\nc' | indent }}",
+            "{{ 'a\nb\n\nc\n' | indent(2, true) }}",
+            "{{ 'a\n\nb' | indent(width=3, blank=true) }}",
+            "{{ 'a\n\nb' | indent(3, first=true, blank=true) }}",
+        ] {
+            let ours = env2.render_str(src, ()).unwrap();
+            let theirs = env.render_str(src, ()).unwrap();
+            assert_eq!(ours, theirs, "{src}");
+        }
+        let err = env2
+            .render_str("{{ 'a\nb' | indent(1000000000) }}", ())
+            .unwrap_err();
+        assert!(err.to_string().contains("wider than"), "{err}");
+    }
+}
