@@ -17,10 +17,11 @@ cd "$(dirname "$0")/.."
 mkdir -p target/bin
 built=()
 
-# build TRIPLE [PROFILE_NAME RUSTFLAGS]
+# build TRIPLE [PROFILE_NAME RUSTFLAGS FEATURES]
 build() {
-    local triple=$1 name=${2:-} flags=${3:-} out
+    local triple=$1 name=${2:-} flags=${3:-} features=${4:-} out
     local args=(build --locked --profile dist --bin edge-sft --target "$triple")
+    [ -z "$features" ] || args+=(--features "$features")
     case $triple in
         aarch64-unknown-linux-gnu) edge_cross_setup_aarch64 build ;;
         aarch64-linux-android)
@@ -53,7 +54,7 @@ if [ $# -eq 0 ]; then
     build aarch64-unknown-linux-gnu
 elif [ $# -eq 1 ] && [ "$1" != -h ] && [ "$1" != --help ]; then
     edge_load_profile "$1"
-    build "$PROFILE_TARGET" "$PROFILE_NAME" "$PROFILE_RUSTFLAGS"
+    build "$PROFILE_TARGET" "$PROFILE_NAME" "$PROFILE_RUSTFLAGS" "${PROFILE_FEATURES:-}"
 else
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     exit 2

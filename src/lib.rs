@@ -5,6 +5,7 @@
 pub mod cpu;
 pub mod daemon;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod format;

@@ -15,6 +15,9 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The device to report on, as `tune --device` would pick it.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: edge_sft::device::DeviceChoice,
 }
 
 /// Tensors and bytes per ggml type, in GGUF type id order.
@@ -94,6 +97,11 @@ pub fn run(a: Args) -> Result<()> {
     let type_bytes: BTreeMap<&str, usize> =
         types.iter().map(|(t, &(_, b))| (t.name(), b)).collect();
     let isa = edge_sft::cpu::isa_name(edge_sft::cpu::active_isa());
+    let device = edge_sft::device::resolve(a.device, &edge_sft::device::CudaStatus::probe());
+    let device_line = match &device {
+        Ok(d) => d.why.clone(),
+        Err(e) => e.to_string(),
+    };
     let info = json!({
         "path": a.model.display().to_string(),
         "format": format!("{:?}", m.format),
@@ -118,13 +126,14 @@ pub fn run(a: Args) -> Result<()> {
         "chat_template": !lm.chat.is_fallback,
         "file_size": lm.file_size,
         "cpu_kernels": isa,
+        "device": device_line,
     });
     if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&info).unwrap_or_default()
         );
-        return Ok(());
+        return device.map(|_| ());
     }
     println!("model         {}", a.model.display());
     println!("format        {:?}", m.format);
@@ -163,5 +172,6 @@ pub fn run(a: Args) -> Result<()> {
     }
     println!("file size     {:.1} MB", lm.file_size as f64 / 1e6);
     println!("cpu kernels   {isa}");
-    Ok(())
+    println!("device        {device_line}");
+    device.map(|_| ())
 }

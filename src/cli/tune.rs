@@ -169,6 +169,10 @@ pub struct Args {
     /// Worker threads (default: physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where to train: auto (the GPU when this build can train on it, else the CPU), cpu, or
+    /// cuda (an error naming what is missing when it cannot be used).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: edge_sft::device::DeviceChoice,
     /// The effective settings, written to OUT/run.toml (set by main from the final matches).
     #[arg(skip)]
     pub settings: Option<RunSettings>,
@@ -234,6 +238,8 @@ pub fn run(a: Args) -> Result<()> {
         let _ = std::fs::remove_dir_all(checkpoint::checkpoint_dir(&out));
         let _ = std::fs::remove_file(out.join("metrics.jsonl"));
     }
+    let device = edge_sft::device::resolve(a.device, &edge_sft::device::CudaStatus::probe())?;
+    eprintln!("device: {}", device.why);
     let threads = super::init_threads(a.threads)?;
     // The settings are written before anything slow, so a killed run has them too. A resume
     // writes them once the trainer has accepted the checkpoint (their options must match it).

@@ -1,0 +1,155 @@
+//! Which device a run uses: `--device auto|cpu|cuda` (issue 18).
+//!
+//! The `cuda` feature links no CUDA library at build time: `cudarc` opens the driver
+//! (`libcuda.so`) when asked, so one binary runs on machines with and without a GPU. The CUDA
+//! kernels live in `kernels/*.cu` and are compile-checked for sm_72 and sm_87 in CI
+//! (`scripts/cuda_check.py`); the training step does not run on them yet, so `cuda` is refused
+//! with the reason, and `auto` picks the CPU and says why.
+
+#[cfg(feature = "cuda")]
+mod cuda_probe;
+
+use crate::error::{Error, Result};
+
+/// What the user asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// The GPU when this build can train on it, else the CPU.
+    Auto,
+    /// The CPU kernels (AVX2/AVX-512/NEON), always available.
+    Cpu,
+    /// An NVIDIA GPU through the CUDA driver (needs a `--features cuda` build).
+    Cuda,
+}
+
+/// A GPU the driver reported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuInfo {
+    pub name: String,
+    /// Compute capability (8, 7) for Orin, (7, 2) for Xavier.
+    pub sm: (i32, i32),
+    pub memory_bytes: usize,
+}
+
+/// What the CUDA side of this build and machine can offer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CudaStatus {
+    NotBuilt,
+    NoDriver,
+    DriverError(String),
+    NoDevice,
+    Found(GpuInfo),
+}
+
+impl CudaStatus {
+    /// This build and machine, probed once per call (the driver is opened at run time).
+    pub fn probe() -> Self {
+        #[cfg(feature = "cuda")]
+        {
+            cuda_probe::probe()
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            CudaStatus::NotBuilt
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            CudaStatus::NotBuilt => "this edge-sft was built without the `cuda` feature".into(),
+            CudaStatus::NoDriver => "no CUDA driver (libcuda.so) on this machine".into(),
+            CudaStatus::DriverError(e) => format!("the CUDA driver failed: {e}"),
+            CudaStatus::NoDevice => "the CUDA driver reports no GPU".into(),
+            CudaStatus::Found(g) => format!(
+                "GPU 0 is {} (sm_{}{}, {:.1} GB), but the training step does not run on CUDA in \
+                 this version (kernels/ are compile-checked only; issue 18)",
+                g.name,
+                g.sm.0,
+                g.sm.1,
+                g.memory_bytes as f64 / 1e9
+            ),
+        }
+    }
+}
+
+/// The device a run uses, and a line saying why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    pub cuda: bool,
+    pub why: String,
+}
+
+/// `choice` on this build and machine: `cpu` always works, `auto` falls back to the CPU with
+/// the reason, `cuda` is an error naming what is missing.
+pub fn resolve(choice: DeviceChoice, status: &CudaStatus) -> Result<Resolved> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Resolved {
+            cuda: false,
+            why: "cpu (asked for)".into(),
+        }),
+        DeviceChoice::Auto => Ok(Resolved {
+            cuda: false,
+            why: format!("cpu (auto: {})", status.describe()),
+        }),
+        DeviceChoice::Cuda => {
+            let fix = match status {
+                CudaStatus::NotBuilt => {
+                    "; rebuild with `cargo build --release --features cuda` (README, Jetson)"
+                }
+                CudaStatus::Found(_) => "; use --device cpu",
+                _ => "; install the NVIDIA driver (JetPack on a Jetson) or use --device cpu",
+            };
+            Err(Error::Usage(format!(
+                "--device cuda: {}{fix}",
+                status.describe()
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_is_refused_with_the_reason_and_auto_falls_back() {
+        for status in [
+            CudaStatus::NotBuilt,
+            CudaStatus::NoDriver,
+            CudaStatus::NoDevice,
+            CudaStatus::Found(GpuInfo {
+                name: "Orin".into(),
+                sm: (8, 7),
+                memory_bytes: 8 << 30,
+            }),
+        ] {
+            let e = resolve(DeviceChoice::Cuda, &status)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--device cuda:"), "{e}");
+            assert!(e.contains(&status.describe()), "{e}");
+            let auto = resolve(DeviceChoice::Auto, &status).unwrap();
+            assert!(!auto.cuda);
+            assert!(auto.why.starts_with("cpu (auto: "), "{}", auto.why);
+        }
+        let e = resolve(DeviceChoice::Cuda, &CudaStatus::NotBuilt)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--features cuda"), "{e}");
+        assert!(
+            !resolve(DeviceChoice::Cpu, &CudaStatus::NoDriver)
+                .unwrap()
+                .cuda
+        );
+    }
+
+    #[test]
+    fn probe_matches_the_build() {
+        let s = CudaStatus::probe();
+        if cfg!(feature = "cuda") {
+            assert_ne!(s, CudaStatus::NotBuilt);
+        } else {
+            assert_eq!(s, CudaStatus::NotBuilt);
+        }
+    }
+}
