@@ -11,13 +11,13 @@ pub fn probe() -> CudaStatus {
         return CudaStatus::NoDriver;
     }
     match CudaContext::device_count() {
-        Err(e) => return CudaStatus::DriverError(e.to_string()),
+        Err(e) => return CudaStatus::DriverError(format!("{e:?}")),
         Ok(0) => return CudaStatus::NoDevice,
         Ok(_) => {}
     }
     let ctx = match CudaContext::new(0) {
         Ok(c) => c,
-        Err(e) => return CudaStatus::DriverError(e.to_string()),
+        Err(e) => return CudaStatus::DriverError(format!("{e:?}")),
     };
     let info = (ctx.name(), ctx.compute_capability(), ctx.total_mem());
     match info {
@@ -26,6 +26,8 @@ pub fn probe() -> CudaStatus {
             sm,
             memory_bytes,
         }),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => CudaStatus::DriverError(e.to_string()),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            CudaStatus::DriverError(format!("{e:?}"))
+        }
     }
 }
