@@ -5,7 +5,10 @@ NVRTC (PyPI wheel nvidia-cuda-nvrtc-cu12, CUDA 12 as in JetPack 6) to PTX for co
 sm_87. Fails on any compile error or warning, except CUDA 12.9's notice that sm_72 is
 deprecated (allowed and counted). Prints each kernel's registers and spills from ptxas -v.
 
-  python3 scripts/cuda_check.py [--wheels DIR]    # default DIR: target/cuda-wheels
+  python3 scripts/cuda_check.py [--wheels DIR] [--ptx-out DIR]
+      --wheels   where the wheels are installed (default target/cuda-wheels)
+      --ptx-out  also keep each file's PTX there as <file>.<compute_XX>.ptx (tests/cuda_kernels.rs
+                 and scripts/gpu_check.sh load it)
 
 Needs network only the first time (pip install --target DIR)."""
 
@@ -80,6 +83,7 @@ class Nvrtc:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--wheels", default=os.path.join(ROOT, "target", "cuda-wheels"))
+    ap.add_argument("--ptx-out", default=None)
     args = ap.parse_args()
     nv = ensure_wheels(args.wheels)
     nvrtc = Nvrtc(nv)
@@ -106,6 +110,9 @@ def main():
                     continue
                 ptx_path = os.path.join(tmp, f"{name}.{compute}.ptx")
                 open(ptx_path, "w").write(ptx)
+                if args.ptx_out:
+                    os.makedirs(args.ptx_out, exist_ok=True)
+                    open(os.path.join(args.ptx_out, f"{name}.{compute}.ptx"), "w").write(ptx)
                 p = subprocess.run([ptxas, f"-arch={sm}", "-v", "-o",
                                     os.path.join(tmp, f"{name}.{sm}.cubin"), ptx_path],
                                    capture_output=True, text=True)
