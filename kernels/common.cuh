@@ -28,29 +28,27 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over a block of blockDim.x threads (a multiple of 32, at most 1024); every thread gets
-// the result. `scratch` holds 32 floats of shared memory.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// Reduce over a block of blockDim.x threads (a multiple of 32, at most 1024) with the warp
+// reduction WARP_OP; every thread gets the result. `scratch` holds 32 floats of shared memory;
+// `identity` fills the lanes past the last warp.
+template <float (*WARP_OP)(float)>
+__device__ __forceinline__ float block_reduce(float v, float* scratch, float identity) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum(v);
+    v = WARP_OP(v);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     const int warps = (blockDim.x + 31) >> 5;
-    v = lane < warps ? scratch[lane] : 0.0f;
-    return warp_sum(v);
+    v = lane < warps ? scratch[lane] : identity;
+    return WARP_OP(v);
 }
 
-// Max over a block, as block_sum.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    return block_reduce<warp_sum>(v, scratch, 0.0f);
+}
+
 __device__ __forceinline__ float block_max(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    const int warps = (blockDim.x + 31) >> 5;
-    v = lane < warps ? scratch[lane] : -INFINITY;
-    return warp_max(v);
+    return block_reduce<warp_max>(v, scratch, -INFINITY);
 }
 
 // An IEEE half stored as its 16 bits in a GGUF block (ggml_fp16_t), to f32.

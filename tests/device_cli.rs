@@ -20,6 +20,15 @@ fn expected_reason() -> &'static str {
     }
 }
 
+/// The command failed with exit 1 and a `--device cuda:` error naming the reason, no panic.
+fn assert_refused(o: &std::process::Output) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--device cuda: "), "{err}");
+    assert!(err.contains(expected_reason()), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn inspect_reports_the_device_and_refuses_cuda_without_one() {
     let o = Command::new(BIN)
@@ -38,11 +47,7 @@ fn inspect_reports_the_device_and_refuses_cuda_without_one() {
         .arg(tiny_model())
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("--device cuda: "), "{err}");
-    assert!(err.contains(expected_reason()), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    assert_refused(&o);
 }
 
 #[test]
@@ -62,11 +67,7 @@ fn tune_on_cuda_without_one_is_a_clear_error_before_training() {
         .arg(&out)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("--device cuda: "), "{err}");
-    assert!(err.contains(expected_reason()), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    assert_refused(&o);
     assert!(!out.join("adapter_model.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
