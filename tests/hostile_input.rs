@@ -226,6 +226,15 @@ fn chat_template_that_prints_without_bound_is_refused() {
             "{src}: {e}"
         );
     }
+    // A list repeated 10^8 times is one instruction of fuel; printing it took 8.8 s before the
+    // output cap (fuzz finding, a timeout). A value of over 10^6 items is not printed.
+    let t = ChatTemplate::new("{{ 999 * messages * 100000000 }}", None, None).unwrap();
+    let start = Instant::now();
+    let e = t.render(&msgs, true).unwrap_err();
+    assert!(e.to_string().contains("more than 1000000 items"), "{e}");
+    assert!(start.elapsed().as_secs_f64() < 5.0, "{:?}", start.elapsed());
+    let t = ChatTemplate::new("{{ [[1, 2], {'a': 3}] }}", None, None).unwrap();
+    assert_eq!(t.render(&msgs, true).unwrap(), "[[1, 2], {\"a\": 3}]");
     // A namespace that holds itself (fuzz finding): tojson would walk it for ever.
     let t = ChatTemplate::new(
         "{% set ns = namespace(s='ab') %}{% set ns.s = ns %}{{ ns | tojson }}",

@@ -76,6 +76,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_filter("indent", template_limits::indent);
+        env.set_formatter(template_limits::bounded_formatter);
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| Error::Template(format!("cannot compile: {}", describe(&e))))?;
         Ok(ChatTemplate {

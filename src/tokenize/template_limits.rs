@@ -12,6 +12,12 @@ use std::io;
 pub const MAX_RENDER_BYTES: usize = 8 << 20;
 /// Deepest value `tojson` walks (real tool schemas nest a handful of levels).
 pub const MAX_JSON_DEPTH: usize = 128;
+/// Most items (counted through nested lists and maps) a template may print as one value.
+/// minijinja formats a list into the output as a whole, however long: `{{ messages * 100000000 }}`
+/// is one instruction of fuel and ran for 8.8 s before the output cap could refuse it (fuzz
+/// finding, a libFuzzer timeout). Real templates print strings, not lists; a million items is
+/// above anything the 8 MB output could hold anyway, and walking them takes milliseconds.
+pub const MAX_PRINTED_ITEMS: usize = 1_000_000;
 /// Widest indent `indent` and `tojson` accept (transformers' templates use 2 or 4).
 pub const MAX_INDENT: usize = 64;
 
@@ -39,6 +45,52 @@ impl io::Write for BoundedOutput {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Whether printing `value` would visit at most `budget` items (lists, maps and iterables are
+/// walked lazily, nested ones included; the walk stops as soon as the budget is spent, so a
+/// huge lazy repeat or a namespace that holds itself costs at most `budget` steps).
+fn printable_within(value: &JValue, budget: &mut usize) -> bool {
+    use minijinja::value::ValueKind as K;
+    if !matches!(value.kind(), K::Seq | K::Map | K::Iterable) {
+        return true;
+    }
+    let Ok(items) = value.try_iter() else {
+        return true;
+    };
+    let is_map = value.kind() == K::Map;
+    for item in items {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        let inner = if is_map {
+            value.get_item(&item).unwrap_or_default()
+        } else {
+            item
+        };
+        if !printable_within(&inner, budget) {
+            return false;
+        }
+    }
+    true
+}
+
+/// minijinja's default formatter for `{{ value }}`, after checking that a list or map value is
+/// not larger than `MAX_PRINTED_ITEMS`.
+pub fn bounded_formatter(
+    out: &mut minijinja::Output,
+    state: &minijinja::State,
+    value: &JValue,
+) -> Result<(), JError> {
+    let mut budget = MAX_PRINTED_ITEMS;
+    if !printable_within(value, &mut budget) {
+        return Err(JError::new(
+            ErrorKind::InvalidOperation,
+            format!("refusing to print a value of more than {MAX_PRINTED_ITEMS} items"),
+        ));
+    }
+    minijinja::escape_formatter(out, state, value)
 }
 
 /// An indent width from a template, refused past `MAX_INDENT`.
