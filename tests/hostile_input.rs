@@ -247,6 +247,21 @@ fn chat_template_that_prints_without_bound_is_refused() {
         e.to_string().contains("does a namespace hold itself"),
         "{e}"
     );
+    // ... and minijinja's own `string`, `join` and `pprint` would recurse through it until the
+    // stack overflows (fuzz finding: SIGSEGV, no artifact); they now check first.
+    for f in ["string", "join", "pprint"] {
+        let src =
+            format!("{{% set ns = namespace(s='ab') %}}{{% set ns.s = ns %}}{{{{ [ns] | {f} }}}}");
+        let t = ChatTemplate::new(&src, None, None).unwrap();
+        let e = t.render(&msgs, true).unwrap_err();
+        assert!(
+            e.to_string().contains("does a namespace hold itself"),
+            "{f}: {e}"
+        );
+    }
+    let t =
+        ChatTemplate::new("{{ ['a', 'b'] | join(', ') }}|{{ 3 | string }}", None, None).unwrap();
+    assert_eq!(t.render(&msgs, true).unwrap(), "a, b|3");
     // Real widths still work.
     let t = ChatTemplate::new("{{ messages | tojson(indent=2) }}", None, None).unwrap();
     assert!(t.render(&msgs, true).unwrap().contains("\n  {"));

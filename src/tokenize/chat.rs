@@ -77,6 +77,9 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_filter("indent", template_limits::indent);
         env.set_formatter(template_limits::bounded_formatter);
+        env.add_filter("string", template_limits::string);
+        env.add_filter("join", template_limits::join);
+        env.add_filter("pprint", template_limits::pprint);
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| Error::Template(format!("cannot compile: {}", describe(&e))))?;
         Ok(ChatTemplate {

@@ -47,30 +47,31 @@ impl io::Write for BoundedOutput {
     }
 }
 
-/// Whether printing `value` would visit at most `budget` items (lists, maps and iterables are
-/// walked lazily, nested ones included; the walk stops as soon as the budget is spent, so a
-/// huge lazy repeat or a namespace that holds itself costs at most `budget` steps).
-fn printable_within(value: &JValue, budget: &mut usize) -> bool {
+/// Whether printing `value` would visit at most `budget` items: lists, maps and iterables are
+/// walked lazily, nested ones included, with a heap stack (no recursion: a namespace that holds
+/// itself is as deep as the budget), and the walk stops as soon as the budget is spent, so a
+/// huge lazy repeat or a cycle costs at most `budget` steps.
+fn printable_within(value: &JValue, mut budget: usize) -> bool {
     use minijinja::value::ValueKind as K;
-    if !matches!(value.kind(), K::Seq | K::Map | K::Iterable) {
-        return true;
-    }
-    let Ok(items) = value.try_iter() else {
-        return true;
-    };
-    let is_map = value.kind() == K::Map;
-    for item in items {
-        if *budget == 0 {
-            return false;
+    let mut pending = vec![value.clone()];
+    while let Some(v) = pending.pop() {
+        if !matches!(v.kind(), K::Seq | K::Map | K::Iterable) {
+            continue;
         }
-        *budget -= 1;
-        let inner = if is_map {
-            value.get_item(&item).unwrap_or_default()
-        } else {
-            item
+        let Ok(items) = v.try_iter() else {
+            continue;
         };
-        if !printable_within(&inner, budget) {
-            return false;
+        let is_map = v.kind() == K::Map;
+        for item in items {
+            if budget == 0 {
+                return false;
+            }
+            budget -= 1;
+            pending.push(if is_map {
+                v.get_item(&item).unwrap_or_default()
+            } else {
+                item
+            });
         }
     }
     true
@@ -83,14 +84,51 @@ pub fn bounded_formatter(
     state: &minijinja::State,
     value: &JValue,
 ) -> Result<(), JError> {
-    let mut budget = MAX_PRINTED_ITEMS;
-    if !printable_within(value, &mut budget) {
-        return Err(JError::new(
-            ErrorKind::InvalidOperation,
-            format!("refusing to print a value of more than {MAX_PRINTED_ITEMS} items"),
-        ));
-    }
+    check_printable(value)?;
     minijinja::escape_formatter(out, state, value)
+}
+
+/// The error for a value too large (or cyclic: a namespace that holds itself) to format.
+fn too_large() -> JError {
+    JError::new(
+        ErrorKind::InvalidOperation,
+        format!(
+            "refusing to format a value of more than {MAX_PRINTED_ITEMS} items \
+             (does a namespace hold itself?)"
+        ),
+    )
+}
+
+fn check_printable(value: &JValue) -> Result<(), JError> {
+    if printable_within(value, MAX_PRINTED_ITEMS) {
+        Ok(())
+    } else {
+        Err(too_large())
+    }
+}
+
+/// `string`, after the size check: minijinja formats the whole value into one string, which
+/// for a namespace that holds itself recurses until the stack overflows (fuzz finding:
+/// `{% set ns.s = ns %}{{ ns | string }}`).
+pub fn string(state: &minijinja::State, value: &JValue) -> Result<JValue, JError> {
+    check_printable(value)?;
+    minijinja::filters::string(state, value)
+}
+
+/// `join`, after the size check of the sequence (its items are formatted as with `string`).
+pub fn join(
+    state: &minijinja::State,
+    value: &JValue,
+    joiner: Option<StringInput<'_>>,
+) -> Result<JValue, JError> {
+    check_printable(value)?;
+    minijinja::filters::join(state, value, joiner)
+}
+
+/// `pprint`, after the size check.
+pub fn pprint(value: &JValue) -> Result<String, JError> {
+    check_printable(value)?;
+    Ok(minijinja::filters::pprint(value))
 }
 
 /// An indent width from a template, refused past `MAX_INDENT`.
