@@ -63,29 +63,26 @@ __device__ __forceinline__ void k_scale_min(const u8* s, int j, int* sc, int* mn
     }
 }
 
-// Q4_K: 144 bytes = f16 d, f16 dmin, 12 scale bytes, 128 bytes of nibbles; 8 sub-blocks of 32.
-// Sub-blocks 2p and 2p+1 share bytes 32p..32p+32: low nibbles, then high nibbles.
-__device__ __forceinline__ float q4_k_at(const u8* b, int i) {
+// Q4_K and Q5_K share their head: f16 d, f16 dmin, 12 scale bytes; 8 sub-blocks of 32 values,
+// sub-blocks 2p and 2p+1 sharing 32 nibble bytes (low nibbles, then high ones) at `qs`.
+// x = d * scale(sub) * (nibble + high) - dmin * min(sub), with `high` the Q5_K fifth bit.
+__device__ __forceinline__ float k_at(const u8* b, int i, const u8* qs, int high) {
     const float d = f16_bits_to_f32(load_u16(b)), dmin = f16_bits_to_f32(load_u16(b + 2));
-    const int sub = i >> 5, l = i & 31, pair = sub >> 1;
+    const int sub = i >> 5, l = i & 31;
     int sc, mn;
     k_scale_min(b + 4, sub, &sc, &mn);
-    const u8 q = b[16 + 32 * pair + l];
-    const int v = (sub & 1) ? (q >> 4) : (q & 0xF);
+    const u8 q = qs[32 * (sub >> 1) + l];
+    const int v = ((sub & 1) ? (q >> 4) : (q & 0xF)) + high;
     return d * (float)sc * (float)v - dmin * (float)mn;
 }
 
-// Q5_K: 176 bytes = f16 d, f16 dmin, 12 scale bytes, 32 bytes of fifth bits (bit `sub` of
-// byte l for value l of sub-block `sub`), 128 bytes of nibbles laid out as in Q4_K.
+// Q4_K: 144 bytes, nibbles at 16.
+__device__ __forceinline__ float q4_k_at(const u8* b, int i) { return k_at(b, i, b + 16, 0); }
+
+// Q5_K: 176 bytes, 32 bytes of fifth bits at 16 (bit `sub` of byte l for value l of sub-block
+// `sub`), nibbles at 48.
 __device__ __forceinline__ float q5_k_at(const u8* b, int i) {
-    const float d = f16_bits_to_f32(load_u16(b)), dmin = f16_bits_to_f32(load_u16(b + 2));
-    const int sub = i >> 5, l = i & 31, pair = sub >> 1;
-    int sc, mn;
-    k_scale_min(b + 4, sub, &sc, &mn);
-    const u8 q = b[48 + 32 * pair + l];
-    const int lo = (sub & 1) ? (q >> 4) : (q & 0xF);
-    const int v = lo + (((b[16 + l] >> sub) & 1) ? 16 : 0);
-    return d * (float)sc * (float)v - dmin * (float)mn;
+    return k_at(b, i, b + 48, ((b[16 + (i & 31)] >> (i >> 5)) & 1) ? 16 : 0);
 }
 
 // Q6_K: 210 bytes = 128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 signed scales (one per
