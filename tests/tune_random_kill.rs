@@ -157,3 +157,51 @@ fn ten_random_sigkills_then_resume_equal_an_uninterrupted_run() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The window the random kills found once in CI: killed after a checkpoint was saved but before
+/// the kept (best held-out) step's adapter files were written. Resuming must write them from the
+/// checkpoint, not trust whatever the folder holds.
+#[test]
+fn resume_rewrites_the_kept_adapter_that_a_kill_left_unwritten() {
+    let dir = std::env::temp_dir().join(format!("edge-sft-keptgap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = std::fs::read_to_string(fixture("records.jsonl")).unwrap();
+    let data = dir.join("train.jsonl");
+    std::fs::write(&data, base.repeat(10)).unwrap();
+    let out = dir.join("run");
+    let o = tune(&data, &out, &[]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let done: Vec<(PathBuf, Vec<u8>)> = walk(&out)
+        .into_iter()
+        .filter(|p| p.parent() == Some(out.as_path()))
+        .filter(|p| p.to_string_lossy().contains("adapter"))
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    assert!(
+        done.len() >= 3,
+        "expected PEFT and GGUF adapter files, got {done:?}"
+    );
+    // As a kill between the checkpoint and the adapter writes leaves it: a different (stale)
+    // safetensors adapter and no GGUF one.
+    let stale = std::fs::read(out.join("checkpoint").join("state.json")).unwrap();
+    for (p, _) in &done {
+        if p.extension().is_some_and(|e| e == "safetensors") {
+            std::fs::write(p, &stale).unwrap();
+        } else if p.extension().is_some_and(|e| e == "gguf") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let mut c = tune(&data, &out, &["--resume"]);
+    c.arg(&out);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (p, bytes) in &done {
+        assert!(
+            std::fs::read(p).ok().as_ref() == Some(bytes),
+            "{} was not rewritten from the checkpoint's kept step",
+            p.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,5 +1,6 @@
-//! Training checkpoints in `OUT/checkpoint/`: `train-{step}.safetensors` (LoRA parameters and
-//! AdamW moments, flat f32) and `state.json` (step, data order, config). Each file is written
+//! Training checkpoints in `OUT/checkpoint/`: `train-{step}.safetensors` (LoRA parameters,
+//! AdamW moments and, when the run keeps its best held-out step, that step's parameters; flat
+//! f32) and `state.json` (step, data order, config). Each file is written
 //! atomically (temp, fsync, rename) and `state.json` goes last, so a kill at any instant leaves
 //! the previous complete checkpoint in force.
 
@@ -16,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 pub const DIR: &str = "checkpoint";
 pub const STATE: &str = "state.json";
+/// The tensor holding the kept (best held-out) step's parameters.
+const KEPT: &str = "kept_params";
 
 /// Everything but the tensors.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -66,15 +69,24 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join(DIR)
 }
 
-/// Save parameters, moments and state.
-pub fn save(out: &Path, state: &State, params: &LoraSet, opt: &AdamW) -> Result<()> {
+/// Save parameters, moments, the kept step's parameters (if any) and state. The kept
+/// parameters travel in the checkpoint so a resumed run can always rewrite the adapter files:
+/// a kill between the checkpoint and the adapter writes must not leave an older step's adapter
+/// in force.
+pub fn save(
+    out: &Path,
+    state: &State,
+    params: &LoraSet,
+    opt: &AdamW,
+    kept: Option<&LoraSet>,
+) -> Result<()> {
     let dir = checkpoint_dir(out);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     // Streamed from the live buffers: no flattened copy of the parameters or moments.
     let mut pieces: Vec<&[f32]> = Vec::new();
     for_each_tensor(params, |v| pieces.push(v));
     let n = params.num_params();
-    let tensors = [
+    let mut tensors = vec![
         F32Tensor {
             name: "params".into(),
             shape: vec![n],
@@ -91,6 +103,15 @@ pub fn save(out: &Path, state: &State, params: &LoraSet, opt: &AdamW) -> Result<
             pieces: vec![&opt.v],
         },
     ];
+    if let Some(kept) = kept {
+        let mut pieces: Vec<&[f32]> = Vec::new();
+        for_each_tensor(kept, |v| pieces.push(v));
+        tensors.push(F32Tensor {
+            name: KEPT.into(),
+            shape: vec![n],
+            pieces,
+        });
+    }
     let file = format!("train-{}.safetensors", state.step);
     write_atomic(&dir.join(&file), |f| write_f32_safetensors(f, &tensors))?;
     let mut st = state.clone();
@@ -124,13 +145,14 @@ pub fn load_state(out: &Path) -> Result<State> {
         .map_err(|e| Error::format(&path, format!("invalid checkpoint state: {e}")))
 }
 
-/// Restore parameters (into a set of the right layout) and optimizer moments.
+/// Restore parameters (into a set of the right layout) and optimizer moments; returns the kept
+/// step's parameters in the same layout when the checkpoint holds them.
 pub fn load_tensors(
     out: &Path,
     state: &State,
     params: &mut LoraSet,
     opt: &mut AdamW,
-) -> Result<()> {
+) -> Result<Option<LoraSet>> {
     let path = checkpoint_dir(out).join(&state.tensors_file);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let st = SafeTensors::deserialize(&bytes)
@@ -167,7 +189,19 @@ pub fn load_tensors(
     opt.m = m;
     opt.v = v;
     opt.t = state.adam_t;
-    Ok(())
+    if st.tensor(KEPT).is_err() {
+        return Ok(None);
+    }
+    let k = get(KEPT)?;
+    let mut kept = params.clone();
+    if !unflatten(&mut kept, &k) {
+        return Err(Error::tensor(
+            &path,
+            KEPT,
+            format!("{} values, but params has {}", k.len(), p.len()),
+        ));
+    }
+    Ok(Some(kept))
 }
 
 /// A fingerprint of the training set (every id and mask bit of every example) so a resume on

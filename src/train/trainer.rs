@@ -315,6 +315,7 @@ pub fn tune(
         lowest_records: Vec::new(),
         base_eval: None,
     };
+    let mut resumed_kept = None;
     if resume {
         let saved = checkpoint::load_state(out)?;
         if saved.data_fingerprint != fp {
@@ -332,7 +333,7 @@ pub fn tune(
                 opts.identity()
             )));
         }
-        checkpoint::load_tensors(out, &saved, &mut params, &mut opt)?;
+        resumed_kept = checkpoint::load_tensors(out, &saved, &mut params, &mut opt)?;
         state = saved;
         state.total_steps = total_steps;
         // Resuming is a decision to train on: the stall count starts again.
@@ -385,13 +386,17 @@ pub fn tune(
     // has scored one: then it is the best step's, held in memory (one copy of the LoRA
     // parameters) and written with each checkpoint and at the end.
     let keeps_best = opts.keep == Keep::Best && eval.is_some();
-    let mut best_params: Option<(usize, LoraSet)> = None;
+    let mut best_params: Option<(usize, LoraSet)> = match (keeps_best, state.kept_step) {
+        (true, Some(step)) => resumed_kept.map(|p| (step, p)),
+        _ => None,
+    };
     let save = |state: &State,
                 params: &LoraSet,
                 opt: &AdamW,
                 best: &Option<(usize, LoraSet)>|
      -> Result<()> {
-        checkpoint::save(out, state, params, opt).map_err(|e| {
+        let kept = best.as_ref().filter(|_| keeps_best).map(|(_, p)| p);
+        checkpoint::save(out, state, params, opt, kept).map_err(|e| {
             Error::Usage(format!(
                 "writing the checkpoint for step {} failed: {e}\nthe previous checkpoint in {} is kept",
                 state.step,
@@ -400,7 +405,8 @@ pub fn tune(
         })?;
         match best {
             Some((step, p)) if keeps_best => write_kept(p, *step),
-            // Resumed past the kept step: its adapter is already on disk.
+            // A checkpoint from before kept parameters were saved with it: the kept step's
+            // adapter is the one on disk.
             None if keeps_best && state.kept_step.is_some() => Ok(()),
             _ => write_kept(params, state.step),
         }
