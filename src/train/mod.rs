@@ -18,3 +18,4 @@ pub mod proj;
 pub mod score;
 pub mod step;
 pub mod trainer;
+pub mod tune_options;
