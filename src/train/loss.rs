@@ -188,12 +188,47 @@ mod tests {
 
     #[test]
     fn matches_reference_and_finite_differences_across_chunks() {
+        // Few rows (the products take the GEMV path) and many (the tiled GEMM).
+        for m in [3, 13] {
+            check_against_reference(m);
+        }
+    }
+
+    /// Each row of a many-row call on a quantized weight gets what the row gets alone (the
+    /// GEMM's panel decoding against the GEMV's in-register decoding).
+    #[test]
+    fn many_rows_match_each_row_alone_on_q8_0() {
+        let (m, d, v) = (13, 64, CHUNK + 300);
+        let mut s = 11u64;
+        let w: Vec<f32> = (0..v * d).map(|_| lcg(&mut s)).collect();
+        let mut bytes = Vec::new();
+        for row in w.chunks_exact(d) {
+            crate::quant::dequant::quantize_row(crate::quant::GgmlType::Q8_0, row, &mut bytes);
+        }
+        let backing = crate::model::weights::Backing::Owned(std::sync::Arc::new(bytes));
+        let wq = QMatrix::new("w", crate::quant::GgmlType::Q8_0, v, d, backing, 0).unwrap();
+        let h: Vec<f32> = (0..m * d).map(|_| lcg(&mut s) * 4.0).collect();
+        let targets: Vec<u32> = (0..m as u32).map(|i| (i * 331) % v as u32).collect();
+        let mut dh = vec![0.0; m * d];
+        let all = fused_nll(&h, &targets, &wq, 1.0, &mut dh);
+        for i in 0..m {
+            let mut dh1 = vec![0.0; d];
+            let one = fused_nll(&h[i * d..(i + 1) * d], &targets[i..=i], &wq, 1.0, &mut dh1);
+            assert!((one.nll[0] - all.nll[i]).abs() < 1e-5 * one.nll[0].max(1.0));
+            for (a, b) in dh1.iter().zip(&dh[i * d..(i + 1) * d]) {
+                assert!((a - b).abs() < 1e-5, "row {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    fn check_against_reference(m: usize) {
         // vocab spans several chunks so the online rescaling is exercised.
-        let (m, d, v) = (3, 8, 2 * CHUNK + 37);
+        let (d, v) = (8, 2 * CHUNK + 37);
         let mut s = 7u64;
         let w: Vec<f32> = (0..v * d).map(|_| lcg(&mut s) * 2.0).collect();
         let h: Vec<f32> = (0..m * d).map(|_| lcg(&mut s) * 3.0).collect();
-        let targets = [5u32, (CHUNK + 3) as u32, (v - 1) as u32];
+        let fixed = [5u32, (CHUNK + 3) as u32, (v - 1) as u32];
+        let targets: Vec<u32> = (0..m).map(|i| fixed[i % 3] - (i / 3) as u32).collect();
         let wq = QMatrix::from_f32("w", v, d, &w);
         let mut dh = vec![0.0; m * d];
         let out = fused_nll(&h, &targets, &wq, 1.0, &mut dh);
