@@ -373,7 +373,14 @@ fn row_decoded_types_match_reference_everywhere() {
         (17, 131, 768),
         (100, 70, 512),
     ];
-    let w_shapes = [(1, 64, 256), (3, 300, 512), (17, 67, 768), (40, 576, 256)];
+    // (24, 40, 2048): wide enough that K-quant tasks are one super-block wide (gemm_lr).
+    let w_shapes = [
+        (1, 64, 256),
+        (3, 300, 512),
+        (17, 67, 768),
+        (40, 576, 256),
+        (24, 40, 2048),
+    ];
     for ty in ROW_DECODED_TYPES {
         let w = random_matrix(ty, 3, 768, 3);
         let mut want = vec![0.0f32; 768];

@@ -19,6 +19,7 @@ use super::scalar;
 use super::tile::{CPtr, EdgeTile, LowRank};
 #[cfg(target_arch = "x86_64")]
 use super::x86::{avx2, avx512, narrow, narrow512};
+use crate::quant::kquants::QK_K;
 use std::cell::RefCell;
 
 /// See [`scalar::kernel`] for the contract every ISA's microkernel follows.
@@ -36,7 +37,8 @@ struct Kern {
 /// At most this many rows of C per task (the B panel is dequantized once per task and k chunk,
 /// so tall tasks amortize it; rows are split evenly into tasks of a multiple of MR).
 const MC_MAX: usize = 512;
-/// Columns of C per task, at most: a multiple of every NR and of the 32-value quant block.
+/// Columns of C per task, at most (except K-quant W sources, see `gemm_lr`): a multiple of
+/// every NR and of the 32-value quant block.
 /// Halved (down to 32) until there are 8 tasks per thread: narrower tasks cost almost nothing
 /// (each W element is still dequantized once per row block) and balance the threads better.
 const NB_MAX: usize = 128;
@@ -300,6 +302,16 @@ pub(crate) fn gemm_lr(
     let mut nb_task = NB_MAX;
     while nb_task > 32 && n_ib * n.div_ceil(nb_task) < 8 * threads {
         nb_task /= 2;
+    }
+    // A K-quant weight read as W (dx = dy·W) is decoded 256 columns (one super-block) at a
+    // time: tasks one super-block wide decode each super-block once, where tasks of 32-128
+    // columns would decode it whole for each of them (see `panel::dequant_segment`). Taken
+    // when that still leaves two tasks per thread.
+    if let BSrc::W { w } = src {
+        let sb = w.dtype.block_size();
+        if sb == QK_K && n.is_multiple_of(sb) && n_ib * (n / sb) >= 2 * threads {
+            nb_task = sb;
+        }
     }
     let n_jb = n.div_ceil(nb_task);
     let cptr = CPtr(c.as_mut_ptr());
