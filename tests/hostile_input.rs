@@ -235,29 +235,30 @@ fn chat_template_that_prints_without_bound_is_refused() {
     assert!(start.elapsed().as_secs_f64() < 5.0, "{:?}", start.elapsed());
     let t = ChatTemplate::new("{{ [[1, 2], {'a': 3}] }}", None, None).unwrap();
     assert_eq!(t.render(&msgs, true).unwrap(), "[[1, 2], {\"a\": 3}]");
-    // A namespace that holds itself (fuzz finding): tojson would walk it for ever.
-    let t = ChatTemplate::new(
-        "{% set ns = namespace(s='ab') %}{% set ns.s = ns %}{{ ns | tojson }}",
-        None,
-        None,
-    )
-    .unwrap();
-    let e = t.render(&msgs, true).unwrap_err();
-    assert!(
-        e.to_string().contains("does a namespace hold itself"),
-        "{e}"
-    );
-    // ... and minijinja's own `string`, `join` and `pprint` would recurse through it until the
-    // stack overflows (fuzz finding: SIGSEGV, no artifact); they now check first.
-    for f in ["string", "join", "pprint"] {
-        let src =
-            format!("{{% set ns = namespace(s='ab') %}}{{% set ns.s = ns %}}{{{{ [ns] | {f} }}}}");
-        let t = ChatTemplate::new(&src, None, None).unwrap();
-        let e = t.render(&msgs, true).unwrap_err();
-        assert!(
-            e.to_string().contains("does a namespace hold itself"),
-            "{f}: {e}"
-        );
+    // A namespace that holds itself (fuzz findings): tojson would walk it for ever, and
+    // minijinja's own `string`, `join`, `pprint`, `~` and `+` recurse through it until the
+    // stack overflows (SIGSEGV, no artifact). Such a template is refused when it is loaded
+    // (template_namespaces.rs), before anything renders.
+    for show in [
+        "ns | tojson",
+        "[ns] | string",
+        "[ns] | join",
+        "[ns] | pprint",
+        "ns ~ 'a'",
+        "[ns] + [1]",
+    ] {
+        for store in [
+            "{% set ns.s = ns %}",
+            "{% set x = [ns] %}{% set ns.s = x %}",
+        ] {
+            let src = format!("{{% set ns = namespace(s='ab') %}}{store}{{{{ {show} }}}}");
+            let e = ChatTemplate::new(&src, None, None).err().expect(&src);
+            assert!(
+                e.to_string()
+                    .contains("may store a namespace into a namespace"),
+                "{src}: {e}"
+            );
+        }
     }
     let t =
         ChatTemplate::new("{{ ['a', 'b'] | join(', ') }}|{{ 3 | string }}", None, None).unwrap();
@@ -265,6 +266,24 @@ fn chat_template_that_prints_without_bound_is_refused() {
     // Real widths still work.
     let t = ChatTemplate::new("{{ messages | tojson(indent=2) }}", None, None).unwrap();
     assert!(t.render(&msgs, true).unwrap().contains("\n  {"));
+}
+
+/// A template nested deep in its source, `{{ 1+1+…+1 }}` 300,000 levels (600 KB): minijinja's
+/// parser and compiler recurse once per level and overflowed an 8 MB stack at 50,000 (the
+/// process gone). It now compiles on a thread with a large stack; a source over 1 MB is
+/// refused.
+#[test]
+fn chat_template_nested_deep_in_its_source_compiles() {
+    use edge_sft::tokenize::chat::{ChatTemplate, Message};
+    let src = format!("{{{{ {}1 }}}}", "1+".repeat(300_000));
+    let t = ChatTemplate::new(&src, None, None).unwrap();
+    assert_eq!(
+        t.render(&[Message::new("user", "hi")], true).unwrap(),
+        "300001"
+    );
+    let src = format!("{{{{ {}1 }}}}", "1+".repeat(600_000));
+    let e = ChatTemplate::new(&src, None, None).err().unwrap();
+    assert!(e.to_string().contains("over the 1024 KB"), "{e}");
 }
 
 /// A template that recurses without end stops at the recursion limit, not a stack overflow.

@@ -3,6 +3,7 @@
 //! string methods, `raise_exception`, `strftime_now`, a Python-style `tojson`).
 
 use super::template_limits::{self, BoundedOutput, MAX_RENDER_BYTES};
+use super::template_namespaces;
 use crate::error::{Error, Result};
 use minijinja::value::{Kwargs, Value as JValue};
 use minijinja::{Environment, ErrorKind};
@@ -51,6 +52,10 @@ pub const TEMPLATE_FUEL: u64 = 250_000;
 /// which covers that depth at up to 2 KB a level. Only the pages touched are ever resident.
 pub const TEMPLATE_STACK_BYTES: usize = 512 << 20;
 pub const TEMPLATE_RECURSION_LIMIT: usize = 64;
+/// The longest template source accepted: nesting depth is bounded by length (at least two
+/// bytes a level), so 1 MB is at most 500,000 levels, which compiling, checking and dropping
+/// fit in `TEMPLATE_STACK_BYTES` at a few hundred bytes a level.
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
 
 /// A compiled chat template plus the special-token strings it may reference.
 pub struct ChatTemplate {
@@ -63,25 +68,33 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// Compile a Jinja chat template.
+    /// Compile a Jinja chat template. Parsing and compiling recurse once per level of nesting
+    /// in the source (`{{ 1+1+…+1 }}` is 50,000 levels in 100 KB, which overflowed an 8 MB
+    /// stack inside minijinja's compiler), so this runs on a thread with the render's
+    /// `TEMPLATE_STACK_BYTES` stack, and sources over `MAX_TEMPLATE_BYTES` are refused.
     pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<Self> {
-        let mut env = Environment::new();
-        // transformers compiles with trim_blocks=True, lstrip_blocks=True.
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_fuel(Some(TEMPLATE_FUEL));
-        env.set_recursion_limit(TEMPLATE_RECURSION_LIMIT);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", strftime_now);
-        env.add_filter("tojson", tojson);
-        env.add_filter("indent", template_limits::indent);
-        env.set_formatter(template_limits::bounded_formatter);
-        env.add_filter("string", template_limits::string);
-        env.add_filter("join", template_limits::join);
-        env.add_filter("pprint", template_limits::pprint);
-        env.add_template_owned(NAME, source.to_string())
-            .map_err(|e| Error::Template(format!("cannot compile: {}", describe(&e))))?;
+        if source.len() > MAX_TEMPLATE_BYTES {
+            return Err(Error::Template(format!(
+                "the template is {} bytes, over the {} KB edge-sft accepts (real chat templates \
+                 are a few KB)",
+                source.len(),
+                MAX_TEMPLATE_BYTES >> 10
+            )));
+        }
+        let env = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("chat-template".to_string())
+                .stack_size(TEMPLATE_STACK_BYTES)
+                .spawn_scoped(scope, || compile(source))
+                .map_err(|e| {
+                    Error::Template(format!(
+                        "cannot start a thread to compile the template ({} MB stack): {e}",
+                        TEMPLATE_STACK_BYTES >> 20
+                    ))
+                })?
+                .join()
+                .map_err(|_| Error::Template("compiling the template panicked".to_string()))?
+        })?;
         Ok(ChatTemplate {
             env,
             source: source.to_string(),
@@ -176,6 +189,30 @@ impl ChatTemplate {
         String::from_utf8(out.bytes)
             .map_err(|_| Error::Template("the template printed invalid UTF-8".to_string()))
     }
+}
+
+/// The environment with edge-sft's limits and filters, and `source` compiled into it, if it
+/// passes `template_namespaces::check`.
+fn compile(source: &str) -> Result<Environment<'static>> {
+    let mut env = Environment::new();
+    // transformers compiles with trim_blocks=True, lstrip_blocks=True.
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION_LIMIT);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    env.add_filter("tojson", tojson);
+    env.add_filter("indent", template_limits::indent);
+    env.set_formatter(template_limits::bounded_formatter);
+    env.add_filter("string", template_limits::string);
+    env.add_filter("join", template_limits::join);
+    env.add_filter("pprint", template_limits::pprint);
+    env.add_template_owned(NAME, source.to_string())
+        .map_err(|e| Error::Template(format!("cannot compile: {}", describe(&e))))?;
+    template_namespaces::check(source).map_err(|why| Error::Template(format!("refused: {why}")))?;
+    Ok(env)
 }
 
 /// minijinja errors keep their cause in a chain; show all of it.

@@ -7,6 +7,7 @@
 pub mod chat;
 pub mod gguf_vocab;
 pub mod template_limits;
+pub mod template_namespaces;
 
 use crate::error::{Error, Result};
 use crate::format::gguf::{GgufFile, Value};
