@@ -34,6 +34,18 @@ fn tune(data: &Path, out: &Path, extra: &[&str]) -> Command {
     c
 }
 
+/// A fresh folder for one test and the training data in it (the tiny fixture's records, ten
+/// times over).
+fn scratch(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("edge-sft-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = std::fs::read_to_string(fixture("records.jsonl")).unwrap();
+    let data = dir.join("train.jsonl");
+    std::fs::write(&data, base.repeat(10)).unwrap();
+    (dir, data)
+}
+
 /// xorshift64*: enough randomness for kill points, replayable from the seed.
 struct Rng(u64);
 impl Rng {
@@ -81,12 +93,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn ten_random_sigkills_then_resume_equal_an_uninterrupted_run() {
-    let dir = std::env::temp_dir().join(format!("edge-sft-randkill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let base = std::fs::read_to_string(fixture("records.jsonl")).unwrap();
-    let data = dir.join("train.jsonl");
-    std::fs::write(&data, base.repeat(10)).unwrap();
+    let (dir, data) = scratch("randkill");
 
     let full = dir.join("full");
     let t0 = Instant::now();
@@ -163,12 +170,7 @@ fn ten_random_sigkills_then_resume_equal_an_uninterrupted_run() {
 /// checkpoint, not trust whatever the folder holds.
 #[test]
 fn resume_rewrites_the_kept_adapter_that_a_kill_left_unwritten() {
-    let dir = std::env::temp_dir().join(format!("edge-sft-keptgap-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let base = std::fs::read_to_string(fixture("records.jsonl")).unwrap();
-    let data = dir.join("train.jsonl");
-    std::fs::write(&data, base.repeat(10)).unwrap();
+    let (dir, data) = scratch("keptgap");
     let out = dir.join("run");
     let o = tune(&data, &out, &[]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

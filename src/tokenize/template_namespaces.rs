@@ -365,17 +365,15 @@ impl<'a> Scan<'a> {
             S::Include(x) => f(self, &x.name),
             S::Template(_) | S::EmitRaw(_) | S::Block(_) | S::Continue(_) | S::Break(_) => {}
         }
-        // A call block's and a `do` statement's own call can pass namespaces to a macro.
-        if let S::CallBlock(c) = s {
-            if !self.calls_pass_namespaces && call_arg_exprs(&c.call.args).any(|a| self.may_hold(a))
-            {
-                self.calls_pass_namespaces = true;
-                self.changed = true;
-            }
-        }
-        if let S::Do(d) = s {
-            if !self.calls_pass_namespaces && call_arg_exprs(&d.call.args).any(|a| self.may_hold(a))
-            {
+        // A call block's and a `do` statement's own call (not an expression node, so not seen
+        // by `note_calls`) can pass namespaces to a macro.
+        let own_call = match s {
+            S::CallBlock(c) => Some(&c.call.args),
+            S::Do(d) => Some(&d.call.args),
+            _ => None,
+        };
+        if let Some(args) = own_call {
+            if !self.calls_pass_namespaces && call_arg_exprs(args).any(|a| self.may_hold(a)) {
                 self.calls_pass_namespaces = true;
                 self.changed = true;
             }
@@ -491,6 +489,7 @@ mod tests {
             "{% with w = ns %}{% set ns.a = w %}{% endwith %}",
             "{% macro f(p) %}{% set ns.a = p %}{% endmacro %}{{ f(ns) }}",
             "{% macro f(p=ns) %}{% set ns.a = p %}{% endmacro %}{{ f() }}",
+            "{% macro f(p) %}{% set ns.a = p %}{% endmacro %}{% call f(ns) %}{% endcall %}",
             "{% set b = namespace(r=ns) %}",
             "{% set b = namespace(r=[ns]) %}{% set ns.a = b.r %}",
             "{% set d = dict(k=ns) %}{% set ns.a = d.k %}",
