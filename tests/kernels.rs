@@ -361,10 +361,11 @@ fn matmul_w_matches_reference() {
 
 #[test]
 fn row_decoded_types_match_reference_everywhere() {
-    // Q5_0, Q5_1 and the K-quants have no fused block decoders: every ISA decodes them into
-    // f32 rows and panels (GEMV rows, Wᵀ panels, and W panels whose 32- to 128-column tiles
-    // cut through 256-value super-blocks), Q4_K and Q6_K with the x86 row decoders, all but Q8_K
-    // with the NEON ones. Exact dequantization, products within the usual tolerance, and
+    // Q5_0, Q5_1 and the K-quants have no fused GEMV block decoders: every ISA decodes them
+    // into f32 rows and panels (GEMV rows, Wᵀ panels, and W panels whose 32- to 128-column
+    // tiles cut through 256-value super-blocks), Q4_K and Q6_K with the x86 row decoders, all
+    // but Q8_K with the NEON ones; on x86, Q5_0 and Q5_1 Wᵀ panels (n > 4 rows, 8 W rows at a
+    // time) are decoded block by block in registers by the AVX2 packer. Exact dequantization, products within the usual tolerance, and
     // bit-identical results from unaligned bytes.
     let wt_shapes = [
         (1, 67, 256),

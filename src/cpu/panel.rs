@@ -69,6 +69,15 @@ fn transpose8(isa: Isa, src: &[f32], lds: usize, kc: usize, dst: &mut [f32], ldb
     }
 }
 
+/// Types the x86 transposed packer decodes block by block in registers: those with a fused
+/// 32-value decoder, and Q5_0/Q5_1 (Gemma 3's attention and MLP weights), which otherwise
+/// went through a row buffer and a separate transpose.
+#[cfg(target_arch = "x86_64")]
+fn has_wt8_pack(ty: crate::quant::GgmlType) -> bool {
+    use crate::quant::GgmlType;
+    super::vecops::has_block32_simd(ty) || matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1)
+}
+
 /// dst[p*ldb + r] = W[r0 + r, p0 + p] for r < 8, p < kc (multiples of 32), decoded straight
 /// into the transposed panel by the ISA's code; false if the ISA or the type has no such code.
 fn pack_wt8(
@@ -83,7 +92,7 @@ fn pack_wt8(
     assert!(kc == 0 || dst.len() >= (kc - 1) * ldb + 8);
     match isa.f32_isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 if super::vecops::has_block32_simd(w.dtype) => {
+        Isa::Avx2 | Isa::Avx512 if has_wt8_pack(w.dtype) => {
             let rows: [&[u8]; 8] = std::array::from_fn(|r| w.row(r0 + r));
             // SAFETY: dst's size was asserted above; pack_wt8 checks the rows hold p0 + kc
             // values and that p0, kc are multiples of 32; the caller ran check(isa), and both

@@ -510,6 +510,10 @@ mod tests {
             "{% set ns = namespace(t='') %}{% set ns.t = ns ~ 'x' if false else 'y' %}",
             "{% macro f(p) %}{{ p }}{% endmacro %}{% set ns = namespace(v='') %}{% set ns.v = f('a') %}",
             "{{ messages | tojson }}",
+            // The shapes of published templates (DeepSeek Coder, Gemma 4, Qwen3).
+            "{%- set ns = namespace(found=false) -%}{%- for message in messages -%}{%- if message['role'] == 'system' -%}{%- set ns.found = true -%}{%- endif -%}{%- endfor -%}",
+            "{%- macro strip(text) -%}{%- set ns = namespace(result='') -%}{%- for part in text.split('<c|>') -%}{%- if '<|c>' in part -%}{%- set ns.result = ns.result + part.split('<|c>')[0] -%}{%- else -%}{%- set ns.result = ns.result + part -%}{%- endif -%}{%- endfor -%}{{- ns.result | trim -}}{%- endmacro -%}{{ strip(messages[0]['content']) }}",
+            "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}{%- if ns.multi_step_tool and message.role == 'user' %}{%- set ns.multi_step_tool = false %}{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}",
         ] {
             assert_eq!(check(t), Ok(()), "refused: {t}");
         }

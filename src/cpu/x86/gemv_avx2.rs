@@ -26,6 +26,31 @@ unsafe fn nibbles(p: *const u8) -> [__m256; 4] {
     ]
 }
 
+/// The 32 five-bit codes of a Q5_0/Q5_1 block as integers, in element order: the nibbles of
+/// the 16 bytes at `qs` (low nibbles first) with bit j of `qh` (little-endian) as value j's
+/// fifth bit.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_codes(qs: *const u8, qh: u32) -> [__m256i; 4] {
+    let v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(qs as *const __m128i));
+    let v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(qs.add(8) as *const __m128i));
+    let mask = _mm256_set1_epi32(0x0F);
+    let bits = _mm256_set1_epi32(qh as i32);
+    let sixteen = _mm256_set1_epi32(16);
+    let lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    // Lane i of group g holds value 8g + i: its fifth bit is qh bit 8g + i.
+    let fifth = |g: i32| {
+        let m = _mm256_sllv_epi32(lane, _mm256_set1_epi32(8 * g));
+        _mm256_and_si256(_mm256_cmpeq_epi32(_mm256_and_si256(bits, m), m), sixteen)
+    };
+    [
+        _mm256_or_si256(_mm256_and_si256(v0, mask), fifth(0)),
+        _mm256_or_si256(_mm256_and_si256(v1, mask), fifth(1)),
+        _mm256_or_si256(_mm256_srli_epi32::<4>(v0), fifth(2)),
+        _mm256_or_si256(_mm256_srli_epi32::<4>(v1), fifth(3)),
+    ]
+}
+
 // Weight types as const-generic parameters (their GGUF ids).
 pub(crate) const F32: u8 = GgmlType::F32 as u8;
 pub(crate) const F16: u8 = GgmlType::F16 as u8;
@@ -33,6 +58,10 @@ pub(crate) const BF16: u8 = GgmlType::BF16 as u8;
 pub(crate) const Q8_0: u8 = GgmlType::Q8_0 as u8;
 pub(crate) const Q4_0: u8 = GgmlType::Q4_0 as u8;
 pub(crate) const Q4_1: u8 = GgmlType::Q4_1 as u8;
+/// Q5_0 and Q5_1 are decoded by `decode` for the transposed panel packer only (the GEMV has no
+/// fused kernel for them; see `vecops::has_block32_simd`).
+pub(crate) const Q5_0: u8 = GgmlType::Q5_0 as u8;
+pub(crate) const Q5_1: u8 = GgmlType::Q5_1 as u8;
 
 /// Bytes of one 32-value block of type T.
 const fn block_bytes(t: u8) -> usize {
@@ -41,6 +70,8 @@ const fn block_bytes(t: u8) -> usize {
         F16 | BF16 => 64,
         Q8_0 => 34,
         Q4_0 => 18,
+        Q5_0 => 22,
+        Q5_1 => 24,
         _ => 20, // Q4_1
     }
 }
@@ -86,6 +117,21 @@ pub(crate) unsafe fn decode<const T: u8>(row: *const u8, b: usize) -> [__m256; 4
                 _mm256_mul_ps(_mm256_sub_ps(q[2], eight), d),
                 _mm256_mul_ps(_mm256_sub_ps(q[3], eight), d),
             ]
+        }
+        Q5_0 => {
+            // (q − 16) exactly in integers, then one product: the scalar decoder's rounding.
+            let blk = row.add(22 * b);
+            let d = bcast_f16(blk);
+            let q = q5_codes(blk.add(6), (blk.add(2) as *const u32).read_unaligned());
+            let sixteen = _mm256_set1_epi32(16);
+            q.map(|v| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, sixteen)), d))
+        }
+        Q5_1 => {
+            // q · d, then + m: two roundings, as the scalar decoder (no FMA).
+            let blk = row.add(24 * b);
+            let (d, m) = bcast_f16_pair(blk);
+            let q = q5_codes(blk.add(8), (blk.add(4) as *const u32).read_unaligned());
+            q.map(|v| _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), d), m))
         }
         _ => {
             // Q4_1

@@ -1,6 +1,6 @@
 //! Panel packing helpers shared by the AVX2 and AVX-512 paths (AVX-512 hosts have AVX2).
 
-use super::gemv_avx2::{decode, BF16, F16, F32, Q4_0, Q4_1, Q8_0};
+use super::gemv_avx2::{decode, BF16, F16, F32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use crate::quant::GgmlType;
 use std::arch::x86_64::*;
 
@@ -127,7 +127,9 @@ pub(crate) unsafe fn pack_wt8(
         GgmlType::Q8_0 => pack_wt8_t::<Q8_0>(rows, b0, nblk, dst, ldd),
         GgmlType::Q4_0 => pack_wt8_t::<Q4_0>(rows, b0, nblk, dst, ldd),
         GgmlType::Q4_1 => pack_wt8_t::<Q4_1>(rows, b0, nblk, dst, ldd),
-        // Callers check `has_block32_simd` first (see its doc).
+        GgmlType::Q5_0 => pack_wt8_t::<Q5_0>(rows, b0, nblk, dst, ldd),
+        GgmlType::Q5_1 => pack_wt8_t::<Q5_1>(rows, b0, nblk, dst, ldd),
+        // Callers check `has_wt8_pack` first (see its doc).
         other => panic!("no 32-value block decoder for {}", other.name()),
     }
 }
