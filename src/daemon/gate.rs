@@ -2,14 +2,13 @@
 //! person's held-back pairs and no more than `gate_margin` worse (relative) on a fixed general
 //! set. Every decision, with its numbers, is appended to `STATE/decisions.jsonl`.
 
-use super::state::open_append;
+use super::state::append_lines;
 use crate::data::Example;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::eval::{score_all, EvalReport};
 use crate::model::lora::LoraSet;
 use crate::model::Model;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 pub const DECISIONS_FILE: &str = "decisions.jsonl";
@@ -146,9 +145,7 @@ pub fn last_decision(state_dir: &Path) -> Option<Decision> {
 /// Append a decision (fsynced).
 pub fn record(state_dir: &Path, d: &Decision) -> Result<()> {
     let p = state_dir.join(DECISIONS_FILE);
-    let mut f = open_append(&p)?;
     let mut line = serde_json::to_vec(d).expect("serializes");
     line.push(b'\n');
-    f.write_all(&line).map_err(|e| Error::io(&p, e))?;
-    f.sync_all().map_err(|e| Error::io(&p, e))
+    append_lines(&p, &line)
 }

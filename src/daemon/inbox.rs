@@ -19,14 +19,14 @@
 //! new `gen`, storing every line twice.
 
 use super::log;
-use super::state::{fnv1a, open_append, unix_now, DaemonState, FileEntry};
+use super::state::{append_lines, fnv1a, unix_now, DaemonState, FileEntry};
 use super::store::load_ids;
 pub use super::store::{read_store, Quarantined, Stored, QUARANTINE_FILE, STORE_FILE};
 use crate::data::parse_record;
 use crate::error::{Error, Result};
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -385,10 +385,7 @@ impl Inbox {
             if out.is_empty() {
                 continue;
             }
-            let p = self.state_dir.join(name);
-            let mut f = open_append(&p)?;
-            f.write_all(out).map_err(|e| Error::io(&p, e))?;
-            f.sync_all().map_err(|e| Error::io(&p, e))?;
+            append_lines(&self.state_dir.join(name), out)?;
         }
         self.store_len += rep.stored as u64;
         let entry = &mut st.files[idx];
@@ -435,6 +432,7 @@ fn judge(bytes: &[u8]) -> std::result::Result<serde_json::Value, String> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::io::Write;
 
     fn dirs(name: &str) -> (PathBuf, PathBuf) {
         let d =

@@ -8,11 +8,11 @@ use super::config::Config;
 use super::gate::{self, Decision, Pair};
 use super::inbox::Stored;
 use super::publish::{self, VersionMeta};
-use super::state::{open_append, unix_now, DaemonState, LastRun, Plan};
+use super::state::{append_lines, unix_now, DaemonState, LastRun, Plan};
 use super::status::Shared;
 use super::{limits, log, triggers};
 use crate::data::{build_example, parse_record, Built, DataOptions, Example};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::infer::sampling::Rng;
 use crate::loaded::LoadedModel;
 use crate::train::checkpoint;
@@ -20,7 +20,6 @@ use crate::train::lock::OutLock;
 use crate::train::trainer::{tune, Keep, StepReport, TrainHooks, TuneOptions};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -539,9 +538,7 @@ fn finish(
             "heldout": p.heldout_ids,
             "replay": p.replay_ids.len(),
         });
-        let mut f = open_append(&tp)?;
-        writeln!(f, "{line}").map_err(|e| Error::io(&tp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tp, e))?;
+        append_lines(&tp, format!("{line}\n").as_bytes())?;
     }
     st.used_upto = p.to;
     st.heldout.extend(p.heldout_ids.iter().cloned());
