@@ -157,6 +157,15 @@ fn ten_random_sigkills_then_resume_equal_an_uninterrupted_run() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_whole(&cut, KILLS);
+    // Each resume cut the line a kill may have torn in the metrics log: every line is whole.
+    let metrics = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap();
+    for (i, l) in metrics.lines().enumerate() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(l).is_ok(),
+            "seed {seed}: metrics.jsonl line {} is not whole: {l}",
+            i + 1
+        );
+    }
     assert_eq!(
         std::fs::read(cut.join("adapter_model.safetensors")).unwrap(),
         std::fs::read(full.join("adapter_model.safetensors")).unwrap(),

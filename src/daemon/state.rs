@@ -109,32 +109,10 @@ pub fn private_dir(p: &Path) -> Result<()> {
         .map_err(|e| Error::io(p, e))
 }
 
-/// Append whole lines (`lines` ends with '\n') to an append-only log, in one write, then fsync.
-/// A kill can still cut a write short and leave a partial last line; such a tail (no final
-/// '\n') is cut off first, so the new lines never run into it and every line stays whole.
+/// Append whole lines (`lines` ends with '\n') to one of the daemon's logs, created 0600
+/// (see `format::append_log`: one write, a torn tail cut off first, then fsync).
 pub fn append_lines(p: &Path, lines: &[u8]) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    debug_assert!(lines.ends_with(b"\n"));
-    let mut f = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .mode(0o600)
-        .open(p)
-        .map_err(|e| Error::io(p, e))?;
-    let len = f.metadata().map_err(|e| Error::io(p, e))?.len();
-    let mut last = [0u8; 1];
-    if len > 0 {
-        f.read_exact_at(&mut last, len - 1)
-            .map_err(|e| Error::io(p, e))?;
-    }
-    if len > 0 && last[0] != b'\n' {
-        let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
-        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        f.set_len(whole as u64).map_err(|e| Error::io(p, e))?;
-    }
-    f.write_all(lines).map_err(|e| Error::io(p, e))?;
-    f.sync_all().map_err(|e| Error::io(p, e))
+    crate::format::append_log::append_lines(p, lines, 0o600)
 }
 
 /// fsync a folder, so a rename or a new file in it survives power loss.
@@ -178,31 +156,4 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::append_lines;
-
-    /// A log whose last write a kill cut short gets the partial line cut off before the next
-    /// append, so every line stays whole (the daemon soak test once read a round's line that
-    /// had run into a torn one).
-    #[test]
-    fn append_lines_cuts_a_torn_tail_first() {
-        let dir = std::env::temp_dir().join(format!("edge-sft-append-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("log.jsonl");
-        let _ = std::fs::remove_file(&p);
-        append_lines(&p, b"{\"a\":1}\n").unwrap();
-        std::fs::write(&p, b"{\"a\":1}\n{\"b\":[1,2").unwrap(); // torn by a kill
-        append_lines(&p, b"{\"c\":3}\n{\"d\":4}\n").unwrap();
-        assert_eq!(
-            std::fs::read(&p).unwrap(),
-            b"{\"a\":1}\n{\"c\":3}\n{\"d\":4}\n"
-        );
-        std::fs::write(&p, b"{\"b\":[1").unwrap(); // nothing whole at all
-        append_lines(&p, b"{\"e\":5}\n").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"{\"e\":5}\n");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }

@@ -1,5 +1,6 @@
 //! On-disk formats: GGUF (read), Hugging Face safetensors folders (read), PEFT and GGUF LoRA adapters.
 
+pub mod append_log;
 pub mod gguf;
 pub mod gguf_adapter;
 pub mod gguf_stream;

@@ -198,11 +198,8 @@ pub fn tune(
     }
 
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
+    // A resumed run appends to the log a kill may have torn (see `append_log`).
+    let mut metrics = crate::format::append_log::open_log(&metrics_path, 0o644)?;
 
     let base_eval = match (eval, resume) {
         (Some(ev), false) => {
@@ -412,7 +409,9 @@ pub fn tune(
             eval_loss,
         };
         let line = serde_json::to_string(&rep).expect("report serializes");
-        writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+        metrics
+            .write_all(format!("{line}\n").as_bytes())
+            .map_err(|e| Error::io(&metrics_path, e))?;
         hooks.on_step(&rep);
         if stopped_early {
             hooks.on_early_stop(state.step, opts.patience);
