@@ -227,12 +227,27 @@ fn chat_template_that_prints_without_bound_is_refused() {
         );
     }
     // A list repeated 10^8 times is one instruction of fuel; printing it took 8.8 s before the
-    // output cap (fuzz finding, a timeout). A value of over 10^6 items is not printed.
-    let t = ChatTemplate::new("{{ 999 * messages * 100000000 }}", None, None).unwrap();
-    let start = Instant::now();
-    let e = t.render(&msgs, true).unwrap_err();
-    assert!(e.to_string().contains("more than 1000000 items"), "{e}");
-    assert!(start.elapsed().as_secs_f64() < 5.0, "{:?}", start.elapsed());
+    // output cap (fuzz finding, a timeout), and `~` or `==` on it has no bound at all. `*` on
+    // anything but numbers and string literals is refused when the template is loaded
+    // (template_growth.rs); a value of over 10^6 items is not printed.
+    for src in [
+        "{{ 999 * messages * 100000000 }}",
+        "{{999~90999*messages*999998 }}",
+        "{{999999999090999*messages*999998 }}",
+    ] {
+        let e = ChatTemplate::new(src, None, None).err().expect(src);
+        assert!(
+            e.to_string().contains("`*` on a value that may be a list"),
+            "{src}: {e}"
+        );
+    }
+    let t = ChatTemplate::new(
+        "{{ messages + messages }}{% set b = [messages] %}",
+        None,
+        None,
+    )
+    .unwrap();
+    assert!(t.render(&msgs, true).is_ok());
     let t = ChatTemplate::new("{{ [[1, 2], {'a': 3}] }}", None, None).unwrap();
     assert_eq!(t.render(&msgs, true).unwrap(), "[[1, 2], {\"a\": 3}]");
     // A namespace that holds itself (fuzz findings): tojson would walk it for ever, and

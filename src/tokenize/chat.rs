@@ -3,7 +3,7 @@
 //! string methods, `raise_exception`, `strftime_now`, a Python-style `tojson`).
 
 use super::template_limits::{self, BoundedOutput, MAX_RENDER_BYTES};
-use super::template_namespaces;
+use super::{template_growth, template_namespaces, template_watchdog};
 use crate::error::{Error, Result};
 use minijinja::value::{Kwargs, Value as JValue};
 use minijinja::{Environment, ErrorKind};
@@ -40,9 +40,10 @@ pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 's
 /// thousands of turns and stops a runaway loop in a fraction of a second. Nesting (macros,
 /// recursive loops, includes) is capped well below where the stack could overflow; real
 /// templates nest a few levels. minijinja itself refuses ranges of over 100,000 items and a
-/// string repeated past 100 MB; template_limits.rs caps the output and every indent width. Not
-/// bounded: a value grown by concatenation in a loop without being printed (`{% set ns.s = ns.s
-/// ~ ns.s %}` 40 times) — minijinja has no memory limit, and fuel counts instructions, not bytes.
+/// string repeated past 100 MB; template_limits.rs caps the output and every indent width. What
+/// none of these can bound (fuel counts instructions, not bytes or the work inside one: a value
+/// doubled by `{% set ns.s = ns.s ~ ns.s %}` in a loop, a list repeated 10^9 times and then
+/// compared) is bounded from outside by template_watchdog.rs: time and memory per render.
 pub const TEMPLATE_FUEL: u64 = 250_000;
 /// Values a template builds can nest without limit (`{% set ns.x = [ns.x] %}` in a loop, one
 /// level per few instructions), and minijinja drops, prints and compares them recursively, a
@@ -81,19 +82,29 @@ impl ChatTemplate {
                 MAX_TEMPLATE_BYTES >> 10
             )));
         }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let env = std::thread::scope(|scope| {
-            std::thread::Builder::new()
+            let worker = std::thread::Builder::new()
                 .name("chat-template".to_string())
                 .stack_size(TEMPLATE_STACK_BYTES)
-                .spawn_scoped(scope, || compile(source))
+                .spawn_scoped(scope, move || {
+                    let _ = tx.send(compile(source));
+                })
                 .map_err(|e| {
                     Error::Template(format!(
                         "cannot start a thread to compile the template ({} MB stack): {e}",
                         TEMPLATE_STACK_BYTES >> 20
                     ))
-                })?
-                .join()
-                .map_err(|_| Error::Template("compiling the template panicked".to_string()))?
+                })?;
+            // minijinja folds constant expressions while compiling (`[1] * 10**9 == [1] * 10**9`
+            // runs here, not at render), so compiling is watched like rendering.
+            let compiled = template_watchdog::wait(&rx, "compiling");
+            match (worker.join(), compiled) {
+                (Ok(()), Some(r)) => r,
+                _ => Err(Error::Template(
+                    "compiling the template panicked".to_string(),
+                )),
+            }
         })?;
         Ok(ChatTemplate {
             env,
@@ -141,22 +152,33 @@ impl ChatTemplate {
     }
 
     /// Render `messages`; with `add_generation_prompt` the template opens an assistant turn.
-    /// Runs on a thread of its own with a `TEMPLATE_STACK_BYTES` stack (see there).
+    /// Runs on a thread of its own with a `TEMPLATE_STACK_BYTES` stack (see there), watched
+    /// by `template_watchdog`, which ends the process if the render passes its time or memory
+    /// bound.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         std::thread::scope(|scope| {
             let worker = std::thread::Builder::new()
                 .name("chat-template".to_string())
                 .stack_size(TEMPLATE_STACK_BYTES)
-                .spawn_scoped(scope, || self.render_here(messages, add_generation_prompt))
+                .spawn_scoped(scope, move || {
+                    let _ = tx.send(self.render_here(messages, add_generation_prompt));
+                })
                 .map_err(|e| {
                     Error::Template(format!(
                         "cannot start a thread to render the template ({} MB stack): {e}",
                         TEMPLATE_STACK_BYTES >> 20
                     ))
                 })?;
-            worker
-                .join()
-                .map_err(|_| Error::Template("rendering the template panicked".to_string()))?
+            // Bounded in time and memory: see template_watchdog.rs.
+            let rendered = template_watchdog::wait(&rx, "rendering");
+            // Joined here so that a panic on the render thread is an error, not the scope's.
+            match (worker.join(), rendered) {
+                (Ok(()), Some(r)) => r,
+                _ => Err(Error::Template(
+                    "rendering the template panicked".to_string(),
+                )),
+            }
         })
     }
 
@@ -211,7 +233,9 @@ fn compile(source: &str) -> Result<Environment<'static>> {
     env.add_filter("pprint", template_limits::pprint);
     env.add_template_owned(NAME, source.to_string())
         .map_err(|e| Error::Template(format!("cannot compile: {}", describe(&e))))?;
-    template_namespaces::check(source).map_err(|why| Error::Template(format!("refused: {why}")))?;
+    template_namespaces::check(source)
+        .and_then(|()| template_growth::check(source))
+        .map_err(|why| Error::Template(format!("refused: {why}")))?;
     Ok(env)
 }
 

@@ -6,8 +6,11 @@
 
 pub mod chat;
 pub mod gguf_vocab;
+mod template_ast;
+pub mod template_growth;
 pub mod template_limits;
 pub mod template_namespaces;
+pub mod template_watchdog;
 
 use crate::error::{Error, Result};
 use crate::format::gguf::{GgufFile, Value};

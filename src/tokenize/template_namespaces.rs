@@ -20,7 +20,10 @@
 //! values that may hold one. Real chat templates (SmolLM2, Qwen2.5/3, Llama 3.x, Gemma) store
 //! strings, numbers and booleans into their namespaces and pass.
 
-use minijinja::machinery::{ast, parse, WhitespaceConfig};
+use super::template_ast::{
+    call_arg_exprs, child_stmts, parse_template, stmt_exprs, target_names, walk_expr,
+};
+use minijinja::machinery::ast;
 use std::collections::{HashMap, HashSet};
 
 /// Filters whose result is never a namespace container (strings, numbers, booleans).
@@ -57,13 +60,7 @@ const SCALAR_FILTERS: &[&str] = &[
 /// Ok, or the reason the template is refused (with its line).
 pub fn check(source: &str) -> Result<(), String> {
     // A template that does not parse is reported by the compiler with its own message.
-    let Ok(root) = parse(
-        source,
-        "chat_template",
-        // Default syntax (a unit struct without minijinja's `custom_syntax` feature).
-        Default::default(),
-        WhitespaceConfig::default(),
-    ) else {
+    let Some(root) = parse_template(source) else {
         return Ok(());
     };
     let mut scan = Scan::default();
@@ -98,24 +95,6 @@ struct Scan<'a> {
 
 fn is_namespace_call(e: &ast::Expr) -> bool {
     matches!(e, ast::Expr::Call(c) if matches!(&c.expr, ast::Expr::Var(v) if v.id == "namespace"))
-}
-
-fn call_arg_exprs<'x, 'a>(args: &'x [ast::CallArg<'a>]) -> impl Iterator<Item = &'x ast::Expr<'a>> {
-    args.iter().map(|a| match a {
-        ast::CallArg::Pos(e)
-        | ast::CallArg::Kwarg(_, e)
-        | ast::CallArg::PosSplat(e)
-        | ast::CallArg::KwargSplat(e) => e,
-    })
-}
-
-/// The names a binding target assigns (`x`, `a, b`, nested lists).
-fn target_names<'a>(t: &ast::Expr<'a>, out: &mut Vec<&'a str>) {
-    match t {
-        ast::Expr::Var(v) => out.push(v.id),
-        ast::Expr::List(l) => l.items.iter().for_each(|i| target_names(i, out)),
-        _ => {}
-    }
 }
 
 impl<'a> Scan<'a> {
@@ -323,47 +302,8 @@ impl<'a> Scan<'a> {
     /// Calls `f` on each top-level expression of statement `s` (not those of its children).
     fn visit_exprs(&mut self, s: &ast::Stmt<'a>, f: &mut dyn FnMut(&mut Self, &ast::Expr<'a>)) {
         use ast::Stmt as S;
-        match s {
-            S::EmitExpr(x) => f(self, &x.expr),
-            S::ForLoop(x) => {
-                f(self, &x.iter);
-                if let Some(fe) = &x.filter_expr {
-                    f(self, fe);
-                }
-            }
-            S::IfCond(x) => f(self, &x.expr),
-            S::WithBlock(x) => x.assignments.iter().for_each(|(_, e)| f(self, e)),
-            S::Set(x) => {
-                f(self, &x.target);
-                f(self, &x.expr);
-            }
-            S::SetBlock(x) => {
-                if let Some(fe) = &x.filter {
-                    f(self, fe);
-                }
-            }
-            S::AutoEscape(x) => f(self, &x.enabled),
-            S::FilterBlock(x) => f(self, &x.filter),
-            S::Macro(m) => m.defaults.iter().for_each(|d| f(self, d)),
-            S::CallBlock(c) => {
-                // The call's callee and arguments, as an expression of their own.
-                for a in call_arg_exprs(&c.call.args) {
-                    f(self, a);
-                }
-                f(self, &c.call.expr);
-                c.macro_decl.defaults.iter().for_each(|d| f(self, d));
-            }
-            S::Do(d) => {
-                for a in call_arg_exprs(&d.call.args) {
-                    f(self, a);
-                }
-                f(self, &d.call.expr);
-            }
-            S::Import(i) => f(self, &i.expr),
-            S::FromImport(x) => f(self, &x.expr),
-            S::Extends(x) => f(self, &x.name),
-            S::Include(x) => f(self, &x.name),
-            S::Template(_) | S::EmitRaw(_) | S::Block(_) | S::Continue(_) | S::Break(_) => {}
+        for e in stmt_exprs(s) {
+            f(self, e);
         }
         // A call block's and a `do` statement's own call (not an expression node, so not seen
         // by `note_calls`) can pass namespaces to a macro.
@@ -382,88 +322,9 @@ impl<'a> Scan<'a> {
 
     /// Calls `f` on each child statement of `s`.
     fn children(&mut self, s: &ast::Stmt<'a>, mut f: impl FnMut(&mut Self, &ast::Stmt<'a>)) {
-        use ast::Stmt as S;
-        let mut each = |me: &mut Self, body: &[ast::Stmt<'a>]| body.iter().for_each(|c| f(me, c));
-        match s {
-            S::Template(t) => each(self, &t.children),
-            S::ForLoop(x) => {
-                each(self, &x.body);
-                each(self, &x.else_body);
-            }
-            S::IfCond(x) => {
-                each(self, &x.true_body);
-                each(self, &x.false_body);
-            }
-            S::WithBlock(x) => each(self, &x.body),
-            S::SetBlock(x) => each(self, &x.body),
-            S::AutoEscape(x) => each(self, &x.body),
-            S::FilterBlock(x) => each(self, &x.body),
-            S::Block(x) => each(self, &x.body),
-            S::Macro(m) => each(self, &m.body),
-            S::CallBlock(c) => each(self, &c.macro_decl.body),
-            S::EmitExpr(_)
-            | S::EmitRaw(_)
-            | S::Set(_)
-            | S::Import(_)
-            | S::FromImport(_)
-            | S::Extends(_)
-            | S::Include(_)
-            | S::Continue(_)
-            | S::Break(_)
-            | S::Do(_) => {}
+        for c in child_stmts(s) {
+            f(self, c);
         }
-    }
-}
-
-/// Calls `f` on `e` and every expression nested in it (the parser bounds the nesting depth).
-fn walk_expr<'x, 'a>(e: &'x ast::Expr<'a>, f: &mut dyn FnMut(&'x ast::Expr<'a>)) {
-    use ast::Expr as E;
-    f(e);
-    match e {
-        E::Var(_) | E::Const(_) => {}
-        E::Slice(s) => {
-            walk_expr(&s.expr, f);
-            for x in [&s.start, &s.stop, &s.step].into_iter().flatten() {
-                walk_expr(x, f);
-            }
-        }
-        E::UnaryOp(u) => walk_expr(&u.expr, f),
-        E::BinOp(b) => {
-            walk_expr(&b.left, f);
-            walk_expr(&b.right, f);
-        }
-        E::Compare(c) => {
-            walk_expr(&c.expr, f);
-            c.ops.iter().for_each(|o| walk_expr(&o.expr, f));
-        }
-        E::IfExpr(i) => {
-            walk_expr(&i.test_expr, f);
-            walk_expr(&i.true_expr, f);
-            if let Some(x) = &i.false_expr {
-                walk_expr(x, f);
-            }
-        }
-        E::Filter(x) => {
-            if let Some(v) = &x.expr {
-                walk_expr(v, f);
-            }
-            call_arg_exprs(&x.args).for_each(|a| walk_expr(a, f));
-        }
-        E::Test(x) => {
-            walk_expr(&x.expr, f);
-            call_arg_exprs(&x.args).for_each(|a| walk_expr(a, f));
-        }
-        E::GetAttr(g) => walk_expr(&g.expr, f),
-        E::GetItem(g) => {
-            walk_expr(&g.expr, f);
-            walk_expr(&g.subscript_expr, f);
-        }
-        E::Call(c) => {
-            walk_expr(&c.expr, f);
-            call_arg_exprs(&c.args).for_each(|a| walk_expr(a, f));
-        }
-        E::List(l) => l.items.iter().for_each(|i| walk_expr(i, f)),
-        E::Map(m) => m.keys.iter().chain(&m.values).for_each(|v| walk_expr(v, f)),
     }
 }
 
