@@ -491,3 +491,47 @@ fn over_long_prompts_are_cut_from_the_left() {
         "{err}"
     );
 }
+
+/// A 100 MB record on one line, a million blank lines and a line of invalid UTF-8 (issue 16):
+/// the long line is skipped and counted as it streams past (never parsed, rendered or
+/// tokenized; before, `tune` grew past 7 GB on it), blank lines cost nothing, and the bad line
+/// is an error naming its line (or a counted skip with `skip_bad`), all within seconds.
+#[test]
+fn a_100_mb_line_blank_lines_and_bad_utf8_are_skipped_or_named_quickly() {
+    let start = std::time::Instant::now();
+    let long = format!(
+        r#"{{"prompt": "{}", "response": "r"}}"#,
+        "x".repeat(100 << 20)
+    );
+    let text = format!("{GOOD}\n{long}\n{}{GOOD}\n", "\n".repeat(1_000_000));
+    let ds = load("long_line.jsonl", &text, &opts()).unwrap();
+    assert_eq!(ds.examples.len(), 2);
+    assert_eq!(ds.examples[1].line, 1_000_003);
+    assert_eq!((ds.skipped_too_long, ds.skipped_over_bytes), (1, 1));
+    assert!(
+        start.elapsed().as_secs_f64() < 20.0,
+        "{:?}",
+        start.elapsed()
+    );
+
+    let (tok, chat) = tiny();
+    let p = temp_file("bad_utf8.jsonl", "");
+    std::fs::write(
+        &p,
+        [GOOD.as_bytes(), b"\n\xff\xfe{}\n", GOOD.as_bytes()].concat(),
+    )
+    .unwrap();
+    let err = load_jsonl(&p, &tok, &chat, &opts())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad_utf8.jsonl:2") && err.contains("not valid UTF-8"),
+        "{err}"
+    );
+    let o = DataOptions {
+        skip_bad: true,
+        ..opts()
+    };
+    let ds = load_jsonl(&p, &tok, &chat, &o).unwrap();
+    assert_eq!((ds.examples.len(), ds.skipped_bad), (2, 1));
+}

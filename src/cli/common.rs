@@ -52,6 +52,7 @@ pub struct DataArgs {
     #[arg(long, value_enum, default_value = "model")]
     pub template: TemplateArg,
     /// Longest record in tokens; longer prompts are cut from the left, responses are kept.
+    /// A line over max(1 MiB, 64 bytes per token) is skipped unread and counted.
     #[arg(long, default_value_t = 2048)]
     pub max_seq: usize,
     /// Skip malformed records (and count them) instead of stopping at the first one.

@@ -193,8 +193,15 @@ fn parse_targets(v: &[String]) -> Result<Vec<Target>> {
 fn load(path: &std::path::Path, lm: &LoadedModel, a: &DataArgs) -> Result<Dataset> {
     let ds = load_jsonl(path, &lm.tokenizer, &lm.chat, &a.options())?;
     if ds.skipped_bad + ds.skipped_too_long > 0 {
+        let unread = match ds.skipped_over_bytes {
+            0 => String::new(),
+            n => format!(
+                " ({n} of them lines over {} KB, skipped unread)",
+                edge_sft::data::lines::record_byte_limit(a.max_seq) >> 10
+            ),
+        };
         eprintln!(
-            "{}: skipped {} malformed and {} over-long records",
+            "{}: skipped {} malformed and {} over-long records{unread}",
             path.display(),
             ds.skipped_bad,
             ds.skipped_too_long

@@ -5,6 +5,7 @@
 //! errors naming file and 1-based line.
 
 pub mod example;
+pub mod lines;
 pub mod records;
 
 pub use example::{build_example, truncate, Built};
@@ -12,6 +13,7 @@ pub use records::{check_conversation, parse_record};
 
 use crate::error::{Error, Result};
 use crate::tokenize::{ChatTemplate, TextTokenizer};
+use lines::Line;
 use std::path::Path;
 
 /// Which tokens carry loss.
@@ -76,8 +78,11 @@ pub struct Dataset {
     pub examples: Vec<Example>,
     /// Malformed records skipped under `skip_bad`.
     pub skipped_bad: usize,
-    /// Records whose scored part does not fit in `max_seq`.
+    /// Records whose scored part does not fit in `max_seq`, or whose line is over
+    /// `lines::record_byte_limit(max_seq)` bytes.
     pub skipped_too_long: usize,
+    /// Of those, the lines over the byte limit (skipped unread).
+    pub skipped_over_bytes: usize,
     /// The first few reasons for skipped bad records, as "file:line: reason".
     pub bad_reasons: Vec<String>,
 }
@@ -93,27 +98,35 @@ pub fn load_jsonl(
     opts: &DataOptions,
 ) -> Result<Dataset> {
     use rayon::prelude::*;
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let lines: Vec<(usize, &str)> = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l))
-        .filter(|(_, l)| !l.trim().is_empty())
-        .collect();
+    // A line over the limit is skipped while it is read, never held, parsed or rendered.
+    let max_bytes = lines::record_byte_limit(opts.max_seq);
+    let lines = lines::read_lines(path, max_bytes)?;
     // Records are independent: build them in parallel, then take the results in file order so
     // the error reported is the first bad line's.
     let results: Vec<(usize, std::result::Result<Built, String>)> = lines
         .par_iter()
-        .map(|&(lineno, line)| {
-            let built =
-                parse_record(line).and_then(|msgs| build_example(&msgs, tok, chat, opts, lineno));
-            (lineno, built)
+        .map(|(lineno, line)| {
+            let built = match line {
+                Line::Text(text) => parse_record(text)
+                    .and_then(|msgs| build_example(&msgs, tok, chat, opts, *lineno)),
+                // Counted with the records too long for max_seq (no tokens were counted).
+                Line::TooLong(_) => Ok(Built::TooLong {
+                    tokens: 0,
+                    scored_span: 0,
+                }),
+                Line::NotUtf8 => Err("the line is not valid UTF-8".to_string()),
+            };
+            (*lineno, built)
         })
         .collect();
     let mut ds = Dataset::default();
     for (lineno, built) in results {
         match built {
             Ok(Built::Example(ex)) => ds.examples.push(ex),
+            Ok(Built::TooLong { tokens: 0, .. }) => {
+                ds.skipped_too_long += 1;
+                ds.skipped_over_bytes += 1;
+            }
             Ok(Built::TooLong { .. }) => ds.skipped_too_long += 1,
             Err(reason) if opts.skip_bad => {
                 ds.skipped_bad += 1;
