@@ -23,6 +23,10 @@ pub const RENDER_DEADLINE: Duration = Duration::from_secs(5);
 /// Most anonymous memory the process may gain while a render runs (renders of other records
 /// on other threads count too, hence the margin over a real render's kilobytes).
 pub const RENDER_MEMORY_BYTES: u64 = 512 << 20;
+/// Memory is judged only once a render has run this long: real renders finish far sooner, so
+/// memory that other threads allocate meanwhile (training, other records) cannot end a real
+/// render, and a runaway one reaches at most a few hundred MB more in this time.
+const MEMORY_GRACE: Duration = Duration::from_millis(100);
 /// How often a render that has not finished is checked. A finished render wakes the waiter at
 /// once, so this costs nothing on the normal path.
 const POLL: Duration = Duration::from_millis(2);
@@ -31,19 +35,24 @@ const POLL: Duration = Duration::from_millis(2);
 /// ended without sending (it panicked). Ends the process when the work passes a bound.
 pub(super) fn wait<T>(rx: &Receiver<T>, doing: &str) -> Option<T> {
     let start = Instant::now();
-    let mem0 = anonymous_bytes();
+    // Read at the first poll, not before: a render that finishes in time costs no /proc read.
+    let mut mem0 = None;
     loop {
         match rx.recv_timeout(POLL) {
             Ok(v) => return Some(v),
             Err(RecvTimeoutError::Disconnected) => return None,
             Err(RecvTimeoutError::Timeout) => {}
         }
+        let mem0 = *mem0.get_or_insert_with(anonymous_bytes);
         let elapsed = start.elapsed();
         if elapsed > RENDER_DEADLINE {
             give_up(
                 doing,
                 &format!("it ran for more than {} s", RENDER_DEADLINE.as_secs()),
             );
+        }
+        if elapsed < MEMORY_GRACE {
+            continue;
         }
         if let (Some(now), Some(before)) = (anonymous_bytes(), mem0) {
             let grown = now.saturating_sub(before);
