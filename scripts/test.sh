@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_model.sh
+python3 scripts/fetch_templates.py # real chat templates for tests/real_templates.rs
 export EDGE_SFT_MODEL="$PWD/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 cargo test --release "$@"
 [ $# -eq 0 ] || exit 0

@@ -12,8 +12,8 @@
 //! cannot turn an abort or a panic into an error, so these shapes are refused when the template
 //! is loaded:
 //!
-//! - `a * b` unless both sides are surely numbers, or one side is a string literal (minijinja
-//!   repeats a string eagerly and refuses past 100 MB) and the other surely a number;
+//! - `a * b` unless one side is surely a string (a literal, a `~`, a string filter: minijinja
+//!   then repeats the string eagerly and refuses past 100 MB) or both are surely numbers;
 //! - `{% set t = e %}` where `e` may use the value of `t` twice (counting the larger branch of
 //!   `if`/`else`, `and`, `or`; not counting tests, comparisons and `length`-like filters).
 //!
@@ -92,6 +92,8 @@ pub fn check(source: &str) -> Result<(), String> {
 /// Names every binding of which is a number.
 struct Numbers<'a> {
     names: HashSet<&'a str>,
+    /// Every name the template binds somewhere.
+    bound: HashSet<&'a str>,
 }
 
 impl<'a> Numbers<'a> {
@@ -132,11 +134,10 @@ impl<'a> Numbers<'a> {
                 S::WithBlock(x) => x
                     .assignments
                     .iter()
-                    .for_each(|(t, _)| bind(&mut bindings, t, Binding::Other)),
-                S::Macro(m) => m
-                    .args
-                    .iter()
-                    .for_each(|a| bind(&mut bindings, a, Binding::Other)),
+                    .for_each(|(t, e)| bind(&mut bindings, t, Binding::Value(e))),
+                S::Macro(m) => macro_params(m, stmts)
+                    .into_iter()
+                    .for_each(|(p, how)| bindings.entry(p).or_default().push(how)),
                 S::CallBlock(c) => c
                     .macro_decl
                     .args
@@ -173,6 +174,7 @@ impl<'a> Numbers<'a> {
                 .filter(|(_, bs)| !bs.iter().any(|b| matches!(b, Binding::Other)))
                 .map(|(n, _)| *n)
                 .collect(),
+            bound: bindings.keys().copied().collect(),
         };
         loop {
             let drop: Vec<&'a str> = (me.names.iter().copied())
@@ -191,13 +193,21 @@ impl<'a> Numbers<'a> {
         }
     }
 
-    /// Whether `e` surely evaluates to a number or a boolean (or fails).
+    /// Whether `e` surely evaluates to a number or a boolean, or (a name from the render's
+    /// context) at least never to a list; `*` on such values never repeats a list.
     fn is_number(&self, e: &ast::Expr<'a>) -> bool {
         use ast::BinOpKind as K;
         use ast::Expr as E;
         match e {
             E::Const(c) => matches!(c.value.kind(), ValueKind::Number | ValueKind::Bool),
-            E::Var(v) => self.names.contains(v.id),
+            // A name the template never binds comes from the render's context: `messages` is
+            // the one list there; the others (`add_generation_prompt`, the special tokens,
+            // `tools` and `documents` as none, anything else undefined) are not lists.
+            E::Var(v) => {
+                self.names.contains(v.id)
+                    || !self.bound.contains(v.id)
+                        && !matches!(v.id, "messages" | "varargs" | "kwargs")
+            }
             E::UnaryOp(u) => matches!(u.op, ast::UnaryOpKind::Not) || self.is_number(&u.expr),
             E::Compare(_) | E::Test(_) => true,
             E::BinOp(b) => match b.op {
@@ -218,12 +228,109 @@ impl<'a> Numbers<'a> {
         }
     }
 
-    /// Whether `l * r` can only multiply numbers or repeat a string literal.
+    /// Whether `l * r` can only multiply numbers or repeat a string. minijinja takes the string
+    /// path whenever either side is a string (and then wants an integer on the other side), and
+    /// repeats a string eagerly, refusing past 100 MB; so `'  ' * level` is safe whatever
+    /// `level` is, and only a product with no sure string and no sure numbers is refused.
     fn safe_product(&self, l: &ast::Expr<'a>, r: &ast::Expr<'a>) -> bool {
-        let is_str =
-            |e: &ast::Expr| matches!(e, ast::Expr::Const(c) if c.value.kind() == ValueKind::String);
-        self.is_number(l) && (self.is_number(r) || is_str(r)) || is_str(l) && self.is_number(r)
+        is_string(l) || is_string(r) || self.is_number(l) && self.is_number(r)
     }
+}
+
+/// Filters whose result is always a string.
+const STRING_FILTERS: &[&str] = &[
+    "string",
+    "trim",
+    "lower",
+    "upper",
+    "title",
+    "capitalize",
+    "replace",
+    "join",
+    "tojson",
+    "indent",
+    "format",
+    "pprint",
+    "escape",
+    "e",
+    "safe",
+    "urlencode",
+    "center",
+    "truncate",
+];
+
+/// Whether `e` surely evaluates to a string (or fails).
+fn is_string(e: &ast::Expr) -> bool {
+    use ast::Expr as E;
+    match e {
+        E::Const(c) => c.value.kind() == ValueKind::String,
+        E::BinOp(b) => matches!(b.op, ast::BinOpKind::Concat),
+        E::IfExpr(i) => is_string(&i.true_expr) && i.false_expr.as_ref().is_some_and(is_string),
+        E::Filter(f) => STRING_FILTERS.contains(&f.name),
+        _ => false,
+    }
+}
+
+/// How macro `m`'s parameters are bound: by the arguments of every call of it by name, and by
+/// its defaults; `Other` for all of them when it is called with a splat or used as a value
+/// (then its callers are unknown).
+fn macro_params<'x, 'a>(
+    m: &'x ast::Macro<'a>,
+    stmts: &[&'x ast::Stmt<'a>],
+) -> Vec<(&'a str, Binding<'x, 'a>)> {
+    let mut names = Vec::new();
+    m.args
+        .iter()
+        .for_each(|a| super::template_ast::target_names(a, &mut names));
+    let mut out: Vec<(&'a str, Binding)> = Vec::new();
+    // Defaults belong to the last parameters.
+    let first_default = names.len().saturating_sub(m.defaults.len());
+    for (p, d) in names[first_default..].iter().zip(&m.defaults) {
+        out.push((p, Binding::Value(d)));
+    }
+    let (mut uses, mut calls) = (0, 0);
+    let mut unknown = false;
+    let mut note = |callee: &ast::Expr<'a>, args: &'x [ast::CallArg<'a>]| {
+        if !matches!(callee, ast::Expr::Var(v) if v.id == m.name) {
+            return;
+        }
+        calls += 1;
+        let mut pos = 0;
+        for a in args {
+            match a {
+                ast::CallArg::Pos(e) => {
+                    if let Some(p) = names.get(pos) {
+                        out.push((p, Binding::Value(e)));
+                    }
+                    pos += 1;
+                }
+                ast::CallArg::Kwarg(k, e) => {
+                    if let Some(p) = names.iter().find(|p| *p == k) {
+                        out.push((p, Binding::Value(e)));
+                    }
+                }
+                ast::CallArg::PosSplat(_) | ast::CallArg::KwargSplat(_) => unknown = true,
+            }
+        }
+    };
+    for s in stmts {
+        match s {
+            ast::Stmt::CallBlock(c) => note(&c.call.expr, &c.call.args),
+            ast::Stmt::Do(d) => note(&d.call.expr, &d.call.args),
+            _ => {}
+        }
+        for e in stmt_exprs(s) {
+            walk_expr(e, &mut |x| match x {
+                ast::Expr::Call(c) => note(&c.expr, &c.args),
+                ast::Expr::Var(v) if v.id == m.name => uses += 1,
+                _ => {}
+            });
+        }
+    }
+    if unknown || uses > calls {
+        out = names.iter().map(|p| (*p, Binding::Other)).collect();
+    }
+    out
 }
 
 /// How a name is bound, for the number inference.
@@ -330,10 +437,13 @@ mod tests {
             "{% set n = messages %}{{ n * 3 }}",
             "{% set n = 3 %}{% set n = [n] %}{{ n * 3 }}",
             "{% for i in messages %}{{ i * 2 }}{% endfor %}",
-            "{% macro f(k) %}{{ k * 2 }}{% endmacro %}",
             "{% set range = [[1]] %}{% for i in range(3) %}{{ i * 9 }}{% endfor %}",
-            "{{ 'ab' * messages }}",
-            "{{ x * 'ab' }}",
+            "{% macro f(level) %}{{ level * level }}{% endmacro %}{{ f(messages) }}",
+            "{% macro f(a, b=[1]) %}{{ b * 9 }}{% endmacro %}{{ f(1) }}",
+            "{% macro f(a) %}{{ a * 9 }}{% endmacro %}{{ f(*[messages]) }}",
+            "{% macro f(a) %}{{ a * 9 }}{% endmacro %}{% set g = f %}{{ g(messages) }}",
+            "{% macro f() %}{{ varargs * 9 }}{% endmacro %}",
+            "{% set x = messages[0] %}{{ x * 3 }}",
             // Doubling by taking the old value twice.
             "{% set ns = namespace(x=[1]) %}{% for i in range(60) %}{% set ns.x = ns.x + ns.x %}{% endfor %}",
             "{% set ns = namespace(x='a') %}{% set ns.x = ns.x ~ ns.x %}",
@@ -368,6 +478,14 @@ mod tests {
             "{% set ns = namespace(a='', b='') %}{% set ns.a = ns.b ~ ns.b %}",
             "{% set p = dict(role=p) %}",
             "{{ messages | tojson }}",
+            // A string on either side: minijinja's eager, capped string repeat.
+            "{{ 'ab' * messages }}{{ x * 'ab' }}",
+            "{% macro f(level) %}{{ '    ' * level }}{{ '#' * (level + 1) }}{% endmacro %}",
+            "{{ (a ~ b) * n }}{{ (x | string) * 3 }}{{ ('a' if c else 'b') * n }}",
+            // Macro parameters given numbers at every call (Reka Edge's template, below).
+            "{% macro f(n, m=2) %}{{ n * m }}{{ f(n + 1) }}{% endmacro %}{% set k = x | int %}{{ f(k) }}{{ f(n=3) }}",
+            // Names from the render's context other than `messages` (Reka Edge's template).
+            "{% set repeat_tokens = num_img_tokens * num_video_frames %}{{ '<T>' * repeat_tokens }}",
         ] {
             assert_eq!(check(t), Ok(()), "refused: {t}");
         }

@@ -12,13 +12,18 @@
 //! tree (minijinja's `unstable_machinery` parser, hence the pinned version in Cargo.toml).
 //!
 //! "May hold a namespace" is computed to a fixed point over every binding in the template
-//! (flow-insensitive, so conservative): a `namespace(…)` call does; a variable does when any
-//! binding of it (set, for, with, macro parameter, import) may; lists, maps, `+`, `*`, `and`,
-//! `or`, conditionals, item access, slices and most filters pass it through; strings, numbers,
-//! comparisons, tests, `~` and macro calls do not. An attribute read from a name bound only to
-//! `namespace(…)` calls cannot, because this check also refuses namespaces constructed from
-//! values that may hold one. Real chat templates (SmolLM2, Qwen2.5/3, Llama 3.x, Gemma) store
-//! strings, numbers and booleans into their namespaces and pass.
+//! (flow-insensitive, so conservative), in two parts (`Holds`): a value may *be* a namespace, or
+//! hold one *inside* (a list or map). A `namespace(…)` call is one; a variable is or holds one
+//! when any binding of it (set, for, with, import, a macro parameter) may; lists and maps hold
+//! what their items are or hold; `and`, `or` and conditionals pass both through; `+`, `*`,
+//! slices, most filters and unknown calls pass them on; strings, numbers, comparisons, tests,
+//! `~` and macro calls do not. Reading an attribute or item gives only what the value holds
+//! *inside*: a namespace's own attributes never hold a namespace, because this check refuses
+//! every store and construction that could put one there (so `state.count` is fine when
+//! `state` is a namespace handed to a macro, as in Kimi K3's template). A macro's parameters
+//! take what the calls of it by name pass in each position or keyword; a call of anything else
+//! (a macro under another name) taints every parameter. Published templates (the 70 of
+//! tests/real_templates.rs) store strings, numbers, booleans and lists of those, and pass.
 
 use super::template_ast::{
     call_arg_exprs, child_stmts, parse_template, stmt_exprs, target_names, walk_expr,
@@ -80,15 +85,63 @@ pub fn check(source: &str) -> Result<(), String> {
     }
 }
 
+/// What a value may hold: be a namespace itself, or hold one inside (a list or map with a
+/// namespace somewhere in it). The two differ when an attribute or item is read: a namespace's
+/// attributes never hold a namespace (this check refuses every store and construction that
+/// could put one there), so `state.count` is safe even when `state` may be a namespace, but
+/// `d.k` is not when `d` may be a map holding one.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Holds {
+    namespace: bool,
+    inside: bool,
+}
+
+impl Holds {
+    const NONE: Holds = Holds {
+        namespace: false,
+        inside: false,
+    };
+    const ANY: Holds = Holds {
+        namespace: true,
+        inside: true,
+    };
+
+    fn any(self) -> bool {
+        self.namespace || self.inside
+    }
+
+    fn or(self, o: Holds) -> Holds {
+        Holds {
+            namespace: self.namespace || o.namespace,
+            inside: self.inside || o.inside,
+        }
+    }
+
+    /// A value whose items are the given value's contents (a loop target, `loop.previtem`).
+    fn items_of(self) -> Holds {
+        if self.inside {
+            Holds::ANY
+        } else {
+            Holds::NONE
+        }
+    }
+}
+
 #[derive(Default)]
 struct Scan<'a> {
-    /// Names some binding of which may hold a namespace.
-    tainted: HashSet<&'a str>,
+    /// Names some binding of which may be a namespace.
+    is_namespace: HashSet<&'a str>,
+    /// Names some binding of which may hold a namespace inside.
+    holds_inside: HashSet<&'a str>,
     /// Names with at least one binding, and whether every binding is a `namespace(…)` call.
     only_namespaces: HashMap<&'a str, bool>,
-    macros: HashSet<&'a str>,
-    /// Some call passes an argument that may hold a namespace: every macro parameter may.
-    calls_pass_namespaces: bool,
+    /// Each macro's parameter names, in order.
+    macros: HashMap<&'a str, Vec<&'a str>>,
+    /// The parameters of every `{% call(…) %}` block, which `caller(…)` binds.
+    caller_params: Vec<&'a str>,
+    /// What some call of an unknown callee (a macro passed around as a value, perhaps) passes
+    /// as an argument: every macro parameter may hold the same.
+    calls_pass: Holds,
     changed: bool,
     violation: Option<String>,
 }
@@ -98,9 +151,12 @@ fn is_namespace_call(e: &ast::Expr) -> bool {
 }
 
 impl<'a> Scan<'a> {
-    fn taint(&mut self, names: &[&'a str]) {
+    fn taint(&mut self, names: &[&'a str], h: Holds) {
         for &n in names {
-            if self.tainted.insert(n) {
+            if h.namespace && self.is_namespace.insert(n) {
+                self.changed = true;
+            }
+            if h.inside && self.holds_inside.insert(n) {
                 self.changed = true;
             }
         }
@@ -131,10 +187,17 @@ impl<'a> Scan<'a> {
                 }
             }
             S::Macro(m) => {
-                self.macros.insert(m.name);
+                let mut names = Vec::new();
+                m.args.iter().for_each(|a| target_names(a, &mut names));
+                self.macros.insert(m.name, names);
                 m.args.iter().for_each(|a| self.bound(a, false));
             }
-            S::CallBlock(c) => c.macro_decl.args.iter().for_each(|a| self.bound(a, false)),
+            S::CallBlock(c) => {
+                c.macro_decl.args.iter().for_each(|a| {
+                    target_names(a, &mut self.caller_params);
+                    self.bound(a, false)
+                });
+            }
             S::Import(i) => self.bound(&i.name, false),
             S::FromImport(f) => {
                 for (name, alias) in &f.names {
@@ -149,63 +212,143 @@ impl<'a> Scan<'a> {
     /// One round of pass 2: taint the names bound to values that may hold a namespace.
     fn bind(&mut self, s: &ast::Stmt<'a>) {
         use ast::Stmt as S;
-        let mut names = Vec::new();
+        let mut bindings: Vec<(&ast::Expr<'a>, Holds)> = Vec::new();
+        let mut params = Vec::new();
         match s {
-            S::Set(x) if self.may_hold(&x.expr) => target_names(&x.target, &mut names),
-            S::ForLoop(x) if self.may_hold(&x.iter) => {
-                target_names(&x.target, &mut names);
-                names.push("loop");
+            S::Set(x) => bindings.push((&x.target, self.holds(&x.expr))),
+            S::ForLoop(x) => {
+                let items = self.holds(&x.iter).items_of();
+                bindings.push((&x.target, items));
+                // `loop.previtem` and `loop.nextitem` are items too.
+                self.taint(
+                    &["loop"],
+                    Holds {
+                        namespace: false,
+                        inside: items.any(),
+                    },
+                );
             }
             S::WithBlock(x) => {
                 for (t, e) in &x.assignments {
-                    if self.may_hold(e) {
-                        target_names(t, &mut names);
-                    }
+                    bindings.push((t, self.holds(e)));
                 }
             }
-            S::Macro(m) => self.bind_params(&m.args, &m.defaults, &mut names),
-            S::CallBlock(c) => {
-                self.bind_params(&c.macro_decl.args, &c.macro_decl.defaults, &mut names)
-            }
+            S::Macro(m) => params.push((&m.args, &m.defaults)),
+            S::CallBlock(c) => params.push((&c.macro_decl.args, &c.macro_decl.defaults)),
             // A module exports its top-level variables, namespaces included.
-            S::Import(i) => target_names(&i.name, &mut names),
+            S::Import(i) => bindings.push((&i.name, Holds::ANY)),
             S::FromImport(f) => {
                 for (name, alias) in &f.names {
-                    target_names(alias.as_ref().unwrap_or(name), &mut names);
+                    bindings.push((alias.as_ref().unwrap_or(name), Holds::ANY));
                 }
             }
             _ => {}
         }
-        self.taint(&names);
+        for (args, defaults) in params {
+            let h = defaults
+                .iter()
+                .fold(self.calls_pass, |h, d| h.or(self.holds(d)));
+            let mut names = Vec::new();
+            args.iter().for_each(|a| target_names(a, &mut names));
+            self.taint(&names, h);
+            // Extra arguments arrive in a list and a map; `caller` is a macro.
+            let extra = Holds {
+                namespace: false,
+                inside: h.any(),
+            };
+            self.taint(&["varargs", "kwargs", "caller"], extra);
+        }
+        for (t, h) in bindings {
+            let mut names = Vec::new();
+            target_names(t, &mut names);
+            // `set a, b = …` unpacks: its parts are the value's items.
+            let h = if matches!(t, ast::Expr::Var(_)) {
+                h
+            } else {
+                h.items_of()
+            };
+            self.taint(&names, h);
+        }
         self.visit_exprs(s, &mut |me, e| me.note_calls(e));
         self.children(s, |me, c| me.bind(c));
     }
 
-    fn bind_params(
-        &self,
-        args: &[ast::Expr<'a>],
-        defaults: &[ast::Expr<'a>],
-        out: &mut Vec<&'a str>,
-    ) {
-        if self.calls_pass_namespaces || defaults.iter().any(|d| self.may_hold(d)) {
-            args.iter().for_each(|a| target_names(a, out));
-            out.extend(["varargs", "kwargs", "caller"]);
+    /// Taints the parameters that the calls anywhere in `e` bind.
+    fn note_calls(&mut self, e: &ast::Expr<'a>) {
+        let mut calls = Vec::new();
+        walk_expr(e, &mut |x| {
+            if let ast::Expr::Call(c) = x {
+                if !is_namespace_call(x) {
+                    calls.push(c);
+                }
+            }
+        });
+        for c in calls {
+            self.note_call(&c.expr, &c.args);
         }
     }
 
-    /// Records whether any call anywhere in `e` passes an argument that may hold a namespace.
-    fn note_calls(&mut self, e: &ast::Expr<'a>) {
-        if self.calls_pass_namespaces {
+    /// A call of a macro by its name taints the parameters its arguments bind (by position
+    /// or keyword; the rest go to `varargs` and `kwargs`); `caller(…)` taints every call
+    /// block's parameters; any other callee may be a macro under another name, so what it is
+    /// given taints every parameter of every macro.
+    fn note_call(&mut self, callee: &ast::Expr<'a>, args: &[ast::CallArg<'a>]) {
+        let name = match callee {
+            ast::Expr::Var(v) if self.holds(callee) == Holds::NONE => Some(v.id),
+            _ => None,
+        };
+        let params = match name {
+            Some("caller") => Some(None),
+            Some(n) => self.macros.get(n).cloned().map(Some),
+            None => None,
+        };
+        let Some(params) = params else {
+            let passed = call_arg_exprs(args).fold(Holds::NONE, |h, a| h.or(self.holds(a)));
+            self.note_passed(passed);
             return;
+        };
+        let mut pos = 0;
+        for a in args {
+            let (targets, h): (Vec<&'a str>, Holds) = match (a, &params) {
+                (ast::CallArg::Pos(e), Some(ps)) => {
+                    pos += 1;
+                    (
+                        vec![ps.get(pos - 1).copied().unwrap_or("varargs")],
+                        self.holds(e),
+                    )
+                }
+                (ast::CallArg::Kwarg(k, e), Some(ps)) => {
+                    let t = ps.iter().copied().find(|p| p == k).unwrap_or("kwargs");
+                    (vec![t], self.holds(e))
+                }
+                (ast::CallArg::PosSplat(e) | ast::CallArg::KwargSplat(e), Some(ps)) => {
+                    (ps.clone(), self.holds(e).items_of())
+                }
+                (_, None) => {
+                    let e = call_arg_exprs(std::slice::from_ref(a)).next().expect("one");
+                    (
+                        self.caller_params.clone(),
+                        self.holds(e).items_of().or(self.holds(e)),
+                    )
+                }
+            };
+            // `varargs` and `kwargs` hold their values inside a list or map.
+            let h = if matches!(targets[..], ["varargs"] | ["kwargs"]) {
+                Holds {
+                    namespace: false,
+                    inside: h.any(),
+                }
+            } else {
+                h
+            };
+            self.taint(&targets, h);
         }
-        let mut found = false;
-        walk_expr(e, &mut |x| {
-            if let ast::Expr::Call(c) = x {
-                found |= !is_namespace_call(x) && call_arg_exprs(&c.args).any(|a| self.may_hold(a));
-            }
-        });
-        if found {
-            self.calls_pass_namespaces = true;
+    }
+
+    fn note_passed(&mut self, passed: Holds) {
+        let now = self.calls_pass.or(passed);
+        if now != self.calls_pass {
+            self.calls_pass = now;
             self.changed = true;
         }
     }
@@ -251,52 +394,84 @@ impl<'a> Scan<'a> {
     }
 
     fn may_hold(&self, e: &ast::Expr<'a>) -> bool {
+        self.holds(e).any()
+    }
+
+    fn holds(&self, e: &ast::Expr<'a>) -> Holds {
         use ast::Expr as E;
+        let within = |h: Holds| Holds {
+            namespace: false,
+            inside: h.any(),
+        };
         match e {
-            E::Var(v) => self.tainted.contains(v.id),
-            E::Const(_) | E::UnaryOp(_) | E::Compare(_) | E::Test(_) => false,
+            E::Var(v) => Holds {
+                namespace: self.is_namespace.contains(v.id),
+                inside: self.holds_inside.contains(v.id),
+            },
+            E::Const(_) | E::UnaryOp(_) | E::Compare(_) | E::Test(_) => Holds::NONE,
             E::BinOp(b) => match b.op {
-                ast::BinOpKind::ScAnd
-                | ast::BinOpKind::ScOr
-                | ast::BinOpKind::Add
-                | ast::BinOpKind::Mul => self.may_hold(&b.left) || self.may_hold(&b.right),
-                _ => false,
+                ast::BinOpKind::ScAnd | ast::BinOpKind::ScOr => {
+                    self.holds(&b.left).or(self.holds(&b.right))
+                }
+                // Lists joined or repeated hold what their parts hold.
+                ast::BinOpKind::Add | ast::BinOpKind::Mul => {
+                    within(self.holds(&b.left).or(self.holds(&b.right)))
+                }
+                _ => Holds::NONE,
             },
             E::IfExpr(i) => {
-                self.may_hold(&i.true_expr)
-                    || i.false_expr.as_ref().is_some_and(|f| self.may_hold(f))
+                let f = i.false_expr.as_ref().map_or(Holds::NONE, |f| self.holds(f));
+                self.holds(&i.true_expr).or(f)
             }
             E::Filter(f) => {
-                !SCALAR_FILTERS.contains(&f.name)
-                    && (f.expr.as_ref().is_some_and(|x| self.may_hold(x))
-                        || call_arg_exprs(&f.args).any(|a| self.may_hold(a)))
+                let input = f.expr.as_ref().map_or(Holds::NONE, |x| self.holds(x));
+                let args = call_arg_exprs(&f.args).fold(input, |h, a| h.or(self.holds(a)));
+                // A filter may take an item out (`first`) or wrap its input (`list`).
+                if SCALAR_FILTERS.contains(&f.name) || !args.any() {
+                    Holds::NONE
+                } else {
+                    Holds::ANY
+                }
             }
             E::GetAttr(g) => self.read_from(&g.expr),
             E::GetItem(g) => self.read_from(&g.expr),
-            E::Slice(s) => self.may_hold(&s.expr),
+            E::Slice(s) => within(self.holds(&s.expr)),
             E::Call(c) => {
                 if is_namespace_call(e) {
-                    return true;
+                    return Holds {
+                        namespace: true,
+                        inside: false,
+                    };
                 }
                 let is_macro = matches!(&c.expr, E::Var(v)
-                    if (self.macros.contains(v.id) || v.id == "caller") && !self.tainted.contains(v.id));
-                !is_macro
-                    && (self.may_hold(&c.expr) || call_arg_exprs(&c.args).any(|a| self.may_hold(a)))
+                    if (self.macros.contains_key(v.id) || v.id == "caller") && !self.is_namespace.contains(v.id) && !self.holds_inside.contains(v.id));
+                let inputs =
+                    call_arg_exprs(&c.args).fold(self.holds(&c.expr), |h, a| h.or(self.holds(a)));
+                if is_macro || !inputs.any() {
+                    Holds::NONE
+                } else {
+                    Holds::ANY
+                }
             }
-            E::List(l) => l.items.iter().any(|i| self.may_hold(i)),
-            E::Map(m) => m.keys.iter().chain(&m.values).any(|v| self.may_hold(v)),
+            E::List(l) => within(l.items.iter().fold(Holds::NONE, |h, i| h.or(self.holds(i)))),
+            E::Map(m) => within(
+                m.keys
+                    .iter()
+                    .chain(&m.values)
+                    .fold(Holds::NONE, |h, v| h.or(self.holds(v))),
+            ),
         }
     }
 
-    /// Whether an attribute or item read from `e` may be a namespace: not from a name bound
-    /// only to namespaces (they hold none, by this check), else whatever `e` may hold.
-    fn read_from(&self, e: &ast::Expr<'a>) -> bool {
+    /// What an attribute or item read from `e` may hold: a namespace's attributes hold none
+    /// (by this check), so only what `e` may hold inside can come out.
+    fn read_from(&self, e: &ast::Expr<'a>) -> Holds {
         if let ast::Expr::Var(v) = e {
             if self.only_namespaces.get(v.id) == Some(&true) {
-                return false;
+                return Holds::NONE;
             }
         }
-        self.may_hold(e)
+        self.holds(e).items_of()
     }
 
     /// Calls `f` on each top-level expression of statement `s` (not those of its children).
@@ -308,15 +483,12 @@ impl<'a> Scan<'a> {
         // A call block's and a `do` statement's own call (not an expression node, so not seen
         // by `note_calls`) can pass namespaces to a macro.
         let own_call = match s {
-            S::CallBlock(c) => Some(&c.call.args),
-            S::Do(d) => Some(&d.call.args),
+            S::CallBlock(c) => Some(&*c.call),
+            S::Do(d) => Some(&*d.call),
             _ => None,
         };
-        if let Some(args) = own_call {
-            if !self.calls_pass_namespaces && call_arg_exprs(args).any(|a| self.may_hold(a)) {
-                self.calls_pass_namespaces = true;
-                self.changed = true;
-            }
+        if let Some(call) = own_call {
+            self.note_call(&call.expr, &call.args);
         }
     }
 
@@ -354,6 +526,16 @@ mod tests {
             "{% set b = namespace(r=ns) %}",
             "{% set b = namespace(r=[ns]) %}{% set ns.a = b.r %}",
             "{% set d = dict(k=ns) %}{% set ns.a = d.k %}",
+            // Macro arguments, bound by position, keyword, splat, `varargs`, `caller`, or
+            // through a macro called under another name.
+            "{% macro f(a, b) %}{% set b.x = a %}{% endmacro %}{{ f(ns, ns) }}",
+            "{% macro f(p) %}{% set ns.a = p.k %}{% endmacro %}{{ f({'k': ns}) }}",
+            "{% macro f(p) %}{% set ns.a = p %}{% endmacro %}{{ f(p=ns) }}",
+            "{% macro f(p) %}{% set ns.a = p %}{% endmacro %}{{ f(*[ns]) }}",
+            "{% macro f() %}{% set ns.a = varargs[0] %}{% endmacro %}{{ f(ns) }}",
+            "{% macro f() %}{% set ns.a = kwargs.q %}{% endmacro %}{{ f(q=ns) }}",
+            "{% macro f(p) %}{% set ns.a = p %}{% endmacro %}{% set g = f %}{{ g(ns) }}",
+            "{% macro f() %}{{ caller(ns) }}{% endmacro %}{% call(x) f() %}{% set ns.a = x %}{% endcall %}",
         ] {
             let t = format!("{ns}{body}");
             assert!(check(&t).is_err(), "not refused: {t}");
@@ -371,6 +553,8 @@ mod tests {
             "{% set ns = namespace(t='') %}{% set ns.t = ns ~ 'x' if false else 'y' %}",
             "{% macro f(p) %}{{ p }}{% endmacro %}{% set ns = namespace(v='') %}{% set ns.v = f('a') %}",
             "{{ messages | tojson }}",
+            // A namespace passed to macros, which update its counters (Kimi K3's template).
+            "{% macro f(state) %}{% set state.i = state.i + 1 %}{% endmacro %}{% macro g(t, state) %}{{ f(state) }}{{ [t, state] | length }}{% endmacro %}{% set state = namespace(i=0) %}{{ g('a', state) }}",
             // The shapes of published templates (DeepSeek Coder, Gemma 4, Qwen3).
             "{%- set ns = namespace(found=false) -%}{%- for message in messages -%}{%- if message['role'] == 'system' -%}{%- set ns.found = true -%}{%- endif -%}{%- endfor -%}",
             "{%- macro strip(text) -%}{%- set ns = namespace(result='') -%}{%- for part in text.split('<c|>') -%}{%- if '<|c>' in part -%}{%- set ns.result = ns.result + part.split('<|c>')[0] -%}{%- else -%}{%- set ns.result = ns.result + part -%}{%- endif -%}{%- endfor -%}{{- ns.result | trim -}}{%- endmacro -%}{{ strip(messages[0]['content']) }}",
