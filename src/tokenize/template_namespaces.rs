@@ -189,7 +189,10 @@ impl<'a> Scan<'a> {
             S::Macro(m) => {
                 let mut names = Vec::new();
                 m.args.iter().for_each(|a| target_names(a, &mut names));
-                self.macros.insert(m.name, names);
+                if self.macros.insert(m.name, names).is_some() {
+                    // Two macros of one name: a call by that name is not known to be either.
+                    self.only_namespaces.insert(m.name, false);
+                }
                 m.args.iter().for_each(|a| self.bound(a, false));
             }
             S::CallBlock(c) => {
@@ -293,8 +296,10 @@ impl<'a> Scan<'a> {
     /// block's parameters; any other callee may be a macro under another name, so what it is
     /// given taints every parameter of every macro.
     fn note_call(&mut self, callee: &ast::Expr<'a>, args: &[ast::CallArg<'a>]) {
+        // A name that is also bound as a variable (`set`, a parameter, an import, a second
+        // macro) may hold another macro when it is called.
         let name = match callee {
-            ast::Expr::Var(v) if self.holds(callee) == Holds::NONE => Some(v.id),
+            ast::Expr::Var(v) if !self.only_namespaces.contains_key(v.id) => Some(v.id),
             _ => None,
         };
         let params = match name {
@@ -536,6 +541,9 @@ mod tests {
             "{% macro f() %}{% set ns.a = kwargs.q %}{% endmacro %}{{ f(q=ns) }}",
             "{% macro f(p) %}{% set ns.a = p %}{% endmacro %}{% set g = f %}{{ g(ns) }}",
             "{% macro f() %}{{ caller(ns) }}{% endmacro %}{% call(x) f() %}{% set ns.a = x %}{% endcall %}",
+            // A parameter named like a macro holds another macro; two macros of one name.
+            "{% macro f(p) %}{% endmacro %}{% macro g(q) %}{% set ns.a = q %}{% endmacro %}{% macro h(f) %}{{ f(ns) }}{% endmacro %}{{ h(g) }}",
+            "{% macro f(q) %}{% set ns.a = q %}{% endmacro %}{% macro f(p) %}{% endmacro %}{{ f(ns) }}",
         ] {
             let t = format!("{ns}{body}");
             assert!(check(&t).is_err(), "not refused: {t}");
