@@ -30,7 +30,20 @@ impl LoadedModel {
             let tok = TextTokenizer::from_gguf(&g)?;
             (model, tok, meta.len())
         };
-        let chat = ChatTemplate::for_tokenizer(&tokenizer)?;
+        // A template that does not compile or is refused leaves the model usable with
+        // `--template raw` or `gemma`; with the model's template every render says why.
+        let chat = match ChatTemplate::for_tokenizer(&tokenizer) {
+            Ok(c) => c,
+            Err(Error::Template(why)) => ChatTemplate::unusable(
+                tokenizer.chat_template.as_deref().unwrap_or(""),
+                format!(
+                    "{}: the model's chat template cannot be used: {why} (use --template raw, \
+                     or --template gemma for Gemma models)",
+                    path.display()
+                ),
+            ),
+            Err(e) => return Err(e),
+        };
         if tokenizer.vocab_size() > model.config.vocab_size {
             return Err(Error::Config(format!(
                 "{}: tokenizer has {} tokens but the embedding only {} rows",

@@ -342,3 +342,52 @@ fn deeply_nested_value_child() {
     let out = t.render(&[Message::new("user", "hi")], true).unwrap();
     assert_eq!(out.len(), 2 * 120_001, "{}", &out[..64]);
 }
+
+/// A model whose own chat template is refused at load (here: a list repeated 10^9 times) is
+/// still usable with `--template raw`; with the model's template, `eval` stops at once with an
+/// error naming the model and the way out, and `inspect` says why.
+#[test]
+fn a_model_with_a_refused_template_says_so_and_works_with_raw() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tiny/llama/hf_f32");
+    let dir = std::env::temp_dir().join(format!("edge_sft_refused_tpl_{}", std::process::id()));
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let p = f.unwrap().path();
+        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = model.join("tokenizer_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["chat_template"] = "{{ messages * 1000000000 ~ 'x' }}".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let data = dir.join("d.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"a b\", \"response\": \"c d\"}\n").unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_edge-sft"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let out = run(&["eval", "--model", m, "--data", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(m) && err.contains("refused") && err.contains("--template raw"),
+        "{err}"
+    );
+    let out = run(&["eval", "--model", m, "--data", d, "--template", "raw"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["inspect", m]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("chat template unusable"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

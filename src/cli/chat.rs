@@ -86,7 +86,8 @@ pub fn run(a: Args) -> Result<()> {
         return Err(Error::Usage("--max-tokens must be at least 1".into()));
     }
     super::init_threads(a.threads)?;
-    let lm = LoadedModel::open(&a.model)?;
+    let mut lm = LoadedModel::open(&a.model)?;
+    a.template.apply(&mut lm)?;
     let lora = a
         .adapter
         .as_deref()

@@ -25,12 +25,17 @@ pub enum TemplateArg {
 impl TemplateArg {
     /// Apply the choice to a loaded model (`gemma` replaces its chat template) and say on
     /// stderr when a built-in format stands in for a missing template.
-    pub fn apply(self, lm: &mut edge_sft::loaded::LoadedModel) {
+    /// With the model's template, a template that cannot be used is an error here, before
+    /// any work.
+    pub fn apply(self, lm: &mut edge_sft::loaded::LoadedModel) -> edge_sft::Result<()> {
         use edge_sft::tokenize::chat::ChatTemplate;
         if let TemplateArg::Gemma = self {
             let t = &lm.tokenizer;
             lm.chat = ChatTemplate::gemma(t.bos_token.as_deref(), t.eos_token.as_deref());
-            return;
+            return Ok(());
+        }
+        if let (TemplateArg::Model, Some(why)) = (self, &lm.chat.refused) {
+            return Err(edge_sft::Error::Template(why.clone()));
         }
         if let (TemplateArg::Model, Some(name)) = (self, lm.chat.fallback_name()) {
             eprintln!(
@@ -40,6 +45,7 @@ impl TemplateArg {
                 name.to_lowercase()
             );
         }
+        Ok(())
     }
 }
 

@@ -69,7 +69,7 @@ fn report_json(r: &EvalReport) -> serde_json::Value {
 pub fn run(a: Args) -> Result<()> {
     super::init_threads(a.threads)?;
     let mut lm = LoadedModel::open(&a.model)?;
-    a.data_args.template.apply(&mut lm);
+    a.data_args.template.apply(&mut lm)?;
     let lora = a
         .adapter
         .as_deref()

@@ -46,7 +46,7 @@ pub fn run(a: Args) -> Result<()> {
     super::init_threads(a.threads)?;
     let mut lm = LoadedModel::open(&a.model)?;
     if !a.raw {
-        a.template.apply(&mut lm);
+        a.template.apply(&mut lm)?;
     }
     let lora = a
         .adapter

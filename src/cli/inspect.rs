@@ -124,6 +124,7 @@ pub fn run(a: Args) -> Result<()> {
         "tokenizer": lm.tokenizer.kind,
         "tokenizer_vocab": lm.tokenizer.vocab_size(),
         "chat_template": !lm.chat.is_fallback,
+        "chat_template_refused": lm.chat.refused,
         "file_size": lm.file_size,
         "cpu_kernels": isa,
         "device": device_line,
@@ -164,6 +165,10 @@ pub fn run(a: Args) -> Result<()> {
         lm.tokenizer.vocab_size()
     );
     match lm.chat.fallback_name() {
+        _ if lm.chat.refused.is_some() => println!(
+            "chat template unusable: {}",
+            lm.chat.refused.as_deref().unwrap_or_default()
+        ),
         Some(name) => println!(
             "chat template none (built-in {name} turn format; --template {})",
             name.to_lowercase()

@@ -259,7 +259,7 @@ pub fn run(a: Args) -> Result<()> {
         s.write(&out, false)?;
     }
     let mut lm = LoadedModel::open(&a.model)?;
-    a.data_args.template.apply(&mut lm);
+    a.data_args.template.apply(&mut lm)?;
     let mut train = load(&a.data, &lm, &a.data_args)?;
     let eval = match &a.eval_data {
         Some(p) => Some(load(p, &lm, &a.data_args)?),

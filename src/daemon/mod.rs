@@ -102,6 +102,11 @@ pub fn run(cfg: &Config, ro: &RunOptions) -> Result<()> {
 
 fn main_loop(cfg: &Config, ro: &RunOptions, status: &Shared, stop: Arc<AtomicBool>) -> Result<()> {
     let lm = LoadedModel::open(&cfg.model)?;
+    // The daemon always uses the model's template: one it cannot use is an error at start,
+    // not a reason to quarantine every record.
+    if let Some(why) = &lm.chat.refused {
+        return Err(Error::Template(why.clone()));
+    }
     // General pairs (the gate's set, the replayed ones): bad lines skipped, not fatal.
     let opts = DataOptions {
         max_seq: cfg.max_seq,

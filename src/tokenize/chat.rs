@@ -66,6 +66,10 @@ pub struct ChatTemplate {
     pub eos_token: String,
     /// True when this is the built-in ChatML fallback, not the model's own template.
     pub is_fallback: bool,
+    /// Why the model's own template cannot be used (it does not compile, or the load-time
+    /// checks refuse it): every render fails with this, and `--template raw`/`gemma` still
+    /// work with the model.
+    pub refused: Option<String>,
 }
 
 impl ChatTemplate {
@@ -112,7 +116,20 @@ impl ChatTemplate {
             bos_token: bos_token.unwrap_or("").to_string(),
             eos_token: eos_token.unwrap_or("").to_string(),
             is_fallback: false,
+            refused: None,
         })
+    }
+
+    /// The model's template, which cannot be used: `why` says so at every render.
+    pub fn unusable(source: &str, why: String) -> Self {
+        ChatTemplate {
+            env: Environment::new(),
+            source: source.to_string(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+            is_fallback: false,
+            refused: Some(why),
+        }
     }
 
     /// The built-in ChatML template.
@@ -156,6 +173,9 @@ impl ChatTemplate {
     /// by `template_watchdog`, which ends the process if the render passes its time or memory
     /// bound.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        if let Some(why) = &self.refused {
+            return Err(Error::Template(why.clone()));
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         std::thread::scope(|scope| {
             let worker = std::thread::Builder::new()
