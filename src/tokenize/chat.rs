@@ -86,30 +86,9 @@ impl ChatTemplate {
                 MAX_TEMPLATE_BYTES >> 10
             )));
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let env = std::thread::scope(|scope| {
-            let worker = std::thread::Builder::new()
-                .name("chat-template".to_string())
-                .stack_size(TEMPLATE_STACK_BYTES)
-                .spawn_scoped(scope, move || {
-                    let _ = tx.send(compile(source));
-                })
-                .map_err(|e| {
-                    Error::Template(format!(
-                        "cannot start a thread to compile the template ({} MB stack): {e}",
-                        TEMPLATE_STACK_BYTES >> 20
-                    ))
-                })?;
-            // minijinja folds constant expressions while compiling (`[1] * 10**9 == [1] * 10**9`
-            // runs here, not at render), so compiling is watched like rendering.
-            let compiled = template_watchdog::wait(&rx, "compiling");
-            match (worker.join(), compiled) {
-                (Ok(()), Some(r)) => r,
-                _ => Err(Error::Template(
-                    "compiling the template panicked".to_string(),
-                )),
-            }
-        })?;
+        // minijinja folds constant expressions while compiling (`[1] * 10**9 == [1] * 10**9`
+        // runs here, not at render), so compiling is watched like rendering.
+        let env = on_template_thread("compiling", || compile(source))?;
         Ok(ChatTemplate {
             env,
             source: source.to_string(),
@@ -176,29 +155,8 @@ impl ChatTemplate {
         if let Some(why) = &self.refused {
             return Err(Error::Template(why.clone()));
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        std::thread::scope(|scope| {
-            let worker = std::thread::Builder::new()
-                .name("chat-template".to_string())
-                .stack_size(TEMPLATE_STACK_BYTES)
-                .spawn_scoped(scope, move || {
-                    let _ = tx.send(self.render_here(messages, add_generation_prompt));
-                })
-                .map_err(|e| {
-                    Error::Template(format!(
-                        "cannot start a thread to render the template ({} MB stack): {e}",
-                        TEMPLATE_STACK_BYTES >> 20
-                    ))
-                })?;
-            // Bounded in time and memory: see template_watchdog.rs.
-            let rendered = template_watchdog::wait(&rx, "rendering");
-            // Joined here so that a panic on the render thread is an error, not the scope's.
-            match (worker.join(), rendered) {
-                (Ok(()), Some(r)) => r,
-                _ => Err(Error::Template(
-                    "rendering the template panicked".to_string(),
-                )),
-            }
+        on_template_thread("rendering", || {
+            self.render_here(messages, add_generation_prompt)
         })
     }
 
@@ -231,6 +189,33 @@ impl ChatTemplate {
         String::from_utf8(out.bytes)
             .map_err(|_| Error::Template("the template printed invalid UTF-8".to_string()))
     }
+}
+
+/// Runs `work` (compiling or rendering, `doing`) on a thread with a `TEMPLATE_STACK_BYTES`
+/// stack, watched by `template_watchdog`, which ends the process if it passes its time or
+/// memory bound; a panic there is an error here.
+fn on_template_thread<T: Send>(doing: &str, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("chat-template".to_string())
+            .stack_size(TEMPLATE_STACK_BYTES)
+            .spawn_scoped(scope, move || {
+                let _ = tx.send(work());
+            })
+            .map_err(|e| {
+                Error::Template(format!(
+                    "cannot start a thread for {doing} the template ({} MB stack): {e}",
+                    TEMPLATE_STACK_BYTES >> 20
+                ))
+            })?;
+        let done = template_watchdog::wait(&rx, doing);
+        // Joined here so that a panic on the thread is an error, not the scope's.
+        match (worker.join(), done) {
+            (Ok(()), Some(r)) => r,
+            _ => Err(Error::Template(format!("{doing} the template panicked"))),
+        }
+    })
 }
 
 /// The environment with edge-sft's limits and filters, and `source` compiled into it, if it
