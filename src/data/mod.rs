@@ -109,7 +109,7 @@ pub fn load_jsonl(
             let built = match line {
                 Line::Text(text) => parse_record(text)
                     .and_then(|msgs| build_example(&msgs, tok, chat, opts, *lineno)),
-                // Counted with the records too long for max_seq (no tokens were counted).
+                // Counted with the records too long for max_seq (it was never tokenized).
                 Line::TooLong(_) => Ok(Built::TooLong {
                     tokens: 0,
                     scored_span: 0,
@@ -119,14 +119,15 @@ pub fn load_jsonl(
             (*lineno, built)
         })
         .collect();
-    let mut ds = Dataset::default();
+    let mut ds = Dataset {
+        skipped_over_bytes: (lines.iter())
+            .filter(|(_, l)| matches!(l, Line::TooLong(_)))
+            .count(),
+        ..Dataset::default()
+    };
     for (lineno, built) in results {
         match built {
             Ok(Built::Example(ex)) => ds.examples.push(ex),
-            Ok(Built::TooLong { tokens: 0, .. }) => {
-                ds.skipped_too_long += 1;
-                ds.skipped_over_bytes += 1;
-            }
             Ok(Built::TooLong { .. }) => ds.skipped_too_long += 1,
             Err(reason) if opts.skip_bad => {
                 ds.skipped_bad += 1;
