@@ -448,8 +448,11 @@ impl<'a> Scan<'a> {
                         inside: false,
                     };
                 }
+                // Macros return strings; a name also bound as a variable (a parameter named
+                // like a macro, given `dict`) may be any callable.
                 let is_macro = matches!(&c.expr, E::Var(v)
-                    if (self.macros.contains_key(v.id) || v.id == "caller") && !self.is_namespace.contains(v.id) && !self.holds_inside.contains(v.id));
+                    if (self.macros.contains_key(v.id) && !self.only_namespaces.contains_key(v.id))
+                        || v.id == "caller");
                 let inputs =
                     call_arg_exprs(&c.args).fold(self.holds(&c.expr), |h, a| h.or(self.holds(a)));
                 if is_macro || !inputs.any() {
@@ -544,6 +547,7 @@ mod tests {
             // A parameter named like a macro holds another macro; two macros of one name.
             "{% macro f(p) %}{% endmacro %}{% macro g(q) %}{% set ns.a = q %}{% endmacro %}{% macro h(f) %}{{ f(ns) }}{% endmacro %}{{ h(g) }}",
             "{% macro f(q) %}{% set ns.a = q %}{% endmacro %}{% macro f(p) %}{% endmacro %}{{ f(ns) }}",
+            "{% macro f() %}{% endmacro %}{% macro h(f) %}{% set ns.a = f(x=ns) %}{% endmacro %}{{ h(dict) }}",
         ] {
             let t = format!("{ns}{body}");
             assert!(check(&t).is_err(), "not refused: {t}");
