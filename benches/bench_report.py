@@ -211,7 +211,7 @@ def ratio(x, ref):
 
 # Kernel paths, best first; the reduced-precision ones (bf16/fp16 operands, f32 accumulation)
 # are held to other targets than the f32 ones.
-ISA_ORDER = ["amx", "avx512fp16", "avx512bf16", "avx512", "avx2f16", "avx2", "neonfp16", "neon",
+ISA_ORDER = ["amxbf16", "avx512fp16", "avx512bf16", "avx512", "avx2f16", "avx2", "neonfp16", "neon",
              "scalar"]
 
 

@@ -139,7 +139,7 @@ RESULTS="$WORK/results.jsonl"
 
 # --- kernel paths this host runs: ask edge-sft which ISA it actually uses when forced ---------
 ISAS=""
-for isa in amx avx512fp16 avx512bf16 avx512 avx2f16 avx2 neonfp16 neon scalar; do
+for isa in amxbf16 avx512fp16 avx512bf16 avx512 avx2f16 avx2 neonfp16 neon scalar; do
   got=$(EDGE_SFT_ISA=$isa "$EDGE" inspect --json "$MODEL" 2>/dev/null \
         | python3 -c 'import json,sys; print(json.load(sys.stdin).get("cpu_kernels",""))' || true)
   if [ "$got" = "$isa" ]; then ISAS="$ISAS $isa"; fi

@@ -4,7 +4,7 @@
 # run here (`cargo bench`, benches/train_bench.sh); clippy still compiles them.
 #
 # With no arguments, the PyTorch golden tests then run once more on every other kernel path
-# the host has (EDGE_SFT_ISA=scalar|avx2|avx512|neon|avx512bf16|avx2f16|neonfp16): the f32
+# the host has (EDGE_SFT_ISA=scalar|avx2|avx512|neon|avx512bf16|amxbf16|avx2f16|neonfp16): the f32
 # paths at the f32 tolerances, the reduced-precision ones at their documented bf16/f16
 # tolerances (tests/common/mod.rs). With arguments, only `cargo test --release ARGS` runs.
 set -euo pipefail
@@ -24,7 +24,7 @@ path_of() {
 }
 default=$(path_of "${EDGE_SFT_ISA:-}") # the path the run above used
 start=$SECONDS
-for isa in scalar avx2 avx512 neon avx512bf16 avx2f16 neonfp16; do
+for isa in scalar avx2 avx512 neon avx512bf16 amxbf16 avx2f16 neonfp16; do
     if [ "$isa" = "$default" ] || [ "$(path_of "$isa")" != "$isa" ]; then continue; fi
     golden=(--test train_golden --test model_golden --test train_grad)
     # The real-model golden takes ~1 min on the scalar path: f32 SIMD paths and reduced ones only.

@@ -788,3 +788,49 @@ fn reduced_precision_gemm_is_exact_product_of_rounded_operands() {
         }
     }
 }
+
+#[test]
+fn tile_unit_gemm_matches_the_bf16_vector_gemm() {
+    // The AMX path multiplies the same bf16 operands as avx512bf16; only the adder differs,
+    // so the two agree to f32 summation error (REL_TOL), far inside the bf16 tolerance, on
+    // every edge: rows 1..=70 (partial 16- and 32-row tiles), k with and without a tail of
+    // k pairs short of a 32-deep tile, k over several 256-deep chunks, odd n.
+    if !cpu::available_isas().contains(&Isa::AmxBf16) {
+        eprintln!("no AMX-BF16 on this host: tile-unit GEMM not exercised");
+        return;
+    }
+    for m in (1..=70).step_by(3).chain([32, 33, 64]) {
+        for &(k, n) in &[(33, 40), (64, 67), (300, 33), (544, 100), (7, 64)] {
+            let mut rng = Rng(900 + (m * 1000 + k * 10 + n) as u64);
+            let (a, b) = (rng.vec(m * k, 1.0), rng.vec(k * n, 1.0));
+            let c0 = rng.vec(m * n, 1.0);
+            let mut mag = abs(&c0);
+            reference::matmul_f32_nn(&abs(&a), &abs(&b), &mut mag, m, k, n, true);
+            let (mut vec, mut tiles) = (c0.clone(), c0.clone());
+            cpu::matmul_f32_nn_with(Isa::Avx512Bf16, &a, &b, &mut vec, m, k, n, true);
+            cpu::matmul_f32_nn_with(Isa::AmxBf16, &a, &b, &mut tiles, m, k, n, true);
+            assert_close(
+                &format!("amx vs avx512bf16 nn {m}x{k}x{n}"),
+                &tiles,
+                &vec,
+                &mag,
+            );
+
+            let w = random_matrix(GgmlType::Q4_1, n, k.div_ceil(32) * 32, 950 + m as u64);
+            let kk = w.cols;
+            let x = rng.vec(m * kk, 1.0);
+            let (mut vec, mut tiles) = (vec![0.0; m * n], vec![0.0; m * n]);
+            cpu::matmul_wt_with(Isa::Avx512Bf16, &x, m, &w, &mut vec);
+            cpu::matmul_wt_with(Isa::AmxBf16, &x, m, &w, &mut tiles);
+            let wabs = QMatrix::from_f32("abs", n, kk, &abs(&reference::dequantize(&w)));
+            let mut mag = vec![0.0; m * n];
+            reference::matmul_wt(&abs(&x), m, &wabs, &mut mag);
+            assert_close(
+                &format!("amx vs avx512bf16 wt {m}x{kk}x{n}"),
+                &tiles,
+                &vec,
+                &mag,
+            );
+        }
+    }
+}

@@ -112,7 +112,25 @@ fn greedy_generation_matches_transformers() {
         } else {
             want.clone()
         };
-        assert_eq!(got, want_body, "prompt {:?}", p["messages"]);
+        // Token for token, except that a reduced-precision path may take the other branch
+        // where transformers' top two logits were closer than its argmax tolerance; the two
+        // continuations are then different texts and are compared no further.
+        let margins: Vec<f64> = p["top2_margin"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let split = got.iter().zip(&want_body).position(|(a, b)| a != b);
+        match split {
+            Some(i) if margins[i] < common::tol().argmax_tie => eprintln!(
+                "{}: prompt {:?} takes the other branch of a near tie at token {i} (margin {})",
+                common::path_label(),
+                p["messages"],
+                margins[i]
+            ),
+            _ => assert_eq!(got, want_body, "prompt {:?}", p["messages"]),
+        }
         if got.len() >= 32 {
             long_runs += 1;
         }

@@ -1,8 +1,8 @@
 //! Which instruction set the kernels use: detected once per process, overridable with
-//! `EDGE_SFT_ISA=scalar|avx2|avx512|avx2f16|avx512bf16|neon|neonfp16` (for benchmarking and
+//! `EDGE_SFT_ISA=scalar|avx2|avx512|avx2f16|avx512bf16|amxbf16|neon|neonfp16` (for benchmarking and
 //! for reproducing a user's numbers).
 //!
-//! Reduced-precision paths (`Avx2F16`, `Avx512Bf16`, `NeonFp16`) change numerics — GEMM
+//! Reduced-precision paths (`Avx2F16`, `Avx512Bf16`, `AmxBf16`, `NeonFp16`) change numerics — GEMM
 //! operands are rounded to bf16 (8 significant bits) or weights to f16 (11 bits) before an
 //! f32-accumulated product — so automatic selection never
 //! picks them: `available_isas` lists them when the CPU has them, and only `EDGE_SFT_ISA`
@@ -31,6 +31,10 @@ pub enum Isa {
     /// `vdpbf16ps`; every other kernel is the `Avx512` one. Opt-in only (different
     /// numerics).
     Avx512Bf16,
+    /// `Avx512Bf16` with its GEMM microkernel on the AMX tile unit (`tdpbf16ps`, 32×32
+    /// micro-tiles): the same bf16 operands and panels. Needs AMX-TILE, AMX-BF16 and Linux's
+    /// permission for the tile state. Opt-in only (different numerics).
+    AmxBf16,
     /// `Neon` on a CPU with FP16 arithmetic (ARMv8.2 FEAT_FP16: Cortex-A76/A78, Apple M):
     /// tiled products with a frozen weight (n > 8 output columns) keep the dequantized weight
     /// panel in f16 and widen it in registers, accumulating in f32; every other kernel is the
@@ -44,7 +48,7 @@ impl Isa {
     pub fn f32_isa(self) -> Isa {
         match self {
             Isa::Avx2F16 => Isa::Avx2,
-            Isa::Avx512Bf16 => Isa::Avx512,
+            Isa::Avx512Bf16 | Isa::AmxBf16 => Isa::Avx512,
             Isa::NeonFp16 => Isa::Neon,
             other => other,
         }
@@ -65,6 +69,7 @@ pub fn isa_name(isa: Isa) -> &'static str {
         Isa::Neon => "neon",
         Isa::Avx2F16 => "avx2f16",
         Isa::Avx512Bf16 => "avx512bf16",
+        Isa::AmxBf16 => "amxbf16",
         Isa::NeonFp16 => "neonfp16",
     }
 }
@@ -93,6 +98,9 @@ fn detect() -> Vec<Isa> {
         }
         if avx512 && is_x86_feature_detected!("avx512bf16") {
             v.push(Isa::Avx512Bf16);
+            if super::x86::amx::request_permission() {
+                v.push(Isa::AmxBf16);
+            }
         }
     }
     #[cfg(target_arch = "aarch64")]
@@ -165,11 +173,12 @@ fn choose(want: Option<&str>, available: &[Isa]) -> (Isa, Option<String>) {
         "neon" => Isa::Neon,
         "avx2f16" => Isa::Avx2F16,
         "avx512bf16" => Isa::Avx512Bf16,
+        "amxbf16" => Isa::AmxBf16,
         "neonfp16" => Isa::NeonFp16,
         _ => {
             let msg = format!(
                 "EDGE_SFT_ISA={want} is not one of scalar, avx2, avx512, avx2f16, avx512bf16, \
-                 neon, neonfp16, auto; using '{}'",
+                 amxbf16, neon, neonfp16, auto; using '{}'",
                 isa_name(best)
             );
             return (best, Some(msg));
@@ -210,6 +219,14 @@ mod tests {
         assert_eq!(choose(None, &bf), (Isa::Avx512, None));
         assert_eq!(choose(Some("auto"), &bf), (Isa::Avx512, None));
         assert_eq!(choose(Some("avx512bf16"), &bf), (Isa::Avx512Bf16, None));
+        let amx = [Isa::Scalar, Isa::Avx512, Isa::Avx512Bf16, Isa::AmxBf16];
+        assert_eq!(choose(None, &amx), (Isa::Avx512, None));
+        assert_eq!(choose(Some("AMXBF16"), &amx), (Isa::AmxBf16, None));
+        assert_eq!(Isa::AmxBf16.f32_isa(), Isa::Avx512);
+        assert!(choose(Some("amxbf16"), &bf)
+            .1
+            .unwrap()
+            .contains("not supported"));
         let (isa, msg) = choose(Some("avx512bf16"), &all);
         assert_eq!(isa, Isa::Avx512);
         assert!(msg.unwrap().contains("not supported by this CPU"));

@@ -254,11 +254,12 @@ pub(crate) fn gemm_lr(
     // straight to bf16), and for f32 B (attention) from BF16_MIN_ROWS rows. LoRA's dA (rank
     // rows, B = the layer input) stays f32, which reads B in place.
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Bf16
+    if matches!(isa, Isa::Avx512Bf16 | Isa::AmxBf16)
         && n > avx2::NR
         && (m >= BF16_MIN_ROWS || matches!(src, BSrc::Wt { .. } | BSrc::W { .. }))
     {
-        super::gemm_bf16::gemm(m, n, k, a, rsa, csa, src, c, accumulate, lr);
+        let tiles = isa == Isa::AmxBf16;
+        super::gemm_bf16::gemm(tiles, m, n, k, a, rsa, csa, src, c, accumulate, lr);
         return;
     }
     // The fp16 path rounds only frozen weights (f32 products may hold gradients, which f16's

@@ -8,13 +8,16 @@
 //! Numerics: every product A(i,p)·B(p,j) uses bf16(A)·bf16(B) (each with relative rounding
 //! error ≤ 2^-9), exact in f32, summed in f32 in a fixed order (pairs, then chunks in p
 //! order): deterministic, whatever the thread count.
+//!
+//! `Isa::AmxBf16` runs the same driver with the tile-unit microkernel (`x86::amx`, 32×32
+//! micro-tiles) on the same packed operands: tasks then hold whole 32-row micro-tiles.
 
 use super::dispatch::Isa;
 use super::panel::{pack_b, pack_b_bf16, BSrc};
 use super::par;
 use super::tile::{CPtr, EdgeTile, LowRank};
 use super::x86::avx512;
-use super::x86::bf16;
+use super::x86::{amx, bf16};
 use std::cell::RefCell;
 
 /// Rows per task at most (see `gemm::MC_MAX`).
@@ -42,11 +45,12 @@ thread_local! {
     static APACK: RefCell<Vec<Vec<u16>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// C[m, n] (+)= A·B as `gemm::gemm`, with bf16 operands. The caller ran
-/// `check(Isa::Avx512Bf16)`, checked that every A(i, p) lies in `a` and c.len() == m*n, and
-/// m, n, k > 0.
+/// C[m, n] (+)= A·B as `gemm::gemm`, with bf16 operands, on the AMX tile unit when `tiles`.
+/// The caller ran `check(Isa::Avx512Bf16)` (and `check(Isa::AmxBf16)` for `tiles`), checked
+/// that every A(i, p) lies in `a` and c.len() == m*n, and m, n, k > 0.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
+    tiles: bool,
     m: usize,
     n: usize,
     k: usize,
@@ -58,7 +62,11 @@ pub(crate) fn gemm(
     accumulate: bool,
     lr: Option<LowRank>,
 ) {
-    let (mr, nr) = (bf16::MR, bf16::NR);
+    let (mr, nr) = if tiles {
+        (amx::MR, amx::NR)
+    } else {
+        (bf16::MR, bf16::NR)
+    };
     let n_ib = m.div_ceil(MC_MAX);
     let mc = m.div_ceil(n_ib).div_ceil(mr) * mr;
     let n_ib = m.div_ceil(mc);
@@ -84,7 +92,7 @@ pub(crate) fn gemm(
             SCRATCH16.with(|s16| {
                 let mut s = s.borrow_mut();
                 let mut s16 = s16.borrow_mut();
-                let need = KC * ldb + 8 * KC + mr * nr;
+                let need = KC * ldb + 8 * KC + amx::MR * nr;
                 if s.len() < need {
                     s.resize(need, 0.0);
                 }
@@ -94,7 +102,7 @@ pub(crate) fn gemm(
                 }
                 let (panel, rest) = s.split_at_mut(KC * ldb);
                 let (tmp, ctile) = rest.split_at_mut(8 * KC);
-                let ctile = &mut ctile[..mr * nr];
+                let ctile = &mut ctile[..amx::MR * nr];
                 let bpk = &mut s16[..KC * ldb];
                 let cp = cptr;
                 for (ch, p0) in (0..k).step_by(KC).enumerate() {
@@ -124,7 +132,31 @@ pub(crate) fn gemm(
                                     nr,
                                 };
                                 tile.run(ctile, overwrite, |c, ldc| {
-                                    bf16::kernel(kp, ap, lda, bp, 2 * ldb, c, ldc, rows, overwrite)
+                                    if tiles {
+                                        amx::kernel(
+                                            kp,
+                                            ap,
+                                            lda,
+                                            bp,
+                                            2 * ldb,
+                                            c,
+                                            ldc,
+                                            rows,
+                                            overwrite,
+                                        )
+                                    } else {
+                                        bf16::kernel(
+                                            kp,
+                                            ap,
+                                            lda,
+                                            bp,
+                                            2 * ldb,
+                                            c,
+                                            ldc,
+                                            rows,
+                                            overwrite,
+                                        )
+                                    }
                                 });
                             }
                         }
@@ -141,8 +173,8 @@ pub(crate) fn gemm(
                     pack_b(Isa::Avx512, src, 0, l.r, j0, nbt, panel, ldb, tmp);
                     for jr in (0..nbt).step_by(nr) {
                         let ncols = nr.min(nbt - jr);
-                        for ir in (0..mct).step_by(mr) {
-                            let rows = mr.min(mct - ir);
+                        for ir in (0..mct).step_by(avx512::MR) {
+                            let rows = avx512::MR.min(mct - ir);
                             let (i, j) = (i0 + ir, j0 + jr);
                             // SAFETY: U rows i..i+rows hold r values each (checked by
                             // gemm_lr); the panel holds r ≤ KC rows of ldb ≥ jr + NR values;

@@ -1,6 +1,7 @@
 //! x86-64 SIMD paths. Every function here is an `unsafe fn` with `#[target_feature]`; the
 //! dispatchers call them only after `dispatch::check` confirmed the CPU has the features.
 
+pub(crate) mod amx;
 pub(crate) mod avx2;
 pub(crate) mod f16c;
 pub(crate) mod gemv_avx2;
