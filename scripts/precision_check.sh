@@ -4,7 +4,7 @@
 #
 # Runs the same `edge-sft tune --lora` (SmolLM2-135M-Instruct Q4_1, chatterbot-corpus training
 # split, same seed, data and steps) once on the f32 path and once per reduced-precision path
-# the host has (avx512bf16, avx2f16, neonfp16: whichever `edge-sft inspect --json` confirms),
+# the host has (avx512bf16, amxbf16, avx2f16, neonfp16: whichever `edge-sft inspect --json` confirms),
 # then scores the held-out split with every adapter on the f32 path (`edge-sft eval`), so the
 # comparison measures the adapters the paths trained, not the paths' own scoring. Prints a
 # table (also written to $OUT/precision.md) and exits 1 if a path's held-out mean NLL is off
@@ -13,7 +13,7 @@
 #   scripts/precision_check.sh [STEPS]        (default 60 optimizer steps)
 #
 # Environment: EDGE_SFT_BIN (an edge-sft binary; default: build target/release/edge-sft),
-# PRECISION_PATHS (reduced paths to try, default "avx512bf16 avx2f16 neonfp16"),
+# PRECISION_PATHS (reduced paths to try, default "avx512bf16 amxbf16 avx2f16 neonfp16"),
 # PRECISION_BOUND (relative bound, default 0.01), THREADS (default 2), BATCH_TOKENS (512),
 # OUT (work folder, default runs/precision), RESUME=1 (keep the tune runs and scores already
 # in OUT, run only the missing ones).
@@ -27,7 +27,7 @@ OUT=${OUT:-runs/precision}
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
 TRAIN=models/chatterbot_train.jsonl
 HELD=models/chatterbot_heldout.jsonl
-read -r -a CANDIDATES <<<"${PRECISION_PATHS:-avx512bf16 avx2f16 neonfp16}"
+read -r -a CANDIDATES <<<"${PRECISION_PATHS:-avx512bf16 amxbf16 avx2f16 neonfp16}"
 
 scripts/fetch_model.sh >&2
 python3 -c "import yaml" 2>/dev/null || python3 -m pip install --quiet pyyaml

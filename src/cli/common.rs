@@ -167,3 +167,17 @@ impl SamplingArgs {
         })
     }
 }
+
+/// The CPU kernel path a run uses, and the faster opt-in path where this CPU has one that the
+/// automatic choice skips (reduced precision is never chosen for the user).
+pub(crate) fn print_cpu_kernels() {
+    use edge_sft::cpu::{active_isa, available_isas, isa_name, Isa};
+    let isa = active_isa();
+    eprintln!("cpu kernels: {}", isa_name(isa));
+    if !isa.reduced_precision() && available_isas().contains(&Isa::AmxBf16) {
+        eprintln!(
+            "  this CPU has AMX tiles: EDGE_SFT_ISA=amxbf16 trains up to about twice as fast \
+             (bf16 products, f32 sums; docs/performance.md)"
+        );
+    }
+}

@@ -247,6 +247,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let device = edge_sft::device::resolve(a.device, &edge_sft::device::CudaStatus::probe())?;
     eprintln!("device: {}", device.why);
+    super::common::print_cpu_kernels();
     let threads = super::init_threads(a.threads)?;
     // The settings are written before anything slow, so a killed run has them too. A resume
     // writes them once the trainer has accepted the checkpoint (their options must match it).
