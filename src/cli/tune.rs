@@ -11,9 +11,7 @@ use edge_sft::train::checkpoint;
 use edge_sft::train::lock::OutLock;
 use edge_sft::train::optim::Schedule;
 use edge_sft::train::plan::{self, DEFAULT_WARMUP_RATIO};
-use edge_sft::train::trainer::{
-    tune, Keep, TuneOptions, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_PATIENCE,
-};
+use edge_sft::train::trainer::{tune, Keep, TuneOptions, DEFAULT_BATCH_SIZE, DEFAULT_PATIENCE};
 use edge_sft::Result;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -44,7 +42,7 @@ across its micro-batches, as PEFT/TRL do.\n\n\
 Defaults (chosen by a sweep on three data sets at 50, 200 and 1,000 records, \
 benches/results/defaults.md): --batch-size 1, --lr 5e-4 (up to 1e-3 on fewer than 200 \
 records), cosine schedule with 5% warm-up, \
-up to --epochs 2, LoRA r=8 α=16 on all seven projections. A few percent of the records are held \
+1.5 to 2 epochs (1.5, or 300 steps where 2 epochs allow), LoRA r=8 α=16 on all seven projections. A few percent of the records are held \
 out and scored 10 times a run; the adapter of the best-scoring step is kept, and the run stops \
 early once 3 scorings in a row (--patience) have not improved on it. A run that diverges \
 (non-finite or collapsing loss) stops with an error and writes nothing of the bad step.\n\n\
@@ -101,9 +99,11 @@ pub struct Args {
     /// epoch), at most 1e-3, so 50 records get 1e-3 and 100 get 7.3e-4].
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Passes over the training data.
-    #[arg(long, default_value_t = DEFAULT_EPOCHS)]
-    pub epochs: usize,
+    /// Passes over the training data [default: 1.5 to 2: 1.5 epochs or 300 steps, whichever is
+    /// more, at most 2 epochs; so up to ~150 records get 2 epochs, 200 records 1.6, larger
+    /// sets 1.5].
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Optimizer steps (overrides --epochs).
     #[arg(long)]
     pub steps: Option<usize>,

@@ -64,9 +64,38 @@ pub fn epoch_steps(
         .collect()
 }
 
-/// Optimizer steps of a run: `steps` when given, else `epochs` passes of ⌈n / batch_size⌉.
-pub fn total_steps(n: usize, batch_size: usize, epochs: usize, steps: Option<usize>) -> usize {
-    steps.unwrap_or_else(|| epochs * n.div_ceil(batch_size.max(1)))
+/// Without `--epochs` or `--steps`, a run plans at least this many passes over the data …
+pub const MIN_DEFAULT_EPOCHS: f64 = 1.5;
+/// … and at least this many optimizer steps …
+pub const MIN_DEFAULT_STEPS: usize = 300;
+/// … but never more than this many passes.
+pub const MAX_DEFAULT_EPOCHS: usize = 2;
+
+/// Optimizer steps of a run: `steps` when given, else `epochs` passes of ⌈n / batch_size⌉,
+/// else the default rule (`default_steps`).
+pub fn total_steps(
+    n: usize,
+    batch_size: usize,
+    epochs: Option<usize>,
+    steps: Option<usize>,
+) -> usize {
+    let per_epoch = n.div_ceil(batch_size.max(1));
+    match (steps, epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => e * per_epoch,
+        (None, None) => default_steps(per_epoch),
+    }
+}
+
+/// The default length of a run of `per_epoch` steps an epoch: 1.5 epochs or 300 steps,
+/// whichever is more, but at most 2 epochs. A small set needs a few hundred updates and gets
+/// two passes (45 records: 90 steps, 95: 190); from about 150 records 300 steps are fewer than
+/// two passes (190 records: 300 steps, 1.6 epochs), and a large set gets 1.5 (950: 1,425).
+/// The sweep behind it: two epochs cost 2.2–2.5× one high-rate epoch at 200 records for the
+/// same held-out quality, while one epoch is not enough at 1,000 (benches/results/defaults.md).
+pub fn default_steps(per_epoch: usize) -> usize {
+    let at_least = ((MIN_DEFAULT_EPOCHS * per_epoch as f64).ceil() as usize).max(MIN_DEFAULT_STEPS);
+    at_least.min(MAX_DEFAULT_EPOCHS * per_epoch)
 }
 
 /// Warm-up steps: `warmup` when given, else ⌈ratio · total⌉ capped at `WARMUP_CAP`, and never
@@ -148,17 +177,29 @@ pub fn holdout(n: usize, frac: f32, seed: u64) -> (Vec<usize>, Vec<usize>) {
 pub fn describe(
     records: usize,
     batch_size: usize,
-    epochs: usize,
+    epochs: Option<usize>,
     steps: Option<usize>,
     total: usize,
     warmup: usize,
 ) -> String {
-    let how = match steps {
-        Some(_) => format!("batch {batch_size}, --steps"),
-        None => format!(
-            "batch {batch_size}, {epochs} epoch{}",
-            if epochs == 1 { "" } else { "s" }
+    let how = match (steps, epochs) {
+        (Some(_), _) => format!("batch {batch_size}, --steps"),
+        (None, Some(e)) => format!(
+            "batch {batch_size}, {e} epoch{}",
+            if e == 1 { "" } else { "s" }
         ),
+        (None, None) => {
+            let passes = total as f64 / records.div_ceil(batch_size.max(1)).max(1) as f64;
+            let passes = if passes.fract().abs() < 0.05 {
+                format!("{passes:.0}")
+            } else {
+                format!("{passes:.1}")
+            };
+            format!(
+                "batch {batch_size}, {passes} epochs: the default plans 1.5 to 2, at least \
+                 {MIN_DEFAULT_STEPS} steps where 2 allow"
+            )
+        }
     };
     format!("{records} records → {total} steps ({how}), warm-up {warmup}")
 }
@@ -189,10 +230,39 @@ mod tests {
 
     #[test]
     fn steps_are_counted_in_records() {
-        assert_eq!(total_steps(160, 1, 2, None), 320);
-        assert_eq!(total_steps(160, 4, 2, None), 80);
-        assert_eq!(total_steps(161, 4, 2, None), 82); // the last step of an epoch takes 1
-        assert_eq!(total_steps(161, 4, 2, Some(7)), 7);
+        assert_eq!(total_steps(160, 1, Some(2), None), 320);
+        assert_eq!(total_steps(160, 4, Some(2), None), 80);
+        assert_eq!(total_steps(161, 4, Some(2), None), 82); // the last step of an epoch takes 1
+        assert_eq!(total_steps(161, 4, Some(2), Some(7)), 7);
+        assert_eq!(total_steps(161, 4, None, Some(7)), 7);
+    }
+
+    #[test]
+    fn the_default_plans_one_and_a_half_to_two_epochs_and_300_steps_where_two_allow() {
+        // Small sets: two epochs (fewer than 300 steps).
+        assert_eq!(total_steps(45, 1, None, None), 90);
+        assert_eq!(total_steps(95, 1, None, None), 190);
+        assert_eq!(total_steps(150, 1, None, None), 300);
+        // From 150 records, 300 steps are fewer than two epochs.
+        assert_eq!(total_steps(190, 1, None, None), 300);
+        assert_eq!(total_steps(199, 1, None, None), 300);
+        // 1.5 epochs once that is more than 300 steps (rounded up).
+        assert_eq!(total_steps(201, 1, None, None), 302);
+        assert_eq!(total_steps(950, 1, None, None), 1425);
+        assert_eq!(total_steps(951, 1, None, None), 1427);
+        // Counted in steps: 760 records in steps of 4 are 190 steps an epoch.
+        assert_eq!(total_steps(760, 4, None, None), 300);
+        assert_eq!(total_steps(1, 1, None, None), 2);
+        assert_eq!(
+            describe(190, 1, None, None, 300, 15),
+            "190 records → 300 steps (batch 1, 1.6 epochs: the default plans 1.5 to 2, at least \
+             300 steps where 2 allow), warm-up 15"
+        );
+        assert!(describe(45, 1, None, None, 90, 5).contains("(batch 1, 2 epochs: the default"));
+        assert_eq!(
+            describe(160, 1, Some(2), None, 320, 16),
+            "160 records → 320 steps (batch 1, 2 epochs), warm-up 16"
+        );
         let order: Vec<usize> = (0..10).collect();
         let lens = [30; 10];
         let steps = epoch_steps(&order, &lens, 4, 1024);

@@ -26,8 +26,7 @@ use std::time::Instant;
 use super::heldout;
 pub use super::heldout::{made_progress, within_noise};
 pub use super::tune_options::{
-    Keep, TuneOptions, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_PATIENCE,
-    SAVE_SECONDS,
+    Keep, TuneOptions, DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_PATIENCE, SAVE_SECONDS,
 };
 
 /// One optimizer step's numbers.

@@ -26,7 +26,8 @@ pub struct TuneOptions {
     pub dropout: f32,
     pub targets: Vec<Target>,
     pub lr: f32,
-    pub epochs: usize,
+    /// Passes over the data; `None`: the default rule (`plan::default_steps`).
+    pub epochs: Option<usize>,
     /// Optimizer steps; overrides `epochs` when set.
     pub steps: Option<usize>,
     /// Records per optimizer step.
@@ -64,7 +65,6 @@ pub struct TuneOptions {
 
 /// The defaults, chosen by the sweep in `benches/results/defaults.md`.
 pub const DEFAULT_LR: f32 = 5e-4;
-pub const DEFAULT_EPOCHS: usize = 2;
 /// Held-out scorings without progress before a run stops early: 3 of the ~10 a run makes,
 /// so about 30% of the planned run.
 pub const DEFAULT_PATIENCE: usize = 3;
@@ -81,7 +81,7 @@ impl Default for TuneOptions {
             dropout: 0.0,
             targets: Target::ALL.to_vec(),
             lr: DEFAULT_LR,
-            epochs: DEFAULT_EPOCHS,
+            epochs: None,
             steps: None,
             batch_size: DEFAULT_BATCH_SIZE,
             batch_tokens: 1024,
@@ -146,7 +146,7 @@ impl TuneOptions {
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             return bad("--warmup-ratio must be in [0, 1)");
         }
-        if self.steps.is_none() && self.epochs == 0 {
+        if self.steps.is_none() && self.epochs == Some(0) {
             return bad("--epochs must be at least 1 (or give --steps)");
         }
         Ok(())
