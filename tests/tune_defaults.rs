@@ -205,7 +205,7 @@ fn keep_last_leaves_the_last_step() {
 }
 
 /// The CLI holds out a seeded sample when there is no --eval-data: with 40 records and
-/// --eval-split 0.25, 10 are held out, so one epoch of batch 1 is 30 steps, not 40.
+/// --eval-split 0.25, 10 are held out, so one epoch of the default batch 2 is 15 steps, not 20.
 /// Without `--lora` too: LoRA is the only method, so a user need not say it.
 #[test]
 fn cli_holdout_is_not_trained_on() {
@@ -232,12 +232,12 @@ fn cli_holdout_is_not_trained_on() {
     assert!(o.status.success(), "{stderr}");
     assert!(stderr.contains("held out 10 of 40 records"), "{stderr}");
     assert!(
-        stderr.contains("30 records → 30 steps (batch 1, 1 epoch)"),
+        stderr.contains("30 records → 15 steps (batch 2, 1 epoch)"),
         "{stderr}"
     );
-    assert!(stdout.contains("done: 30 steps"), "{stdout}");
+    assert!(stdout.contains("done: 15 steps"), "{stdout}");
     assert!(stdout.contains("held-out NLL "), "{stdout}");
     assert!(stdout.contains("edge-sft generate --model"), "{stdout}");
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 30);
+    assert_eq!(metrics.lines().count(), 15);
 }

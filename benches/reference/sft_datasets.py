@@ -2,7 +2,7 @@
 """Deterministic SFT data sets for the fine-tuning quality benchmark (plain python3 + pyyaml).
 
 Writes, into OUT (default benches/data/), three data sets, each as
-  {name}_train1000.jsonl, _train200, _train100 and _train50.jsonl  (the smaller files are
+  {name}_train1000.jsonl, _train200, _train100, _train50 and _train20.jsonl  (the smaller files are
   prefixes of the 1000 file) and {name}_test.jsonl (60 records, disjoint from every train record):
 
   chatterbot  {"prompt","response"} pairs from the chatterbot-corpus English conversations
@@ -37,7 +37,7 @@ import sys
 import yaml
 
 SEED = 1234
-SIZES = (50, 100, 200, 1000)
+SIZES = (20, 50, 100, 200, 1000)
 N_TEST = 60
 N_TRAIN = max(SIZES)
 

@@ -40,9 +40,9 @@ pub enum KeepArg {
 objective instead. Loss is normalised by the number of scored tokens in each optimizer step, \
 across its micro-batches, as PEFT/TRL do.\n\n\
 Defaults (chosen by a sweep on three data sets at 50, 200 and 1,000 records, \
-benches/results/defaults.md): --batch-size 1, --lr 5e-4 (up to 1e-3 on fewer than 200 \
+benches/results/defaults.md): --batch-size 2, --lr 5e-4 (up to 1e-3 on fewer than 400 \
 records), cosine schedule with 5% warm-up, \
-1.5 to 2 epochs (1.5, or 300 steps where 2 epochs allow), LoRA r=8 α=16 on all seven projections. A few percent of the records are held \
+1.5 epochs (at least 60 steps where 2 epochs allow: two epochs on up to 60 records), LoRA r=8 α=16 on all seven projections. A few percent of the records are held \
 out and scored 10 times a run; the adapter of the best-scoring step is kept, and the run stops \
 early once 3 scorings in a row (--patience) have not improved on it. A run that diverges \
 (non-finite or collapsing loss) stops with an error and writes nothing of the bad step.\n\n\
@@ -96,12 +96,12 @@ pub struct Args {
     #[arg(long, default_value = "q,k,v,o,gate,up,down", value_delimiter = ',')]
     pub targets: Vec<String>,
     /// Peak learning rate [default: 5e-4, larger on a small data set: 5e-4 · √(200 / steps per
-    /// epoch), at most 1e-3, so 50 records get 1e-3 and 100 get 7.3e-4].
+    /// epoch), at most 1e-3, so in steps of 2 records 100 records get 1e-3, 200 get 7.3e-4 and 400 or
+    /// more 5e-4].
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Passes over the training data [default: 1.5 to 2: 1.5 epochs or 300 steps, whichever is
-    /// more, at most 2 epochs; so up to ~150 records get 2 epochs, 200 records 1.6, larger
-    /// sets 1.5].
+    /// Passes over the training data [default: 1.5, or 60 steps where two epochs allow: in the
+    /// default steps of 2 records, up to 60 records get 2 epochs, from 80 records 1.5].
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Optimizer steps (overrides --epochs).

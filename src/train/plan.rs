@@ -31,8 +31,9 @@ pub const MAX_LR_SCALE: f32 = 2.0;
 
 /// The peak learning rate when `--lr` is not given, for `n` training records in steps of
 /// `batch_size`: `BASE_LR` · √(`BASE_LR_STEPS` / steps per epoch), between 1× and 2×. A small
-/// data set gets fewer updates, so each moves further: 45 records get 1e-3, 95 get 7.3e-4, 190
-/// get 5.1e-4 and 200 or more 5e-4 (the sweep behind it: benches/results/defaults.md).
+/// data set gets fewer updates, so each moves further. In the default steps of 2 records: 45
+/// records get 1e-3, 95 get 1e-3, 190 get 7.3e-4 and 400 or more 5e-4 (the sweep behind it:
+/// benches/results/defaults.md).
 pub fn default_lr(n: usize, batch_size: usize) -> f32 {
     let per_epoch = n.div_ceil(batch_size.max(1)).max(1);
     let scale = (BASE_LR_STEPS as f32 / per_epoch as f32).sqrt();
@@ -64,10 +65,10 @@ pub fn epoch_steps(
         .collect()
 }
 
-/// Without `--epochs` or `--steps`, a run plans at least this many passes over the data …
-pub const MIN_DEFAULT_EPOCHS: f64 = 1.5;
-/// … and at least this many optimizer steps …
-pub const MIN_DEFAULT_STEPS: usize = 300;
+/// Without `--epochs` or `--steps`, a run plans this many passes over the data …
+pub const DEFAULT_EPOCHS: f64 = 1.5;
+/// … or this many optimizer steps if that is more …
+pub const MIN_DEFAULT_STEPS: usize = 60;
 /// … but never more than this many passes.
 pub const MAX_DEFAULT_EPOCHS: usize = 2;
 
@@ -87,15 +88,18 @@ pub fn total_steps(
     }
 }
 
-/// The default length of a run of `per_epoch` steps an epoch: 1.5 epochs or 300 steps,
-/// whichever is more, but at most 2 epochs. A small set needs a few hundred updates and gets
-/// two passes (45 records: 90 steps, 95: 190); from about 150 records 300 steps are fewer than
-/// two passes (190 records: 300 steps, 1.6 epochs), and a large set gets 1.5 (950: 1,425).
-/// The sweep behind it: two epochs cost 2.2–2.5× one high-rate epoch at 200 records for the
-/// same held-out quality, while one epoch is not enough at 1,000 (benches/results/defaults.md).
+/// The default length of a run of `per_epoch` steps an epoch: 1.5 epochs, or 60 steps where
+/// two epochs allow. In the default steps of 2 records, sets of up to 60 records get two passes
+/// (45 records: 46 steps), from 80 records 1.5 (190: 143 steps, 950: 713). The sweep behind it
+/// (benches/results/defaults.md): at 200 records two epochs cost 2.2–2.5× one high-rate epoch
+/// for the same held-out quality, while one epoch is not enough at 1,000 records or on 50 chat
+/// or instruction records; on 15–50 records two epochs beat fewer on all three sets, at a cost
+/// of seconds.
 pub fn default_steps(per_epoch: usize) -> usize {
-    let at_least = ((MIN_DEFAULT_EPOCHS * per_epoch as f64).ceil() as usize).max(MIN_DEFAULT_STEPS);
-    at_least.min(MAX_DEFAULT_EPOCHS * per_epoch)
+    let passes = (DEFAULT_EPOCHS * per_epoch as f64).ceil() as usize;
+    passes
+        .max(MIN_DEFAULT_STEPS.min(MAX_DEFAULT_EPOCHS * per_epoch))
+        .max(1)
 }
 
 /// Warm-up steps: `warmup` when given, else ⌈ratio · total⌉ capped at `WARMUP_CAP`, and never
@@ -196,7 +200,7 @@ pub fn describe(
                 format!("{passes:.1}")
             };
             format!(
-                "batch {batch_size}, {passes} epochs: the default plans 1.5 to 2, at least \
+                "batch {batch_size}, {passes} epochs: the default plans {DEFAULT_EPOCHS}, or \
                  {MIN_DEFAULT_STEPS} steps where 2 allow"
             )
         }
@@ -238,27 +242,33 @@ mod tests {
     }
 
     #[test]
-    fn the_default_plans_one_and_a_half_to_two_epochs_and_300_steps_where_two_allow() {
-        // Small sets: two epochs (fewer than 300 steps).
-        assert_eq!(total_steps(45, 1, None, None), 90);
-        assert_eq!(total_steps(95, 1, None, None), 190);
-        assert_eq!(total_steps(150, 1, None, None), 300);
-        // From 150 records, 300 steps are fewer than two epochs.
-        assert_eq!(total_steps(190, 1, None, None), 300);
-        assert_eq!(total_steps(199, 1, None, None), 300);
-        // 1.5 epochs once that is more than 300 steps (rounded up).
-        assert_eq!(total_steps(201, 1, None, None), 302);
+    fn the_default_plans_one_and_a_half_epochs_and_60_steps_where_two_allow() {
+        // Tiny sets: two epochs (fewer than 60 steps).
+        assert_eq!(total_steps(15, 1, None, None), 30);
+        assert_eq!(total_steps(30, 1, None, None), 60);
+        // From 30 records, 60 steps are fewer than two epochs …
+        assert_eq!(total_steps(35, 1, None, None), 60);
+        // … and from 40, 1.5 epochs are 60 steps or more (rounded up).
+        assert_eq!(total_steps(40, 1, None, None), 60);
+        assert_eq!(total_steps(45, 1, None, None), 68);
+        assert_eq!(total_steps(95, 1, None, None), 143);
+        assert_eq!(total_steps(190, 1, None, None), 285);
         assert_eq!(total_steps(950, 1, None, None), 1425);
         assert_eq!(total_steps(951, 1, None, None), 1427);
-        // Counted in steps: 760 records in steps of 4 are 190 steps an epoch.
-        assert_eq!(total_steps(760, 4, None, None), 300);
+        // Counted in steps: in the default steps of 2 records, 45 records get two epochs (the
+        // floor), 190 get 1.5 …
+        assert_eq!(total_steps(45, 2, None, None), 46);
+        assert_eq!(total_steps(190, 2, None, None), 143);
+        assert_eq!(total_steps(950, 2, None, None), 713);
+        // … and 760 records in steps of 4 are 190 steps an epoch.
+        assert_eq!(total_steps(760, 4, None, None), 285);
         assert_eq!(total_steps(1, 1, None, None), 2);
         assert_eq!(
-            describe(190, 1, None, None, 300, 15),
-            "190 records → 300 steps (batch 1, 1.6 epochs: the default plans 1.5 to 2, at least \
-             300 steps where 2 allow), warm-up 15"
+            describe(190, 1, None, None, 285, 15),
+            "190 records → 285 steps (batch 1, 1.5 epochs: the default plans 1.5, or 60 steps \
+             where 2 allow), warm-up 15"
         );
-        assert!(describe(45, 1, None, None, 90, 5).contains("(batch 1, 2 epochs: the default"));
+        assert!(describe(15, 1, None, None, 30, 2).contains("(batch 1, 2 epochs: the default"));
         assert_eq!(
             describe(160, 1, Some(2), None, 320, 16),
             "160 records → 320 steps (batch 1, 2 epochs), warm-up 16"
