@@ -195,7 +195,10 @@ fn a_round_is_promoted_published_and_reported_then_rolled_back() {
         &d,
         "lr = 0.01\ngate_margin = 10.0\ngeneral_set = \"general.jsonl\"",
     );
-    once(&cfg);
+    let o = once(&cfg);
+    // The log names the kernels a round trains on, as `tune` does.
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("cpu kernels: "), "{log}");
     let ds = decisions(&d);
     assert_eq!(ds.len(), 1, "{ds:?}");
     assert_eq!(ds[0]["promoted"], true, "{:?}", ds[0]);

@@ -60,6 +60,9 @@ pub fn apply_nice(a: &Args) {
 
 pub fn run(a: Args) -> Result<()> {
     let cfg = Config::load(&a.config)?;
+    // Which kernels a round trains on, as `tune` says: a daemon log is where a slow round is
+    // looked into.
+    super::common::print_cpu_kernels();
     daemon::run(&cfg, &daemon::RunOptions { once: a.once })
 }
 
