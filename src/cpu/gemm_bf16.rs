@@ -62,6 +62,10 @@ pub(crate) fn gemm(
     accumulate: bool,
     lr: Option<LowRank>,
 ) {
+    // Both kernels keep one contract (`bf16::kernel`'s), for a different number of rows.
+    type Kernel =
+        unsafe fn(usize, *const u16, usize, *const u16, usize, *mut f32, usize, usize, bool);
+    let kernel: Kernel = if tiles { amx::kernel } else { bf16::kernel };
     let (mr, nr) = if tiles {
         (amx::MR, amx::NR)
     } else {
@@ -132,31 +136,7 @@ pub(crate) fn gemm(
                                     nr,
                                 };
                                 tile.run(ctile, overwrite, |c, ldc| {
-                                    if tiles {
-                                        amx::kernel(
-                                            kp,
-                                            ap,
-                                            lda,
-                                            bp,
-                                            2 * ldb,
-                                            c,
-                                            ldc,
-                                            rows,
-                                            overwrite,
-                                        )
-                                    } else {
-                                        bf16::kernel(
-                                            kp,
-                                            ap,
-                                            lda,
-                                            bp,
-                                            2 * ldb,
-                                            c,
-                                            ldc,
-                                            rows,
-                                            overwrite,
-                                        )
-                                    }
+                                    kernel(kp, ap, lda, bp, 2 * ldb, c, ldc, rows, overwrite)
                                 });
                             }
                         }
