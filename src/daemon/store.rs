@@ -34,31 +34,19 @@ pub struct Quarantined {
 /// Read the ids of a JSONL file written by the daemon, first cutting a partial last line (a
 /// crash mid-append) so the next append starts on a fresh line.
 pub(super) fn load_ids(path: &Path) -> Result<Vec<String>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if complete < bytes.len() {
+    let (bytes, cut) = crate::format::append_log::read_whole_lines(path)?;
+    if cut > 0 {
         log(&format!(
-            "{}: cutting a partial last line ({} bytes) left by a crash",
-            path.display(),
-            bytes.len() - complete
+            "{}: cut a partial last line ({cut} bytes) left by a crash",
+            path.display()
         ));
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        f.set_len(complete as u64).map_err(|e| Error::io(path, e))?;
-        f.sync_all().map_err(|e| Error::io(path, e))?;
     }
     #[derive(Deserialize)]
     struct IdOnly {
         id: String,
     }
     let mut ids = Vec::new();
-    for (i, l) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+    for (i, l) in bytes.split(|&b| b == b'\n').enumerate() {
         if l.is_empty() {
             continue;
         }
