@@ -264,21 +264,21 @@ TWO_EPOCH_DEFAULT_UNTIL = "2026-12-06T00:00"
 # `default` row of the earlier rule (and the `cand-s300`, `cand-s1425` and `se-lr1e-3` rows
 # that stood for it) is shown as `v5-default`; the `cand-b2-s46` (50), `cand-b2-s143` (200) and
 # `cand-b2-s713` (1,000) rows, default plus `--batch-size 2 --steps` equal to the new rule's
-# plan, are the current default's runs. 100 records have no run of the new rule.
-FLOOR_300_UNTIL = "2026-12-06T04:45"
+# plan, are the current default's runs, and so are the `cand-b2-s72` rows at 100 records.
+BATCH_2_RULE_SINCE = "2026-12-06T04:45"
 NEW_RULE_PLANS = {50: "cand-b2-s46", 100: "cand-b2-s72", 200: "cand-b2-s143", 1000: "cand-b2-s713"}
 
 
 def relabel(r):
-    r = relabel_before_floor_change(r)
-    if r["setting"] == "default" and r["time"] < FLOOR_300_UNTIL:
+    r = relabel_earlier_rules(r)
+    if r["setting"] == "default" and r["time"] < BATCH_2_RULE_SINCE:
         return dict(r, setting="v5-default")
     if NEW_RULE_PLANS.get(r["size"]) == r["setting"]:
         return dict(r, setting="default")
     return r
 
 
-def relabel_before_floor_change(r):
+def relabel_earlier_rules(r):
     if r["setting"] == "default" and r["time"] < CURRENT_DEFAULT_SINCE:
         return dict(r, setting="v3-default")
     if (r["setting"] == "default" and r["size"] in (200, 1000)

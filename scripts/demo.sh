@@ -11,7 +11,7 @@ BIN=target/release/edge-sft
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
 $BIN inspect "$MODEL"
 echo
-# No hyperparameter flags: the defaults (batch 1, 1.5 epochs, lr 5e-4 or more on small sets, 5% warm-up, a
+# No hyperparameter flags: the defaults (batch 2, 1.5 epochs, lr 5e-4 or more on small sets, 5% warm-up, a
 # held-out split scored 10 times, the best step kept, early stop when it stalls) are what this
 # shows. A few minutes on 2 cores; the loss curve lands in runs/demo/loss.svg.
 $BIN tune --model "$MODEL" --data examples/extract_train.jsonl --out runs/demo --force

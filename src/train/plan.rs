@@ -31,8 +31,8 @@ pub const MAX_LR_SCALE: f32 = 2.0;
 
 /// The peak learning rate when `--lr` is not given, for `n` training records in steps of
 /// `batch_size`: `BASE_LR` · √(`BASE_LR_STEPS` / steps per epoch), between 1× and 2×. A small
-/// data set gets fewer updates, so each moves further. In the default steps of 2 records: 45
-/// records get 1e-3, 95 get 1e-3, 190 get 7.3e-4 and 400 or more 5e-4 (the sweep behind it:
+/// data set gets fewer updates, so each moves further. In the default steps of 2 records, up to
+/// 100 records get 1e-3, 190 get 7.3e-4 and 400 or more 5e-4 (the sweep behind it:
 /// benches/results/defaults.md).
 pub fn default_lr(n: usize, batch_size: usize) -> f32 {
     let per_epoch = n.div_ceil(batch_size.max(1)).max(1);
