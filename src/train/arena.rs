@@ -8,77 +8,70 @@
 use crate::format::peft::target_dims;
 use crate::model::config::ModelConfig;
 use crate::model::lora::{LoraSet, Target};
+use crate::train::backend::{Host, Mem};
 use crate::train::loss::{NllScratch, CHUNK};
 
-/// What one adapted projection keeps for backward.
-#[derive(Default)]
-pub struct LoraBuf {
-    /// [T, in]: 0 or 1/(1−p) per input value; empty without dropout.
-    pub keep: Vec<f32>,
-    /// [T, rank] = scale · (dropout(x) · Aᵀ)
-    pub us: Vec<f32>,
-}
+pub use crate::train::backend::LoraBuf;
 
 /// Saved activations of one block (its input lives in `Arena::inputs`).
-#[derive(Default)]
-pub struct LayerActs {
-    pub r1: Vec<f32>,    // [T] 1/rms of the block input
-    pub q: Vec<f32>,     // [T, q_dim] after RoPE
-    pub k: Vec<f32>,     // [T, kv_dim] after RoPE
-    pub v: Vec<f32>,     // [T, kv_dim]
-    pub lse: Vec<f32>,   // [T, heads] attention log-sum-exp
-    pub att: Vec<f32>,   // [T, q_dim] attention output
-    pub x_mid: Vec<f32>, // [T, d] residual stream after attention
-    pub r2: Vec<f32>,    // [T]
-    pub gate: Vec<f32>,  // [T, ffn]
-    pub up: Vec<f32>,    // [T, ffn]
+pub struct LayerActs<M: Mem = Host> {
+    pub r1: M::Buf,    // [T] 1/rms of the block input
+    pub q: M::Buf,     // [T, q_dim] after RoPE
+    pub k: M::Buf,     // [T, kv_dim] after RoPE
+    pub v: M::Buf,     // [T, kv_dim]
+    pub lse: M::Buf,   // [T, heads] attention log-sum-exp
+    pub att: M::Buf,   // [T, q_dim] attention output
+    pub x_mid: M::Buf, // [T, d] residual stream after attention
+    pub r2: M::Buf,    // [T]
+    pub gate: M::Buf,  // [T, ffn]
+    pub up: M::Buf,    // [T, ffn]
     // Only with q/k norm (empty otherwise):
-    pub q_raw: Vec<f32>, // [T, q_dim] q before its norm
-    pub k_raw: Vec<f32>, // [T, kv_dim]
-    pub rq: Vec<f32>,    // [T, heads] 1/rms per head
-    pub rk: Vec<f32>,    // [T, kv_heads]
+    pub q_raw: M::Buf, // [T, q_dim] q before its norm
+    pub k_raw: M::Buf, // [T, kv_dim]
+    pub rq: M::Buf,    // [T, heads] 1/rms per head
+    pub rk: M::Buf,    // [T, kv_heads]
     // Only with post norms (empty otherwise):
-    pub o_pre: Vec<f32>,    // [T, d] attention output projection before its norm
-    pub r_po: Vec<f32>,     // [T]
-    pub down_pre: Vec<f32>, // [T, d] MLP output before its norm
-    pub r_pf: Vec<f32>,     // [T]
+    pub o_pre: M::Buf,    // [T, d] attention output projection before its norm
+    pub r_po: M::Buf,     // [T]
+    pub down_pre: M::Buf, // [T, d] MLP output before its norm
+    pub r_pf: M::Buf,     // [T]
     /// Indexed by `Target::index()`; `None` where the projection has no adapter.
-    pub lora: [Option<LoraBuf>; 7],
+    pub lora: [Option<LoraBuf<M>>; 7],
 }
 
 /// Temporaries of one block's forward or backward; never live across blocks.
-#[derive(Default)]
-pub struct Scratch {
-    pub h1: Vec<f32>,     // [T, d] rmsnorm(x_in)
-    pub h2: Vec<f32>,     // [T, d] rmsnorm(x_mid)
-    pub act: Vec<f32>,    // [T, ffn] silu(gate)·up
-    pub d_act: Vec<f32>,  // [T, ffn]
-    pub d_gate: Vec<f32>, // [T, ffn]
-    pub d_up: Vec<f32>,   // [T, ffn]
-    pub dh: Vec<f32>,     // [T, d] gradient w.r.t. a normed input
-    pub d_att: Vec<f32>,  // [T, q_dim]
-    pub dq: Vec<f32>,     // [T, q_dim]
-    pub dk: Vec<f32>,     // [T, kv_dim]
-    pub dv: Vec<f32>,     // [T, kv_dim]
-    pub o: Vec<f32>, // [T, max(d, ffn)] a projection output before the residual add; in backward, two [T, d] partial input gradients
-    pub du: Vec<f32>, // [3, T, rank] LoRA: scale · dy · B, one per concurrent projection
-    pub xd: Vec<f32>, // [T, max in] LoRA input after dropout (dropout only)
-    pub hf: Vec<f32>, // [T, d] final-norm output, then its gradient
-    pub hs: Vec<f32>, // [T, d] the rows that predict scored tokens
-    pub dhs: Vec<f32>, // [T, d] their gradient
-    pub rf: Vec<f32>, // [T] 1/rms of the final norm
-    pub grad: Vec<f32>, // [T, d] ∂L/∂(residual stream), carried down the blocks
-    pub nll: NllScratch, // the fused loss's [T, CHUNK] tile and row accumulators
+pub struct Scratch<M: Mem = Host> {
+    pub h1: M::Buf,          // [T, d] rmsnorm(x_in)
+    pub h2: M::Buf,          // [T, d] rmsnorm(x_mid)
+    pub act: M::Buf,         // [T, ffn] silu(gate)·up
+    pub d_act: M::Buf,       // [T, ffn]
+    pub d_gate: M::Buf,      // [T, ffn]
+    pub d_up: M::Buf,        // [T, ffn]
+    pub dh: M::Buf,          // [T, d] gradient w.r.t. a normed input
+    pub d_att: M::Buf,       // [T, q_dim]
+    pub dq: M::Buf,          // [T, q_dim]
+    pub dk: M::Buf,          // [T, kv_dim]
+    pub dv: M::Buf,          // [T, kv_dim]
+    pub o: M::Buf, // [T, max(d, ffn)] a projection output before the residual add; in backward, two [T, d] partial input gradients
+    pub du: M::Buf, // [3, T, rank] LoRA: scale · dy · B, one per concurrent projection
+    pub xd: M::Buf, // [T, max in] LoRA input after dropout (dropout only)
+    pub hf: M::Buf, // [T, d] final-norm output, then its gradient
+    pub hs: M::Buf, // [T, d] the rows that predict scored tokens
+    pub dhs: M::Buf, // [T, d] their gradient
+    pub rf: M::Buf, // [T] 1/rms of the final norm
+    pub nll: M::LossScratch, // the fused loss's [T, CHUNK] tile and row accumulators
 }
 
 /// All buffers of a step.
-pub struct Arena {
+pub struct Arena<M: Mem = Host> {
     pub t_max: usize,
     /// Input of every block, then the last block's output: n_layers + 1 × [T, d].
-    pub inputs: Vec<Vec<f32>>,
+    pub inputs: Vec<M::Buf>,
     /// One entry per block, or a single reused entry under gradient checkpointing.
-    pub acts: Vec<LayerActs>,
-    pub scratch: Scratch,
+    pub acts: Vec<LayerActs<M>>,
+    pub scratch: Scratch<M>,
+    /// [T, d] ∂L/∂(residual stream), carried down the blocks.
+    pub grad: M::Buf,
     checkpoint: bool,
     dropout: bool,
 }
@@ -126,11 +119,8 @@ pub fn size_table(
     ]
 }
 
-fn buf(n: usize) -> Vec<f32> {
-    vec![0.0; n]
-}
-
-impl Arena {
+impl Arena<Host> {
+    /// Host buffers for batches of up to `t_max` tokens.
     pub fn new(
         c: &ModelConfig,
         lora: &LoraSet,
@@ -138,12 +128,63 @@ impl Arena {
         checkpoint: bool,
         dropout: bool,
     ) -> Arena {
+        Arena::new_in(
+            &Host,
+            c,
+            lora.rank,
+            &lora.targets,
+            t_max,
+            checkpoint,
+            dropout,
+        )
+    }
+
+    /// Buffers for a forward pass only (scoring): two residual-stream buffers used in turn,
+    /// one block's activations, and none of the backward's scratch or the loss tile.
+    pub fn forward_only(c: &ModelConfig, lora: &LoraSet, t_max: usize) -> Arena {
+        // `new` asks for zeroed pages; the ones dropped here were never touched.
+        let mut a = Arena::new(c, lora, t_max, true, false);
+        a.inputs.truncate(2);
+        a.grad = Vec::new();
+        let s = &mut a.scratch;
+        for v in [
+            &mut s.d_act,
+            &mut s.d_gate,
+            &mut s.d_up,
+            &mut s.dh,
+            &mut s.d_att,
+            &mut s.dq,
+            &mut s.dk,
+            &mut s.dv,
+            &mut s.du,
+            &mut s.dhs,
+        ] {
+            *v = Vec::new();
+        }
+        s.nll = NllScratch::for_rows(0, c.d_model, c.vocab_size);
+        a
+    }
+}
+
+impl<M: Mem> Arena<M> {
+    /// Every buffer of the size table, in `mem`, for batches of up to `t_max` tokens with
+    /// adapters of `rank` on `targets`.
+    pub fn new_in(
+        mem: &M,
+        c: &ModelConfig,
+        rank: usize,
+        targets: &[Target],
+        t_max: usize,
+        checkpoint: bool,
+        dropout: bool,
+    ) -> Arena<M> {
         let t = t_max.max(1);
+        let buf = |n: usize| mem.alloc(n);
         let (d, qd, kvd, ffn) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let saved_blocks = if checkpoint { 1 } else { c.n_layers };
         let mut max_in = 0;
         let (qkn, post) = (c.block.qk_norm, c.block.post_norms);
-        let opt = |on: bool, n: usize| if on { buf(n) } else { Vec::new() };
+        let opt = |on: bool, n: usize| buf(if on { n } else { 0 });
         let acts = (0..saved_blocks)
             .map(|_| LayerActs {
                 q_raw: opt(qkn, t * qd),
@@ -166,12 +207,12 @@ impl Arena {
                 up: buf(t * ffn),
                 lora: std::array::from_fn(|i| {
                     let tg = Target::ALL[i];
-                    lora.targets.contains(&tg).then(|| {
+                    targets.contains(&tg).then(|| {
                         let (din, _) = target_dims(c, tg);
                         max_in = max_in.max(din);
                         LoraBuf {
-                            keep: if dropout { buf(t * din) } else { Vec::new() },
-                            us: buf(t * lora.rank),
+                            keep: opt(dropout, t * din),
+                            us: buf(t * rank),
                         }
                     })
                 }),
@@ -190,54 +231,28 @@ impl Arena {
             dk: buf(t * kvd),
             dv: buf(t * kvd),
             o: buf(t * d.max(ffn)),
-            du: buf(3 * t * lora.rank),
-            xd: if dropout { buf(t * max_in) } else { Vec::new() },
+            du: buf(3 * t * rank),
+            xd: opt(dropout, t * max_in),
             hf: buf(t * d),
             hs: buf(t * d),
             dhs: buf(t * d),
             rf: buf(t),
-            grad: buf(t * d),
-            nll: NllScratch::for_rows(t, d, c.vocab_size),
+            nll: mem.loss_scratch(t, d, c.vocab_size),
         };
         Arena {
             t_max: t,
             inputs: (0..=c.n_layers).map(|_| buf(t * d)).collect(),
             acts,
             scratch,
+            grad: buf(t * d),
             checkpoint,
             dropout,
         }
     }
 
-    /// Buffers for a forward pass only (scoring): two residual-stream buffers used in turn,
-    /// one block's activations, and none of the backward's scratch or the loss tile.
-    pub fn forward_only(c: &ModelConfig, lora: &LoraSet, t_max: usize) -> Arena {
-        // `new` asks for zeroed pages; the ones dropped here were never touched.
-        let mut a = Arena::new(c, lora, t_max, true, false);
-        a.inputs.truncate(2);
-        let s = &mut a.scratch;
-        for v in [
-            &mut s.d_act,
-            &mut s.d_gate,
-            &mut s.d_up,
-            &mut s.dh,
-            &mut s.d_att,
-            &mut s.dq,
-            &mut s.dk,
-            &mut s.dv,
-            &mut s.du,
-            &mut s.dhs,
-            &mut s.grad,
-        ] {
-            *v = Vec::new();
-        }
-        s.nll = NllScratch::for_rows(0, c.d_model, c.vocab_size);
-        a
-    }
-
     /// Bytes held by the arena's buffers.
     pub fn bytes(&self) -> usize {
-        let l = |v: &Vec<f32>| v.len();
+        let l = |v: &M::Buf| M::len(v);
         let acts: usize = self
             .acts
             .iter()
@@ -263,25 +278,25 @@ impl Arena {
                     &a.r_pf,
                 ]
                 .iter()
-                .map(|v| v.len())
+                .map(|v| l(v))
                 .sum::<usize>()
                     + a.lora
                         .iter()
                         .flatten()
-                        .map(|b| b.keep.len() + b.us.len())
+                        .map(|b| l(&b.keep) + l(&b.us))
                         .sum::<usize>()
             })
             .sum();
         let s = &self.scratch;
         let scratch: usize = [
             &s.h1, &s.h2, &s.act, &s.d_act, &s.d_gate, &s.d_up, &s.dh, &s.d_att, &s.dq, &s.dk,
-            &s.dv, &s.o, &s.du, &s.xd, &s.hf, &s.hs, &s.dhs, &s.rf, &s.grad,
+            &s.dv, &s.o, &s.du, &s.xd, &s.hf, &s.hs, &s.dhs, &s.rf, &self.grad,
         ]
         .iter()
         .map(|v| l(v))
         .sum();
         let inputs: usize = self.inputs.iter().map(l).sum();
-        4 * (acts + scratch + s.nll.values() + inputs)
+        4 * (acts + scratch + M::loss_scratch_values(&s.nll) + inputs)
     }
 
     /// True if this arena fits a batch of `t` tokens with these settings.

@@ -1,447 +1,346 @@
-//! One transformer block for training: forward keeping what backward needs, and backward
-//! computing activation gradients through the frozen weights plus LoRA parameter gradients.
-//! Every buffer comes from the step's [`Arena`](super::arena::Arena); nothing is allocated here.
+//! One transformer block for training, written once against the [`Backend`] operations:
+//! forward keeping what backward needs, and backward computing activation gradients through
+//! the frozen weights plus LoRA parameter gradients. Every buffer comes from the step's
+//! [`Arena`](super::arena::Arena); nothing is allocated here.
 
-use super::arena::{LayerActs, LoraBuf, Scratch};
-use super::attention::{attention_backward, attention_forward, AttnShape};
-use super::batch::Segment;
-use super::geglu::{geglu_backward, gelu_mul_par};
-use super::ops::{
-    add_into, add_rmsnorm, residual_add, rmsnorm_backward, rmsnorm_backward_inplace, rmsnorm_par,
-    rmsnorm_rows, silu_mul_par, swiglu_backward,
-};
-use super::proj::{proj_backward, proj_forward, Dropout};
-use crate::model::config::Activation;
-use crate::model::lora::{LoraPair, LoraSet, Target};
-use crate::model::rope::RopeTable;
-use crate::model::weights::QMatrix;
-use crate::model::{LayerWeights, Model};
+use super::arena::{LayerActs, Scratch};
+use super::backend::{Backend, Mem, Norm};
+use super::proj::Dropout;
+use crate::model::lora::Target;
 
-/// Per-batch constants shared by all layers.
-pub struct BatchCtx<'a> {
-    pub segs: &'a [Segment],
-    pub t: usize,
-    /// cos/sin per position: global layers' RoPE, then local layers' if the model has them.
-    ropes: Vec<RopeTable>,
+type Buf<B> = <<B as Backend>::M as Mem>::Buf;
+
+/// The first `n` values of a buffer, read-only (`r!`) or writable (`w!`), in the backend's
+/// memory. Views are taken where they are used, so borrows stay per field.
+macro_rules! r {
+    ($b:expr, $n:expr) => {
+        <B::M as Mem>::view(&$b, $n)
+    };
 }
-
-impl<'a> BatchCtx<'a> {
-    pub fn new(model: &Model, segs: &'a [Segment], positions: &[u32]) -> Self {
-        let pos: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
-        BatchCtx {
-            segs,
-            t: positions.len(),
-            ropes: model.rope_tables(&pos),
-        }
-    }
-
-    /// RoPE of block `li` on every row of x [T, width], rows spread over the pool.
-    fn rotate(&self, model: &Model, li: usize, x: &mut [f32], width: usize, inverse: bool) {
-        self.ropes[model.rope_index(li)].rotate(x, self.t, width, inverse);
-    }
+macro_rules! w {
+    ($b:expr, $n:expr) => {
+        <B::M as Mem>::view_mut(&mut $b, $n)
+    };
 }
+pub(crate) use {r, w};
 
-fn shape(model: &Model, li: usize) -> AttnShape {
-    let c = &model.config;
-    AttnShape {
-        scale: c.attn_scale(),
-        window: c.window(li),
-        ..AttnShape::causal(c.n_heads, c.n_kv_heads, c.head_dim)
-    }
-}
-
-/// act = f(gate) · up for the model's gated activation.
-fn gated_act(model: &Model, gate: &[f32], up: &[f32], act: &mut [f32]) {
-    match model.config.block.activation {
-        Activation::SwiGlu => silu_mul_par(gate, up, act),
-        Activation::GeGluTanh => gelu_mul_par(gate, up, act),
-    }
-}
-
-/// Forward of block `li`: x_in [T, d] → x_out [T, d], keeping what backward needs in `a`.
+/// Forward of block `li` on T rows: x_in [T, d] → x_out [T, d], keeping what backward needs
+/// in `a`.
 #[allow(clippy::too_many_arguments)]
-pub fn layer_forward(
-    model: &Model,
+pub fn layer_forward<B: Backend>(
+    be: &B,
     li: usize,
-    lora: &LoraSet,
-    ctx: &BatchCtx,
-    x_in: &[f32],
-    a: &mut LayerActs,
-    sc: &mut Scratch,
-    x_out: &mut [f32],
+    lora: &B::Lora,
+    ctx: &B::Ctx,
+    t: usize,
+    x_in: &Buf<B>,
+    a: &mut LayerActs<B::M>,
+    sc: &mut Scratch<B::M>,
+    x_out: &mut Buf<B>,
     dropout: &mut Option<Dropout>,
 ) {
-    let c = &model.config;
-    let l: &LayerWeights = &model.layers[li];
-    let (t, d, qd, kvd, ffn) = (ctx.t, c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
-    let s = lora.scale;
-    let (h1, h2) = (&mut sc.h1[..t * d], &mut sc.h2[..t * d]);
-    let xd = &mut sc.xd[..];
-    let mut pf = |x: &[f32],
-                  w: &QMatrix,
-                  b: Option<&[f32]>,
-                  tg: Target,
-                  y: &mut [f32],
-                  lb: &mut [Option<LoraBuf>; 7],
-                  dropout: &mut Option<Dropout>| {
-        let lb = lb[tg.index()].as_mut();
-        proj_forward(x, t, w, b, lora.get(li, tg), s, dropout, y, lb, xd);
-    };
-
-    rmsnorm_rows(x_in, &l.attn_norm, c.rms_eps, h1, &mut a.r1[..t]);
-    // With q/k norm the projections land in q_raw, k_raw and are normed into q, k below.
-    let qk_norm = l.q_norm.as_deref().zip(l.k_norm.as_deref());
-    let (q, k, v) = if qk_norm.is_some() {
-        (
-            &mut a.q_raw[..t * qd],
-            &mut a.k_raw[..t * kvd],
-            &mut a.v[..t * kvd],
-        )
-    } else {
-        (&mut a.q[..t * qd], &mut a.k[..t * kvd], &mut a.v[..t * kvd])
-    };
+    let c = be.config();
+    let (d, qd, kvd, ffn) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
+    let (nh, nkv) = (c.n_heads, c.n_kv_heads);
+    let (qk_norm, post_norms) = (c.block.qk_norm, c.block.post_norms);
+    let s = B::lora_scale(lora);
     // Without dropout the projections of one input are independent: run them side by side,
     // so a thread that finishes its share of one GEMM picks up work of the next instead of
     // waiting at its join. (Dropout draws from one RNG in a fixed order: sequential.)
     let concurrent = dropout.as_ref().is_none_or(|d| d.p <= 0.0);
-    if concurrent {
-        let [lq, lk, lv, ..] = &mut a.lora;
-        let one = |w: &QMatrix,
-                   b: Option<&[f32]>,
-                   tg: Target,
-                   y: &mut [f32],
-                   lb: &mut Option<LoraBuf>| {
-            proj_forward(
-                h1,
-                t,
-                w,
-                b,
-                lora.get(li, tg),
-                s,
-                &mut None,
-                y,
-                lb.as_mut(),
-                &mut [],
-            );
-        };
-        rayon::join(
-            || one(&l.wq, l.bq.as_deref(), Target::Q, q, lq),
-            || {
-                rayon::join(
-                    || one(&l.wk, l.bk.as_deref(), Target::K, k, lk),
-                    || one(&l.wv, l.bv.as_deref(), Target::V, v, lv),
-                )
-            },
-        );
-    } else {
-        pf(
-            h1,
-            &l.wq,
-            l.bq.as_deref(),
-            Target::Q,
-            q,
-            &mut a.lora,
-            dropout,
-        );
-        pf(
-            h1,
-            &l.wk,
-            l.bk.as_deref(),
-            Target::K,
-            k,
-            &mut a.lora,
-            dropout,
-        );
-        pf(
-            h1,
-            &l.wv,
-            l.bv.as_deref(),
-            Target::V,
-            v,
-            &mut a.lora,
-            dropout,
-        );
+    let xd_len = <B::M as Mem>::len(&sc.xd);
+    // One projection in sequence, with this block's adapter, its saved buffers and dropout.
+    macro_rules! pf {
+        ($x:expr, $tg:expr, $y:expr) => {{
+            let tg: Target = $tg;
+            let xd = (xd_len > 0).then(|| w!(sc.xd, xd_len));
+            let lb = a.lora[tg.index()].as_mut();
+            be.proj_forward(li, tg, $x, t, B::pair(lora, li, tg), s, dropout, $y, lb, xd);
+        }};
     }
-    if let Some((qn, kn)) = qk_norm {
-        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
-        rmsnorm_rows(
-            &a.q_raw[..t * qd],
-            qn,
-            c.rms_eps,
-            &mut a.q[..t * qd],
-            &mut a.rq[..t * nh],
-        );
-        let (kr, rk) = (&a.k_raw[..t * kvd], &mut a.rk[..t * nkv]);
-        rmsnorm_rows(kr, kn, c.rms_eps, &mut a.k[..t * kvd], rk);
-    }
-    let (q, k, v) = (&mut a.q[..t * qd], &mut a.k[..t * kvd], &a.v[..t * kvd]);
-    ctx.rotate(model, li, q, qd, false);
-    ctx.rotate(model, li, k, kvd, false);
-    let att = &mut a.att[..t * qd];
-    let lse = &mut a.lse[..t * c.n_heads];
-    attention_forward(shape(model, li), ctx.segs, q, k, v, att, lse);
-    let o = &mut sc.o[..t * d];
-    if let Some(pn) = &l.attn_post_norm {
-        let o_pre = &mut a.o_pre[..t * d];
-        pf(att, &l.wo, None, Target::O, o_pre, &mut a.lora, dropout);
-        rmsnorm_rows(o_pre, pn, c.rms_eps, o, &mut a.r_po[..t]);
-    } else {
-        pf(att, &l.wo, None, Target::O, o, &mut a.lora, dropout);
-    }
-    let x_mid = &mut a.x_mid[..t * d];
-    add_rmsnorm(x_in, o, &l.ffn_norm, c.rms_eps, x_mid, &mut a.r2[..t], h2);
 
-    let (gate, up) = (&mut a.gate[..t * ffn], &mut a.up[..t * ffn]);
-    if concurrent {
-        let [.., lg, lu, _] = &mut a.lora;
-        let one = |w: &QMatrix, tg: Target, y: &mut [f32], lb: &mut Option<LoraBuf>| {
-            proj_forward(
-                h2,
-                t,
-                w,
-                None,
-                lora.get(li, tg),
-                s,
-                &mut None,
-                y,
-                lb.as_mut(),
-                &mut [],
+    be.rmsnorm_rows(
+        Norm::Attn(li),
+        r!(*x_in, t * d),
+        w!(sc.h1, t * d),
+        w!(a.r1, t),
+    );
+    // With q/k norm the projections land in q_raw, k_raw and are normed into q, k below.
+    {
+        let h1 = r!(sc.h1, t * d);
+        let LayerActs {
+            q,
+            k,
+            v,
+            q_raw,
+            k_raw,
+            lora: lbs,
+            ..
+        } = &mut *a;
+        let (qo, ko) = if qk_norm { (q_raw, k_raw) } else { (q, k) };
+        if concurrent {
+            let [lq, lk, lv, ..] = lbs;
+            let one = |tg: Target, y, lb: Option<&mut _>| {
+                let p = B::pair(lora, li, tg);
+                be.proj_forward(li, tg, h1, t, p, s, &mut None, y, lb, None);
+            };
+            let (yq, yk, yv) = (w!(*qo, t * qd), w!(*ko, t * kvd), w!(*v, t * kvd));
+            let (lq, lk, lv) = (lq.as_mut(), lk.as_mut(), lv.as_mut());
+            be.join(
+                || one(Target::Q, yq, lq),
+                || be.join(|| one(Target::K, yk, lk), || one(Target::V, yv, lv)),
             );
-        };
-        rayon::join(
-            || one(&l.w_gate, Target::Gate, gate, lg),
-            || one(&l.w_up, Target::Up, up, lu),
-        );
+        } else {
+            for (tg, y, n) in [
+                (Target::Q, qo, qd),
+                (Target::K, ko, kvd),
+                (Target::V, v, kvd),
+            ] {
+                let xd = (xd_len > 0).then(|| w!(sc.xd, xd_len));
+                let lb = lbs[tg.index()].as_mut();
+                let p = B::pair(lora, li, tg);
+                be.proj_forward(li, tg, h1, t, p, s, dropout, w!(*y, t * n), lb, xd);
+            }
+        }
+    }
+    if qk_norm {
+        let (q, rq) = (w!(a.q, t * qd), w!(a.rq, t * nh));
+        be.rmsnorm_rows(Norm::Q(li), r!(a.q_raw, t * qd), q, rq);
+        let (k, rk) = (w!(a.k, t * kvd), w!(a.rk, t * nkv));
+        be.rmsnorm_rows(Norm::K(li), r!(a.k_raw, t * kvd), k, rk);
+    }
+    be.rotate(ctx, li, w!(a.q, t * qd), qd, false);
+    be.rotate(ctx, li, w!(a.k, t * kvd), kvd, false);
+    let (q, k, v) = (r!(a.q, t * qd), r!(a.k, t * kvd), r!(a.v, t * kvd));
+    be.attention_forward(ctx, li, q, k, v, w!(a.att, t * qd), w!(a.lse, t * nh));
+    if post_norms {
+        pf!(r!(a.att, t * qd), Target::O, w!(a.o_pre, t * d));
+        let (o, r_po) = (w!(sc.o, t * d), w!(a.r_po, t));
+        be.rmsnorm_rows(Norm::AttnPost(li), r!(a.o_pre, t * d), o, r_po);
     } else {
-        pf(
-            h2,
-            &l.w_gate,
-            None,
-            Target::Gate,
+        pf!(r!(a.att, t * qd), Target::O, w!(sc.o, t * d));
+    }
+    let (x_mid, r2, h2) = (w!(a.x_mid, t * d), w!(a.r2, t), w!(sc.h2, t * d));
+    be.add_rmsnorm(
+        Norm::Ffn(li),
+        r!(*x_in, t * d),
+        r!(sc.o, t * d),
+        x_mid,
+        r2,
+        h2,
+    );
+
+    {
+        let h2 = r!(sc.h2, t * d);
+        let LayerActs {
             gate,
-            &mut a.lora,
-            dropout,
-        );
-        pf(h2, &l.w_up, None, Target::Up, up, &mut a.lora, dropout);
+            up,
+            lora: lbs,
+            ..
+        } = &mut *a;
+        if concurrent {
+            let [.., lg, lu, _] = lbs;
+            let one = |tg: Target, y, lb: Option<&mut _>| {
+                let p = B::pair(lora, li, tg);
+                be.proj_forward(li, tg, h2, t, p, s, &mut None, y, lb, None);
+            };
+            let (yg, yu) = (w!(*gate, t * ffn), w!(*up, t * ffn));
+            let (lg, lu) = (lg.as_mut(), lu.as_mut());
+            be.join(|| one(Target::Gate, yg, lg), || one(Target::Up, yu, lu));
+        } else {
+            for (tg, y) in [(Target::Gate, gate), (Target::Up, up)] {
+                let xd = (xd_len > 0).then(|| w!(sc.xd, xd_len));
+                let lb = lbs[tg.index()].as_mut();
+                let p = B::pair(lora, li, tg);
+                be.proj_forward(li, tg, h2, t, p, s, dropout, w!(*y, t * ffn), lb, xd);
+            }
+        }
     }
-    let act = &mut sc.act[..t * ffn];
-    gated_act(model, gate, up, act);
-    let down = &mut sc.o[..t * d];
-    if let Some(pn) = &l.ffn_post_norm {
-        let pre = &mut a.down_pre[..t * d];
-        pf(
-            act,
-            &l.w_down,
-            None,
-            Target::Down,
-            pre,
-            &mut a.lora,
-            dropout,
-        );
-        rmsnorm_rows(pre, pn, c.rms_eps, down, &mut a.r_pf[..t]);
+    be.gated_act(r!(a.gate, t * ffn), r!(a.up, t * ffn), w!(sc.act, t * ffn));
+    if post_norms {
+        pf!(r!(sc.act, t * ffn), Target::Down, w!(a.down_pre, t * d));
+        let (o, r_pf) = (w!(sc.o, t * d), w!(a.r_pf, t));
+        be.rmsnorm_rows(Norm::FfnPost(li), r!(a.down_pre, t * d), o, r_pf);
     } else {
-        pf(
-            act,
-            &l.w_down,
-            None,
-            Target::Down,
-            down,
-            &mut a.lora,
-            dropout,
-        );
+        pf!(r!(sc.act, t * ffn), Target::Down, w!(sc.o, t * d));
     }
-    residual_add(x_mid, down, x_out);
+    be.residual_add(r!(a.x_mid, t * d), r!(sc.o, t * d), w!(*x_out, t * d));
 }
 
-/// Backward of block `li`: `grad` holds ∂L/∂x_out [T, d] on entry and ∂L/∂x_in on return;
-/// LoRA gradients are added into `grads`.
+/// Backward of block `li` on T rows: `grad` holds ∂L/∂x_out [T, d] on entry and ∂L/∂x_in on
+/// return; LoRA gradients are added into `grads`.
 #[allow(clippy::too_many_arguments)]
-pub fn layer_backward(
-    model: &Model,
+pub fn layer_backward<B: Backend>(
+    be: &B,
     li: usize,
-    lora: &LoraSet,
-    ctx: &BatchCtx,
-    x_in: &[f32],
-    a: &LayerActs,
-    sc: &mut Scratch,
-    grad: &mut [f32],
-    grads: &mut LoraSet,
+    lora: &B::Lora,
+    ctx: &B::Ctx,
+    t: usize,
+    x_in: &Buf<B>,
+    a: &LayerActs<B::M>,
+    sc: &mut Scratch<B::M>,
+    grad: &mut Buf<B>,
+    grads: &mut B::Lora,
 ) {
-    let c = &model.config;
-    let l = &model.layers[li];
-    let (t, d, qd, kvd, ffn) = (ctx.t, c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
-    let s = lora.scale;
-    let mut g_slots = grads.layers[li].each_mut().map(|o| o.as_mut());
-    let (du, xd) = (&mut sc.du[..], &mut sc.xd[..]);
-    // One projection's backward, with this block's LoRA pair, buffers and gradient slot.
+    let c = be.config();
+    let (d, qd, kvd, ffn) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn_dim);
+    let (nh, nkv) = (c.n_heads, c.n_kv_heads);
+    let (qk_norm, post_norms) = (c.block.qk_norm, c.block.post_norms);
+    let (s, rank) = (B::lora_scale(lora), B::lora_rank(lora));
+    let mut g_slots = B::grad_slots(grads, li);
+    let (du_len, xd_len) = (<B::M as Mem>::len(&sc.du), <B::M as Mem>::len(&sc.xd));
+    // Without dropout, projections of one input run side by side (as in forward), each into
+    // its own input-gradient buffer, summed afterwards.
+    let concurrent = xd_len == 0;
+    // One projection's backward in sequence, with this block's pair, buffers and grad slot.
     macro_rules! pb {
-        ($x:expr, $w:expr, $tg:expr, $dy:expr, $dx:expr, $acc:expr) => {{
+        ($x:expr, $tg:expr, $dy:expr, $dx:expr, $acc:expr) => {{
             let tg: Target = $tg;
-            let (pair, lb) = (lora.get(li, tg), a.lora[tg.index()].as_ref());
+            let (pair, lb) = (B::pair(lora, li, tg), a.lora[tg.index()].as_ref());
             let g = g_slots[tg.index()].take();
-            proj_backward(
-                $x, t, $w, pair, lb, s, $dy, $dx, $acc, g, &mut *du, &mut *xd,
-            );
+            let xd = (xd_len > 0).then(|| w!(sc.xd, xd_len));
+            let du = w!(sc.du, du_len);
+            be.proj_backward(li, tg, $x, t, pair, lb, s, $dy, $dx, $acc, g, du, xd);
         }};
     }
 
     // Recomputed (cheaper than keeping them): h1 = rmsnorm(x_in), h2 = rmsnorm(x_mid),
-    // act = silu(gate) · up.
-    let (h1, h2) = (&mut sc.h1[..t * d], &mut sc.h2[..t * d]);
-    let x_mid = &a.x_mid[..t * d];
-    rmsnorm_par(x_in, &l.attn_norm, c.rms_eps, h1);
-    rmsnorm_par(x_mid, &l.ffn_norm, c.rms_eps, h2);
-    let (gate, up) = (&a.gate[..t * ffn], &a.up[..t * ffn]);
-    let act = &mut sc.act[..t * ffn];
-    gated_act(model, gate, up, act);
+    // act = f(gate) · up.
+    be.rmsnorm(Norm::Attn(li), r!(*x_in, t * d), w!(sc.h1, t * d));
+    be.rmsnorm(Norm::Ffn(li), r!(a.x_mid, t * d), w!(sc.h2, t * d));
+    let (gate, up) = (r!(a.gate, t * ffn), r!(a.up, t * ffn));
+    be.gated_act(gate, up, w!(sc.act, t * ffn));
 
     // MLP: x_out = x_mid + [post_norm](down(f(gate) · up))
-    let d_act = &mut sc.d_act[..t * ffn];
-    if let Some(pn) = &l.ffn_post_norm {
-        let d_down = &mut sc.o[..t * d];
-        d_down.copy_from_slice(grad);
-        rmsnorm_backward_inplace(&a.down_pre[..t * d], pn, &a.r_pf[..t], d_down);
-        pb!(act, &l.w_down, Target::Down, d_down, d_act, false);
+    if post_norms {
+        be.copy(w!(sc.o, t * d), r!(*grad, t * d));
+        let (x, r_pf) = (r!(a.down_pre, t * d), r!(a.r_pf, t));
+        be.rmsnorm_backward_inplace(Norm::FfnPost(li), x, r_pf, w!(sc.o, t * d));
+        let (act, d_down) = (r!(sc.act, t * ffn), r!(sc.o, t * d));
+        pb!(act, Target::Down, d_down, w!(sc.d_act, t * ffn), false);
     } else {
-        pb!(act, &l.w_down, Target::Down, grad, d_act, false);
+        let (act, dy) = (r!(sc.act, t * ffn), r!(*grad, t * d));
+        pb!(act, Target::Down, dy, w!(sc.d_act, t * ffn), false);
     }
-    let (d_gate, d_up) = (&mut sc.d_gate[..t * ffn], &mut sc.d_up[..t * ffn]);
-    match c.block.activation {
-        Activation::SwiGlu => swiglu_backward(gate, up, d_act, d_gate, d_up),
-        Activation::GeGluTanh => geglu_backward(gate, up, d_act, d_gate, d_up),
-    }
-    let dh = &mut sc.dh[..t * d];
-    // Without dropout, projections of one input run side by side (as in forward), each into
-    // its own input-gradient buffer, summed afterwards.
-    let concurrent = xd.is_empty();
+    let (d_gate, d_up) = (w!(sc.d_gate, t * ffn), w!(sc.d_up, t * ffn));
+    be.gated_act_backward(gate, up, r!(sc.d_act, t * ffn), d_gate, d_up);
+    let h2 = r!(sc.h2, t * d);
+    let (d_gate, d_up) = (r!(sc.d_gate, t * ffn), r!(sc.d_up, t * ffn));
     if concurrent {
         let [.., gg, gu, _] = &mut g_slots;
-        let (du0, du1) = du.split_at_mut(t * lora.rank);
-        let dh_up = &mut sc.o[..t * d];
+        let (du0, du1) = <B::M as Mem>::split_mut(w!(sc.du, du_len), t * rank);
+        let (dh, dh_up) = (w!(sc.dh, t * d), w!(sc.o, t * d));
         let (lbg, lbu) = (
             a.lora[Target::Gate.index()].as_ref(),
             a.lora[Target::Up.index()].as_ref(),
         );
-        rayon::join(
+        let (pg, pu) = (
+            B::pair(lora, li, Target::Gate),
+            B::pair(lora, li, Target::Up),
+        );
+        let (gg, gu) = (gg.take(), gu.take());
+        be.join(
             || {
-                let p = lora.get(li, Target::Gate);
-                proj_backward(
+                be.proj_backward(
+                    li,
+                    Target::Gate,
                     h2,
                     t,
-                    &l.w_gate,
-                    p,
+                    pg,
                     lbg,
                     s,
                     d_gate,
                     dh,
                     false,
-                    gg.take(),
+                    gg,
                     du0,
-                    &mut [],
+                    None,
                 )
             },
             || {
-                let p = lora.get(li, Target::Up);
-                proj_backward(
+                be.proj_backward(
+                    li,
+                    Target::Up,
                     h2,
                     t,
-                    &l.w_up,
-                    p,
+                    pu,
                     lbu,
                     s,
                     d_up,
                     dh_up,
                     false,
-                    gu.take(),
+                    gu,
                     du1,
-                    &mut [],
+                    None,
                 )
             },
         );
-        add_into(dh, dh_up, None);
+        be.add_into(w!(sc.dh, t * d), r!(sc.o, t * d), None);
     } else {
-        pb!(h2, &l.w_gate, Target::Gate, d_gate, dh, false);
-        pb!(h2, &l.w_up, Target::Up, d_up, dh, true);
+        pb!(h2, Target::Gate, d_gate, w!(sc.dh, t * d), false);
+        pb!(h2, Target::Up, d_up, w!(sc.dh, t * d), true);
     }
     // grad becomes ∂L/∂x_mid: the residual plus the path through the ffn norm.
-    rmsnorm_backward(x_mid, &l.ffn_norm, &a.r2[..t], dh, grad);
+    let (x_mid, r2) = (r!(a.x_mid, t * d), r!(a.r2, t));
+    be.rmsnorm_backward(Norm::Ffn(li), x_mid, r2, r!(sc.dh, t * d), w!(*grad, t * d));
 
     // Attention: x_mid = x_in + [post_norm](o(attn(rope(qn(q)), rope(kn(k)), v)))
-    let d_att = &mut sc.d_att[..t * qd];
-    if let Some(pn) = &l.attn_post_norm {
-        let d_o = &mut sc.o[..t * d];
-        d_o.copy_from_slice(grad);
-        rmsnorm_backward_inplace(&a.o_pre[..t * d], pn, &a.r_po[..t], d_o);
-        pb!(&a.att[..t * qd], &l.wo, Target::O, d_o, d_att, false);
+    let att = r!(a.att, t * qd);
+    if post_norms {
+        be.copy(w!(sc.o, t * d), r!(*grad, t * d));
+        let (x, r_po) = (r!(a.o_pre, t * d), r!(a.r_po, t));
+        be.rmsnorm_backward_inplace(Norm::AttnPost(li), x, r_po, w!(sc.o, t * d));
+        pb!(att, Target::O, r!(sc.o, t * d), w!(sc.d_att, t * qd), false);
     } else {
-        pb!(&a.att[..t * qd], &l.wo, Target::O, grad, d_att, false);
+        pb!(
+            att,
+            Target::O,
+            r!(*grad, t * d),
+            w!(sc.d_att, t * qd),
+            false
+        );
     }
-    let (dq, dk, dv) = (
-        &mut sc.dq[..t * qd],
-        &mut sc.dk[..t * kvd],
-        &mut sc.dv[..t * kvd],
-    );
-    attention_backward(
-        shape(model, li),
-        ctx.segs,
-        &a.q[..t * qd],
-        &a.k[..t * kvd],
-        &a.v[..t * kvd],
-        &a.att[..t * qd],
-        &a.lse[..t * c.n_heads],
-        d_att,
-        dq,
-        dk,
-        dv,
-    );
-    ctx.rotate(model, li, dq, qd, true);
-    ctx.rotate(model, li, dk, kvd, true);
-    if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
-        rmsnorm_backward_inplace(&a.q_raw[..t * qd], qn, &a.rq[..t * nh], dq);
-        rmsnorm_backward_inplace(&a.k_raw[..t * kvd], kn, &a.rk[..t * nkv], dk);
+    let (dq, dk, dv) = (w!(sc.dq, t * qd), w!(sc.dk, t * kvd), w!(sc.dv, t * kvd));
+    let (q, k, v) = (r!(a.q, t * qd), r!(a.k, t * kvd), r!(a.v, t * kvd));
+    let (lse, d_att) = (r!(a.lse, t * nh), r!(sc.d_att, t * qd));
+    be.attention_backward(ctx, li, q, k, v, att, lse, d_att, dq, dk, dv);
+    be.rotate(ctx, li, w!(sc.dq, t * qd), qd, true);
+    be.rotate(ctx, li, w!(sc.dk, t * kvd), kvd, true);
+    if qk_norm {
+        let (x, r) = (r!(a.q_raw, t * qd), r!(a.rq, t * nh));
+        be.rmsnorm_backward_inplace(Norm::Q(li), x, r, w!(sc.dq, t * qd));
+        let (x, r) = (r!(a.k_raw, t * kvd), r!(a.rk, t * nkv));
+        be.rmsnorm_backward_inplace(Norm::K(li), x, r, w!(sc.dk, t * kvd));
     }
+    let h1 = r!(sc.h1, t * d);
+    let (dq, dk, dv) = (r!(sc.dq, t * qd), r!(sc.dk, t * kvd), r!(sc.dv, t * kvd));
     if concurrent {
         let [gq, gk, gv, ..] = &mut g_slots;
-        let (du0, rest) = du.split_at_mut(t * lora.rank);
-        let (du1, du2) = rest.split_at_mut(t * lora.rank);
-        let (dh_k, dh_v) = sc.o[..2 * t * d].split_at_mut(t * d);
-        let lb = |tg: Target| a.lora[tg.index()].as_ref();
-        let one = |w: &QMatrix,
-                   tg: Target,
-                   dy: &[f32],
-                   dx: &mut [f32],
-                   g: Option<&mut LoraPair>,
-                   du: &mut [f32]| {
-            proj_backward(
-                h1,
-                t,
-                w,
-                lora.get(li, tg),
-                lb(tg),
-                s,
-                dy,
-                dx,
-                false,
-                g,
-                du,
-                &mut [],
-            );
+        let (du0, rest) = <B::M as Mem>::split_mut(w!(sc.du, du_len), t * rank);
+        let (du1, du2) = <B::M as Mem>::split_mut(rest, t * rank);
+        let (dh_k, dh_v) = <B::M as Mem>::split_mut(w!(sc.o, 2 * t * d), t * d);
+        let dh = w!(sc.dh, t * d);
+        let one = |tg: Target, dy, dx, g, du| {
+            let (p, lb) = (B::pair(lora, li, tg), a.lora[tg.index()].as_ref());
+            be.proj_backward(li, tg, h1, t, p, lb, s, dy, dx, false, g, du, None);
         };
-        rayon::join(
-            || one(&l.wq, Target::Q, dq, dh, gq.take(), du0),
+        let (gq, gk, gv) = (gq.take(), gk.take(), gv.take());
+        be.join(
+            || one(Target::Q, dq, dh, gq, du0),
             || {
-                rayon::join(
-                    || one(&l.wk, Target::K, dk, dh_k, gk.take(), du1),
-                    || one(&l.wv, Target::V, dv, dh_v, gv.take(), du2),
+                be.join(
+                    || one(Target::K, dk, dh_k, gk, du1),
+                    || one(Target::V, dv, dh_v, gv, du2),
                 )
             },
         );
-        add_into(dh, dh_k, Some(dh_v));
+        let (ok, ov) = <B::M as Mem>::split(r!(sc.o, 2 * t * d), t * d);
+        be.add_into(w!(sc.dh, t * d), ok, Some(ov));
     } else {
-        pb!(h1, &l.wq, Target::Q, dq, dh, false);
-        pb!(h1, &l.wk, Target::K, dk, dh, true);
-        pb!(h1, &l.wv, Target::V, dv, dh, true);
+        pb!(h1, Target::Q, dq, w!(sc.dh, t * d), false);
+        pb!(h1, Target::K, dk, w!(sc.dh, t * d), true);
+        pb!(h1, Target::V, dv, w!(sc.dh, t * d), true);
     }
-    rmsnorm_backward(x_in, &l.attn_norm, &a.r1[..t], dh, grad);
+    let (x, r1) = (r!(*x_in, t * d), r!(a.r1, t));
+    be.rmsnorm_backward(Norm::Attn(li), x, r1, r!(sc.dh, t * d), w!(*grad, t * d));
 }

@@ -2,6 +2,7 @@
 
 pub mod arena;
 pub mod attention;
+pub mod backend;
 pub mod batch;
 pub mod checkpoint;
 pub mod diverge;

@@ -2,7 +2,7 @@
 //! into its output tiles (forward), and the input gradient plus the LoRA parameter gradients
 //! (backward), with PEFT's optional dropout on the adapter input.
 
-use super::arena::LoraBuf;
+use super::backend::{Host, LoraBuf};
 use crate::cpu;
 use crate::infer::sampling::Rng;
 use crate::model::lora::LoraPair;
@@ -25,7 +25,7 @@ pub fn proj_forward_infer(
     scale: f32,
 ) -> Vec<f32> {
     let mut y = vec![0.0f32; t * w.rows];
-    let mut lb = pair.map(|p| LoraBuf {
+    let mut lb = pair.map(|p| LoraBuf::<Host> {
         keep: Vec::new(),
         us: vec![0.0; t * p.rank],
     });
@@ -56,7 +56,7 @@ pub(crate) fn proj_forward(
     scale: f32,
     dropout: &mut Option<Dropout>,
     y: &mut [f32],
-    lb: Option<&mut LoraBuf>,
+    lb: Option<&mut LoraBuf<Host>>,
     xd: &mut [f32],
 ) {
     let add_bias = |y: &mut [f32]| {
@@ -106,7 +106,7 @@ pub(crate) fn proj_backward(
     t: usize,
     w: &QMatrix,
     pair: Option<&LoraPair>,
-    lb: Option<&LoraBuf>,
+    lb: Option<&LoraBuf<Host>>,
     scale: f32,
     dy: &[f32],
     dx: &mut [f32],

@@ -8,8 +8,9 @@
 //! rows per panel, and attention still never crosses a record (segments, as in training).
 
 use super::arena::Arena;
+use super::backend::{Backend, Cpu};
 use super::batch::{pack_indices, Batch};
-use super::layer::{layer_forward, BatchCtx};
+use super::layer::layer_forward;
 use super::ops::rmsnorm_rows;
 use crate::data::Example;
 use crate::error::{Error, Result};
@@ -82,7 +83,8 @@ fn forward_segment_nll(
     let c = &model.config;
     let (t, d) = (batch.len(), c.d_model);
     let td = t * d;
-    let ctx = BatchCtx::new(model, &batch.segments, &batch.positions);
+    let be = Cpu::new(model);
+    let ctx = be.batch_ctx(batch)?;
     let Arena {
         inputs,
         acts,
@@ -94,17 +96,7 @@ fn forward_segment_nll(
     let (mut x, mut y) = (&mut first[0], &mut second[0]);
     model.embed_into(&batch.tokens, &mut x[..td])?;
     for li in 0..model.layers.len() {
-        layer_forward(
-            model,
-            li,
-            lora,
-            &ctx,
-            &x[..td],
-            &mut acts[0],
-            sc,
-            &mut y[..td],
-            &mut None,
-        );
+        layer_forward(&be, li, lora, &ctx, t, x, &mut acts[0], sc, y, &mut None);
         std::mem::swap(&mut x, &mut y);
     }
     let hf = &mut sc.hf[..td]; // [T, d] final-normed hidden states

@@ -1,10 +1,10 @@
-//! Forward and backward of the whole model on one packed micro-batch, in a reusable arena.
+//! Forward and backward of the whole model on one packed micro-batch, in a reusable arena, on
+//! any [`Backend`].
 
 use super::arena::{Arena, Scratch};
+use super::backend::{Backend, Cpu, Mem, Norm};
 use super::batch::Batch;
-use super::layer::{layer_backward, layer_forward, BatchCtx};
-use super::loss::fused_nll_in;
-use super::ops::{rmsnorm_backward, rmsnorm_rows};
+use super::layer::{layer_backward, layer_forward, r, w};
 use super::proj::Dropout;
 use crate::error::Result;
 use crate::model::lora::LoraSet;
@@ -42,8 +42,8 @@ pub fn forward_backward(
     )
 }
 
-/// Forward + backward. Adds `grad_scale · ∂(Σ nll)/∂θ` into `grads` (same layout as `lora`).
-/// The arena is grown first if the batch does not fit it.
+/// Forward + backward on the CPU. Adds `grad_scale · ∂(Σ nll)/∂θ` into `grads` (same layout
+/// as `lora`). The arena is grown first if the batch does not fit it.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_backward_in(
     arena: &mut Arena,
@@ -53,25 +53,47 @@ pub fn forward_backward_in(
     grads: &mut LoraSet,
     grad_scale: f32,
     checkpoint: bool,
+    dropout: Option<Dropout>,
+) -> Result<StepOutput> {
+    let be = Cpu::new(model);
+    step_on(
+        &be, arena, lora, batch, grads, grad_scale, checkpoint, dropout,
+    )
+}
+
+/// [`forward_backward_in`] on any backend, its arena in the backend's memory.
+#[allow(clippy::too_many_arguments)]
+pub fn step_on<B: Backend>(
+    be: &B,
+    arena: &mut Arena<B::M>,
+    lora: &B::Lora,
+    batch: &Batch,
+    grads: &mut B::Lora,
+    grad_scale: f32,
+    checkpoint: bool,
     mut dropout: Option<Dropout>,
 ) -> Result<StepOutput> {
-    let c = &model.config;
+    let c = be.config();
     let d = c.d_model;
     let t = batch.len();
     if !arena.fits(t, checkpoint, dropout.is_some()) {
-        *arena = Arena::new(c, lora, t.max(arena.t_max), checkpoint, dropout.is_some());
+        let (rank, targets) = (B::lora_rank(lora), B::lora_targets(lora));
+        let t_max = t.max(arena.t_max);
+        let drop = dropout.is_some();
+        *arena = Arena::new_in(be.mem(), c, rank, targets, t_max, checkpoint, drop);
     }
-    let ctx = BatchCtx::new(model, &batch.segments, &batch.positions);
+    let ctx = be.batch_ctx(batch)?;
     let td = t * d;
     let Arena {
         inputs,
         acts,
         scratch: sc,
+        grad,
         ..
     } = arena;
-    model.embed_into(&batch.tokens, &mut inputs[0][..td])?;
+    be.embed(&batch.tokens, w!(inputs[0], td))?;
 
-    let n_layers = model.layers.len();
+    let n_layers = c.n_layers;
     // Under checkpointing, the dropout state at each block's start, to replay it exactly.
     let mut replay: Vec<Option<Dropout>> = Vec::new();
     for li in 0..n_layers {
@@ -80,39 +102,47 @@ pub fn forward_backward_in(
         }
         let (done, rest) = inputs.split_at_mut(li + 1);
         let a = &mut acts[if checkpoint { 0 } else { li }];
-        let (x_in, x_out) = (&done[li][..td], &mut rest[0][..td]);
-        layer_forward(model, li, lora, &ctx, x_in, a, sc, x_out, &mut dropout);
+        layer_forward(
+            be,
+            li,
+            lora,
+            &ctx,
+            t,
+            &done[li],
+            a,
+            sc,
+            &mut rest[0],
+            &mut dropout,
+        );
     }
 
-    let x = &inputs[n_layers][..td];
-    let (nll_sum, segment_nll, m) = final_norm_and_loss(model, batch, x, sc, grad_scale)?;
+    let x = &inputs[n_layers];
+    let (nll_sum, segment_nll, m) = final_norm_and_loss(be, batch, x, sc, grad, grad_scale)?;
 
-    // Moved out while the blocks borrow the rest of the scratch (a move, not an allocation).
-    let mut grad = std::mem::take(&mut sc.grad);
     for li in (0..n_layers).rev() {
         let (done, rest) = inputs.split_at_mut(li + 1);
-        let x_in = &done[li][..td];
+        let x_in = &done[li];
         let a = if checkpoint {
             // Recompute the block (its output lands where it was the first time).
             let mut dr = replay[li].clone();
             layer_forward(
-                model,
+                be,
                 li,
                 lora,
                 &ctx,
+                t,
                 x_in,
                 &mut acts[0],
                 sc,
-                &mut rest[0][..td],
+                &mut rest[0],
                 &mut dr,
             );
             &acts[0]
         } else {
             &acts[li]
         };
-        layer_backward(model, li, lora, &ctx, x_in, a, sc, &mut grad[..td], grads);
+        layer_backward(be, li, lora, &ctx, t, x_in, a, sc, grad, grads);
     }
-    sc.grad = grad;
     Ok(StepOutput {
         nll_sum,
         scored: m,
@@ -121,43 +151,44 @@ pub fn forward_backward_in(
 }
 
 /// Final RMSNorm, the fused NLL on the rows that predict scored tokens, and the gradient back
-/// to the last block's output, left in `sc.grad[..T·d]`. Returns (Σ nll, per segment, m).
-fn final_norm_and_loss(
-    model: &Model,
+/// to the last block's output, left in `grad` [T, d]. Returns (Σ nll, per segment, m).
+fn final_norm_and_loss<B: Backend>(
+    be: &B,
     batch: &Batch,
-    x: &[f32],
-    sc: &mut Scratch,
+    x: &<B::M as Mem>::Buf,
+    sc: &mut Scratch<B::M>,
+    grad: &mut <B::M as Mem>::Buf,
     grad_scale: f32,
 ) -> Result<(f64, Vec<f64>, usize)> {
-    let c = &model.config;
-    let (d, t) = (c.d_model, batch.len());
+    let d = be.config().d_model;
+    let t = batch.len();
     let (td, m) = (t * d, batch.scored.len());
-    let hf = &mut sc.hf[..td];
-    let rf = &mut sc.rf[..t];
-    rmsnorm_rows(x, &model.final_norm, c.rms_eps, hf, rf);
-    let (hs, dhs) = (&mut sc.hs[..m * d], &mut sc.dhs[..m * d]);
-    for (k, &(row, _)) in batch.scored.iter().enumerate() {
-        hs[k * d..(k + 1) * d].copy_from_slice(&hf[row * d..(row + 1) * d]);
-    }
+    be.rmsnorm_rows(Norm::Final, r!(*x, td), w!(sc.hf, td), w!(sc.rf, t));
+    let rows: Vec<usize> = batch.scored.iter().map(|&(row, _)| row).collect();
     let targets: Vec<u32> = batch.scored.iter().map(|&(_, y)| y).collect();
-    let out = fused_nll_in(&mut sc.nll, hs, &targets, &model.output, grad_scale, dhs);
+    be.gather_rows(r!(sc.hf, td), &rows, d, w!(sc.hs, m * d));
+    let (hs, dhs) = (r!(sc.hs, m * d), w!(sc.dhs, m * d));
+    let nll = be.fused_nll(&mut sc.nll, hs, &targets, grad_scale, dhs);
     let mut segment_nll = vec![0.0f64; batch.segments.len()];
-    for (k, &nll) in out.nll.iter().enumerate() {
-        segment_nll[batch.scored_segment[k]] += nll;
+    for (k, &v) in nll.iter().enumerate() {
+        segment_nll[batch.scored_segment[k]] += v;
     }
-    let nll_sum: f64 = out.nll.iter().sum();
+    let nll_sum: f64 = nll.iter().sum();
     if !nll_sum.is_finite() {
         return Err(crate::Error::Numeric(format!(
             "loss is {nll_sum} on a batch of {t} tokens"
         )));
     }
-    // hf now holds ∂L/∂hf: zero except the scored rows.
-    hf.fill(0.0);
-    for (k, &(row, _)) in batch.scored.iter().enumerate() {
-        hf[row * d..(row + 1) * d].copy_from_slice(&dhs[k * d..(k + 1) * d]);
-    }
-    let grad = &mut sc.grad[..td];
-    grad.fill(0.0);
-    rmsnorm_backward(x, &model.final_norm, rf, hf, grad);
+    // hf becomes ∂L/∂hf: zero except the scored rows.
+    be.zero(w!(sc.hf, td));
+    be.scatter_rows(r!(sc.dhs, m * d), &rows, d, w!(sc.hf, td));
+    be.zero(w!(*grad, td));
+    be.rmsnorm_backward(
+        Norm::Final,
+        r!(*x, td),
+        r!(sc.rf, t),
+        r!(sc.hf, td),
+        w!(*grad, td),
+    );
     Ok((nll_sum, segment_nll, m))
 }
