@@ -61,7 +61,27 @@ enum Command {
     Man(cli::shell::ManArgs),
 }
 
+/// `edge-sft inspect M | head`: when the reader goes away, end quietly as Unix tools do (exit
+/// status 141, as if killed by SIGPIPE) instead of a panic from `println!`. Rust ignores
+/// SIGPIPE, so the closed pipe shows up as that panic; every other panic is reported as usual.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     // `tune --config FILE` fills in the flags the command line leaves out (cli/config_file.rs).
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let matches = match cli::config_file::parse(Cli::command(), argv.clone()) {

@@ -71,3 +71,22 @@ fn inspect_lists_kquant_types() {
         }
     }
 }
+
+/// `edge-sft inspect MODEL | head`: a reader that goes away ends the command quietly (status
+/// 141, as if by SIGPIPE), with no panic on stderr.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tiny/llama/q8_0.gguf");
+    let mut child = Command::new(BIN)
+        .arg("inspect")
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first line
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(141), "{err}");
+}
