@@ -308,6 +308,7 @@ pub fn run(a: Args) -> Result<()> {
         // adapter metadata and resumes with the same options.
         base_model: absolute(&a.model).display().to_string(),
         init_adapter: a.init_adapter.as_deref().map(absolute),
+        cuda: device.cuda,
     };
     if let Some(p) = &a.init_adapter {
         let start = edge_sft::format::gguf_adapter::read_any_adapter(p, &model.config)?;

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod batch;
 pub mod checkpoint;
 pub mod diverge;
+pub mod engine;
 pub mod geglu;
 pub mod heldout;
 pub mod layer;

@@ -1,15 +1,15 @@
 //! The training loop as a library function: a config, data, an output folder and hooks in;
 //! an adapter and metrics out. The CLI and the daemon both call `tune`.
 
-use super::arena::{size_table, Arena};
+use super::arena::size_table;
 use super::batch::Batch;
 use super::checkpoint::{self, fingerprint, State};
 use super::diverge::{all_finite, DivergenceWatch};
+use super::engine::Engine;
 use super::optim::{global_norm, lr_at, AdamW};
 use super::params::{copy_params, for_each_tensor_mut, init_lora, zeros_like};
 use super::plan::{self, epoch_order, epoch_steps};
 use super::proj::Dropout;
-use super::step::forward_backward_in;
 use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::eval::{score_all, EvalReport};
@@ -277,15 +277,16 @@ pub fn tune(
     // Buffers for the longest micro-batch any step can pack (records are never split).
     let t_max = plan::max_micro_batch_tokens(&lens, opts.batch_size, opts.batch_tokens);
     let dropout_on = opts.dropout > 0.0;
-    let mut arena = Arena::new(
-        &model.config,
+    let mut engine = Engine::new(
+        model,
+        opts.cuda,
         &params,
         t_max,
         opts.grad_checkpoint,
         dropout_on,
-    );
+    )?;
     hooks.on_arena(
-        arena.bytes(),
+        engine.arena_bytes(),
         &size_table(
             &model.config,
             &params,
@@ -334,9 +335,8 @@ pub fn tune(
                     p: opts.dropout,
                     rng: Rng::new(opts.seed ^ ((state.step as u64) << 20) ^ mi as u64 ^ 0xD50F),
                 });
-                let o = forward_backward_in(
-                    &mut arena,
-                    model,
+                let o = engine.micro_step(
+                    state.step,
                     &params,
                     b,
                     &mut grads,

@@ -61,6 +61,9 @@ pub struct TuneOptions {
     /// the adapter).
     #[serde(skip)]
     pub init_adapter: Option<std::path::PathBuf>,
+    /// Run the step on the GPU (`--device cuda`; not part of what a resume compares).
+    #[serde(skip)]
+    pub cuda: bool,
 }
 
 /// The defaults, chosen by the sweep in `benches/results/defaults.md`.
@@ -103,6 +106,7 @@ impl Default for TuneOptions {
             adapter_dtype: AdapterDtype::F32,
             base_model: String::new(),
             init_adapter: None,
+            cuda: false,
         }
     }
 }
