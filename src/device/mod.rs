@@ -3,9 +3,13 @@
 //! The `cuda` feature links no CUDA library at build time: `cudarc` opens the driver
 //! (`libcuda.so`) when asked, so one binary runs on machines with and without a GPU. The CUDA
 //! kernels live in `kernels/*.cu` and are compile-checked for sm_72 and sm_87 in CI
-//! (`scripts/cuda_check.py`); the training step does not run on them yet, so `cuda` is refused
-//! with the reason, and `auto` picks the CPU and says why.
+//! (`scripts/cuda_check.py`); the training step runs on them through the CUDA backend
+//! (`cuda_backend`, the same generic step as the CPU's). That backend has not yet been run on
+//! a GPU (`scripts/gpu_check.sh` is the check), so `auto` keeps to the CPU and says why, and
+//! `cuda` must be asked for.
 
+#[cfg(feature = "cuda")]
+pub mod cuda_backend;
 #[cfg(feature = "cuda")]
 mod cuda_probe;
 
@@ -61,8 +65,7 @@ impl CudaStatus {
             CudaStatus::DriverError(e) => format!("the CUDA driver failed: {e}"),
             CudaStatus::NoDevice => "the CUDA driver reports no GPU".into(),
             CudaStatus::Found(g) => format!(
-                "GPU 0 is {} (sm_{}{}, {:.1} GB), but the training step does not run on CUDA in \
-                 this version (kernels/ are compile-checked only; issue 18)",
+                "GPU 0 is {} (sm_{}{}, {:.1} GB)",
                 g.name,
                 g.sm.0,
                 g.sm.1,
@@ -89,14 +92,25 @@ pub fn resolve(choice: DeviceChoice, status: &CudaStatus) -> Result<Resolved> {
         }),
         DeviceChoice::Auto => Ok(Resolved {
             cuda: false,
-            why: format!("cpu (auto: {})", status.describe()),
+            why: match status {
+                CudaStatus::Found(_) => format!(
+                    "cpu (auto: {}; the CUDA step is new and not yet verified on a GPU, so it \
+                     runs only when asked for with --device cuda)",
+                    status.describe()
+                ),
+                _ => format!("cpu (auto: {})", status.describe()),
+            },
+        }),
+        DeviceChoice::Cuda if matches!(status, CudaStatus::Found(_)) => Ok(Resolved {
+            cuda: true,
+            why: format!("cuda ({})", status.describe()),
         }),
         DeviceChoice::Cuda => {
             let fix = match status {
                 CudaStatus::NotBuilt => {
                     "; rebuild with `cargo build --release --features cuda` (README, Jetson)"
                 }
-                CudaStatus::Found(_) => "; use --device cpu",
+                CudaStatus::Found(_) => unreachable!("a found GPU is used"),
                 _ => "; install the NVIDIA driver (JetPack on a Jetson) or use --device cpu",
             };
             Err(Error::Usage(format!(
@@ -117,11 +131,7 @@ mod tests {
             CudaStatus::NotBuilt,
             CudaStatus::NoDriver,
             CudaStatus::NoDevice,
-            CudaStatus::Found(GpuInfo {
-                name: "Orin".into(),
-                sm: (8, 7),
-                memory_bytes: 8 << 30,
-            }),
+            CudaStatus::DriverError("CUDA_ERROR_NO_DEVICE".into()),
         ] {
             let e = resolve(DeviceChoice::Cuda, &status)
                 .unwrap_err()
@@ -132,6 +142,23 @@ mod tests {
             assert!(!auto.cuda);
             assert!(auto.why.starts_with("cpu (auto: "), "{}", auto.why);
         }
+        let orin = CudaStatus::Found(GpuInfo {
+            name: "Orin".into(),
+            sm: (8, 7),
+            memory_bytes: 8 << 30,
+        });
+        let used = resolve(DeviceChoice::Cuda, &orin).unwrap();
+        assert!(
+            used.cuda && used.why.contains("Orin (sm_87"),
+            "{}",
+            used.why
+        );
+        let auto = resolve(DeviceChoice::Auto, &orin).unwrap();
+        assert!(
+            !auto.cuda && auto.why.contains("--device cuda"),
+            "{}",
+            auto.why
+        );
         let e = resolve(DeviceChoice::Cuda, &CudaStatus::NotBuilt)
             .unwrap_err()
             .to_string();
