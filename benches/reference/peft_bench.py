@@ -81,6 +81,7 @@ def main():
     ap.add_argument("--records-per-step", type=int, default=1)
     ap.add_argument("--attn", default="sdpa", help="transformers attn_implementation")
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (the GPU check of issue 18)")
     ap.add_argument("--max-seconds", type=float, default=0,
                     help="stop early once the steps took this long (0 = never), after at least "
                          "--warmup + 1 steps; the steps run are reported")
@@ -114,6 +115,8 @@ def main():
                                                  attn_implementation=a.attn)
     if a.dtype == "bf16":
         model = model.to(torch.bfloat16)
+    dev = torch.device(a.device)
+    model = model.to(dev)
     cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                      "up_proj", "down_proj"])
@@ -132,14 +135,16 @@ def main():
         if a.max_seconds and step > a.warmup and sum(times) > a.max_seconds:
             break
         batch = recs[step * a.records_per_step:(step + 1) * a.records_per_step]
-        ids = torch.tensor([r["ids"] for r in batch], dtype=torch.long)
-        labels = torch.tensor([r["labels"] for r in batch], dtype=torch.long)
+        ids = torch.tensor([r["ids"] for r in batch], dtype=torch.long, device=dev)
+        labels = torch.tensor([r["labels"] for r in batch], dtype=torch.long, device=dev)
         t = time.perf_counter()
         out = model(input_ids=ids, labels=labels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()  # the step's kernels are queued, not done, until here
         times.append(time.perf_counter() - t)
         losses.append(float(out.loss))
         # transformers shifts labels by one: the first token's label is never scored.
@@ -174,6 +179,9 @@ def main():
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__},
         "torch_threads": torch.get_num_threads(),
+        "device": a.device,
+        "peak_device_allocated_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                                     if dev.type == "cuda" else None),
         # Over the training steps only: CPU seconds this process used per wall second, and what
         # other processes used meanwhile (in cores); see benches/README.md.
         "own_cpu_cores_steps": round(own_s / wall_s, 2),
