@@ -15,7 +15,7 @@ use crate::model::Model;
 pub enum Engine<'m> {
     Cpu {
         be: super::backend::Cpu<'m>,
-        arena: Arena,
+        arena: Box<Arena>,
     },
     #[cfg(feature = "cuda")]
     Cuda(Box<cuda::CudaEngine<'m>>),
@@ -42,7 +42,13 @@ impl<'m> Engine<'m> {
                 "this edge-sft was built without the `cuda` feature".into(),
             ));
         }
-        let arena = Arena::new(&model.config, params, t_max, checkpoint, dropout);
+        let arena = Box::new(Arena::new(
+            &model.config,
+            params,
+            t_max,
+            checkpoint,
+            dropout,
+        ));
         let be = super::backend::Cpu::new(model);
         Ok(Engine::Cpu { be, arena })
     }

@@ -7,6 +7,8 @@
 //! `mod common;` and uses part of it.
 #![allow(dead_code)] // every test binary uses a different subset
 
+pub mod peft_step;
+
 use edge_sft::cpu::{active_isa, isa_name};
 use std::collections::BTreeMap;
 

@@ -8,8 +8,8 @@
 
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, LaunchConfig};
-use cudarc::nvrtc::{self, CompileError, CompileOptions};
-use std::sync::Arc;
+use cudarc::nvrtc::{self, CompileError, CompileOptions, Ptx};
+use std::sync::{Arc, Mutex};
 
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
@@ -19,10 +19,16 @@ const SOURCES: [(&str, &str); 8] = [
     ("rmsnorm.cu", include_str!("../../../kernels/rmsnorm.cu")),
     ("rope.cu", include_str!("../../../kernels/rope.cu")),
     ("glu.cu", include_str!("../../../kernels/glu.cu")),
-    ("attention.cu", include_str!("../../../kernels/attention.cu")),
+    (
+        "attention.cu",
+        include_str!("../../../kernels/attention.cu"),
+    ),
     ("lora.cu", include_str!("../../../kernels/lora.cu")),
     ("nll.cu", include_str!("../../../kernels/nll.cu")),
-    ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
+    (
+        "elementwise.cu",
+        include_str!("../../../kernels/elementwise.cu"),
+    ),
 ];
 
 /// What the kernels take from `cuda_fp16.h` / `cuda_bf16.h`: the two 16-bit storage types and
@@ -74,8 +80,8 @@ fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
 
 /// Every function the backend launches.
 pub(crate) struct Kernels {
-    /// Indexed by [`super::weights::BlockKind`] order: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k,
-    /// q5_k, q6_k (each `dequant_<type>_f32`).
+    /// One per GGUF block type, in [`DEQUANT_NAMES`] order (`weights::block_kind` maps a
+    /// type to its index).
     pub dequant: [CudaFunction; 8],
     pub dequant_f16: CudaFunction,
     pub dequant_bf16: CudaFunction,
@@ -112,7 +118,7 @@ pub(crate) const DEQUANT_NAMES: [&str; 8] = [
 ];
 
 impl Kernels {
-    /// Compiles every file for the device of `ctx` and loads its functions.
+    /// Compiles every file for the device of `ctx` (once per process) and loads its functions.
     pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels> {
         // SAFETY: only dlopens libnvrtc to see whether it exists; no symbol is called.
         if !unsafe { nvrtc::sys::is_culib_present() } {
@@ -125,17 +131,14 @@ impl Kernels {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| cuda_err("reading the compute capability", e))?;
-        let arch = format!("--gpu-architecture=compute_{major}{minor}");
+        let arch = format!(
+            "--gpu-architecture=compute_{}",
+            target_arch(major * 10 + minor)?
+        );
         let modules: Vec<(&str, Arc<CudaModule>)> = SOURCES
             .iter()
-            .map(|&(name, src)| {
-                let opts = CompileOptions {
-                    options: vec![arch.clone(), "--std=c++17".into(), "-default-device".into()],
-                    name: Some(name.into()),
-                    ..Default::default()
-                };
-                let ptx = nvrtc::compile_ptx_with_opts(resolved_source(src), opts)
-                    .map_err(|e| compile_error(name, &arch, e))?;
+            .zip(compiled(&arch)?)
+            .map(|(&(name, _), ptx)| {
                 let module = ctx.load_module(ptx).map_err(|e| {
                     cuda_err(
                         &format!(
@@ -193,6 +196,59 @@ impl Kernels {
     }
 }
 
+/// PTX of every file of [`SOURCES`] per `--gpu-architecture` option, compiled once per process
+/// (each `Cuda` loads its own modules from it).
+static PTX_CACHE: Mutex<Vec<(String, Vec<Ptx>)>> = Mutex::new(Vec::new());
+
+/// Every file of [`SOURCES`] compiled by NVRTC with `arch` (from the cache after the first).
+fn compiled(arch: &str) -> Result<Vec<Ptx>> {
+    let mut cache = PTX_CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, v)) = cache.iter().find(|(a, _)| a == arch) {
+        return Ok(v.clone());
+    }
+    let v = SOURCES
+        .iter()
+        .map(|&(name, src)| {
+            let opts = CompileOptions {
+                options: vec![arch.into(), "--std=c++17".into(), "-default-device".into()],
+                name: Some(name.into()),
+                ..Default::default()
+            };
+            nvrtc::compile_ptx_with_opts(resolved_source(src), opts)
+                .map_err(|e| compile_error(name, arch, e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    cache.push((arch.to_string(), v.clone()));
+    Ok(v)
+}
+
+/// The virtual architecture to compile for: the device's own, or, where this libnvrtc is
+/// older than the device, the newest it knows below it (the driver JIT-compiles that PTX for
+/// the device).
+fn target_arch(device: i32) -> Result<i32> {
+    let mut count = 0;
+    // SAFETY: libnvrtc is loaded (checked by the caller); the call writes one int.
+    let r = unsafe { nvrtc::sys::nvrtcGetNumSupportedArchs(&mut count) };
+    if r != nvrtc::sys::nvrtcResult::NVRTC_SUCCESS || count <= 0 {
+        return Ok(device);
+    }
+    let mut archs = vec![0i32; count as usize];
+    // SAFETY: `archs` holds the `count` ints the call writes.
+    let r = unsafe { nvrtc::sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) };
+    if r != nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        return Ok(device);
+    }
+    archs
+        .into_iter()
+        .filter(|&a| a <= device)
+        .max()
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "cuda backend: this libnvrtc cannot compile for sm_{device} (too old a GPU for it)"
+            ))
+        })
+}
+
 fn compile_error(name: &str, arch: &str, e: CompileError) -> Error {
     match e {
         CompileError::CompileError { nvrtc, log, .. } => Error::Usage(format!(
@@ -218,5 +274,25 @@ pub(crate) fn grid(g: (u32, u32, u32), block: u32) -> LaunchConfig {
         grid_dim: g,
         block_dim: (block, 1, 1),
         shared_mem_bytes: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NVRTC gets no include path: every source must come out self-contained.
+    #[test]
+    fn resolved_sources_include_nothing() {
+        for (name, src) in SOURCES {
+            let s = resolved_source(src);
+            assert!(!s.contains("#include"), "{name} still includes a file");
+            assert!(s.contains("warp_sum"), "{name} lacks common.cuh");
+        }
+        let names = resolved_source(SOURCES[0].1);
+        for n in DEQUANT_NAMES {
+            let ty = n.trim_start_matches("dequant_").trim_end_matches("_f32");
+            assert!(names.contains(&format!("({ty},")), "{n} not in dequant.cu");
+        }
     }
 }

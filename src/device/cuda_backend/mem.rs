@@ -1,5 +1,7 @@
-//! Device memory for the step: buffers are `CudaSlice<f32>` on the backend's one stream, and
-//! views are (device address, length) pairs that borrow the buffer they were cut from.
+//! Device memory for the step: buffers ([`DevBuf`]) are `CudaSlice<f32>` on the backend's one
+//! stream, and views are (device address, length) pairs that borrow the buffer they were cut
+//! from. No allocation is ever of 0 bytes (`cuMemAlloc` refuses those): an empty buffer holds
+//! one unused value.
 //!
 //! cudarc's own `CudaView` is not `Copy` and a `CudaViewMut` cannot be split into two that
 //! outlive the call, so the views here carry the raw address: every kernel and cuBLAS call of
@@ -36,7 +38,11 @@ pub struct DViewMut<'a> {
 impl<'a> DView<'a> {
     /// Values `[off, off + len)` of this view.
     pub(crate) fn sub(self, off: usize, len: usize) -> DView<'a> {
-        assert!(off + len <= self.len, "device view: {off}+{len} > {}", self.len);
+        assert!(
+            off + len <= self.len,
+            "device view: {off}+{len} > {}",
+            self.len
+        );
         DView {
             ptr: self.ptr + off as u64 * F32,
             len,
@@ -80,14 +86,51 @@ pub(crate) fn whole_mut(b: &mut CudaSlice<f32>) -> DViewMut<'_> {
     }
 }
 
-/// `n` f32 zeros on `stream` (an empty buffer for 0).
+/// `n` f32 zeros on `stream` (at least one value: no 0-byte allocation).
 pub(crate) fn zeros(stream: &Arc<CudaStream>, n: usize) -> CudaSlice<f32> {
-    let r = if n == 0 {
-        stream.null::<f32>()
+    stream
+        .alloc_zeros::<f32>(n.max(1))
+        .unwrap_or_else(|e| panic!("cuda backend: allocating {n} f32 values: {e:?}"))
+}
+
+/// `v` copied to the device (at least one value: an empty `v` gives one zero).
+pub(crate) fn upload_i32(stream: &Arc<CudaStream>, v: &[i32]) -> CudaSlice<i32> {
+    if v.is_empty() {
+        stream.alloc_zeros::<i32>(1)
     } else {
-        stream.alloc_zeros::<f32>(n)
-    };
-    r.unwrap_or_else(|e| panic!("cuda backend: allocating {n} f32 values: {e:?}"))
+        stream.clone_htod(v)
+    }
+    .unwrap_or_else(|e| panic!("cuda backend: uploading {} i32 values: {e:?}", v.len()))
+}
+
+/// `v` copied to the device (at least one value: an empty `v` gives one zero).
+pub(crate) fn upload_f32(stream: &Arc<CudaStream>, v: &[f32]) -> CudaSlice<f32> {
+    if v.is_empty() {
+        zeros(stream, 0)
+    } else {
+        stream
+            .clone_htod(v)
+            .unwrap_or_else(|e| panic!("cuda backend: uploading {} f32 values: {e:?}", v.len()))
+    }
+}
+
+/// One buffer of the step: `len` f32 values (the allocation holds at least one).
+pub struct DevBuf {
+    data: CudaSlice<f32>,
+    len: usize,
+}
+
+impl DevBuf {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Its device address.
+    pub(crate) fn ptr(&self) -> CUdeviceptr {
+        addr(&self.data)
+    }
 }
 
 /// Host values into device memory at `dst` (at least `src.len()` values); waits for the copy.
@@ -136,21 +179,25 @@ pub(crate) fn copy_dtod(stream: &CudaStream, dst: &DViewMut<'_>, src: DView<'_>)
     let r = stream.context().bind_to_thread().and_then(|_| {
         // SAFETY: both ranges hold src.len f32 of live buffers, and a write view never
         // overlaps another view in use (they come from distinct buffers or split_mut).
-        unsafe {
-            result::memcpy_dtod_async(dst.ptr, src.ptr, src.len * 4, stream.cu_stream())
-        }
+        unsafe { result::memcpy_dtod_async(dst.ptr, src.ptr, src.len * 4, stream.cu_stream()) }
     });
     check("copy", r);
 }
 
 /// dst = 0 on the stream.
 pub(crate) fn memset_zero(stream: &CudaStream, dst: &DViewMut<'_>) {
-    if dst.len == 0 {
+    zero_raw(stream, dst.ptr, dst.len);
+}
+
+/// `n` f32 at `ptr` = 0 on the stream; the caller guarantees `ptr` holds `n` values of a live
+/// buffer it may write.
+pub(crate) fn zero_raw(stream: &CudaStream, ptr: CUdeviceptr, n: usize) {
+    if n == 0 {
         return;
     }
     let r = stream.context().bind_to_thread().and_then(|_| {
-        // SAFETY: dst holds dst.len f32 of a live buffer.
-        unsafe { result::memset_d8_async(dst.ptr, 0, dst.len * 4, stream.cu_stream()) }
+        // SAFETY: (the caller's guarantee) ptr holds n f32 of a live buffer.
+        unsafe { result::memset_d8_async(ptr, 0, n * 4, stream.cu_stream()) }
     });
     check("zero", r);
 }
@@ -177,12 +224,7 @@ pub(crate) const NLL_CHUNK: usize = 4096;
 impl LossScratch {
     pub(crate) fn new(stream: &Arc<CudaStream>, rows: usize, d: usize, vocab: usize) -> Self {
         let chunk = NLL_CHUNK.min(vocab).max(1);
-        let targets = if rows == 0 {
-            stream.null::<i32>()
-        } else {
-            stream.alloc_zeros::<i32>(rows)
-        }
-        .unwrap_or_else(|e| panic!("cuda backend: allocating loss targets: {e:?}"));
+        let targets = upload_i32(stream, &vec![0; rows]);
         LossScratch {
             rows,
             chunk,
@@ -209,37 +251,48 @@ pub struct Dev {
 }
 
 impl Mem for Dev {
-    type Buf = CudaSlice<f32>;
+    type Buf = DevBuf;
     type View<'a> = DView<'a>;
     type ViewMut<'a> = DViewMut<'a>;
     type LossScratch = LossScratch;
 
-    fn alloc(&self, n: usize) -> CudaSlice<f32> {
-        zeros(&self.stream, n)
+    fn alloc(&self, n: usize) -> DevBuf {
+        DevBuf {
+            data: zeros(&self.stream, n),
+            len: n,
+        }
     }
-    fn len(b: &CudaSlice<f32>) -> usize {
-        b.len()
+    fn len(b: &DevBuf) -> usize {
+        b.len
     }
-    fn view(b: &CudaSlice<f32>, n: usize) -> DView<'_> {
-        assert!(n <= b.len(), "device view of {n} values of a {} buffer", b.len());
+    fn view(b: &DevBuf, n: usize) -> DView<'_> {
+        assert!(
+            n <= b.len,
+            "device view of {n} values of a {} buffer",
+            b.len
+        );
         DView {
-            ptr: addr(b),
+            ptr: b.ptr(),
             len: n,
             _b: PhantomData,
         }
     }
-    fn view_mut(b: &mut CudaSlice<f32>, n: usize) -> DViewMut<'_> {
-        assert!(n <= b.len(), "device view of {n} values of a {} buffer", b.len());
+    fn view_mut(b: &mut DevBuf, n: usize) -> DViewMut<'_> {
+        assert!(
+            n <= b.len,
+            "device view of {n} values of a {} buffer",
+            b.len
+        );
         DViewMut {
-            ptr: addr(b),
+            ptr: b.ptr(),
             len: n,
             _b: PhantomData,
         }
     }
-    fn split<'a>(v: DView<'a>, mid: usize) -> (DView<'a>, DView<'a>) {
+    fn split<'a>(v: Self::View<'a>, mid: usize) -> (Self::View<'a>, Self::View<'a>) {
         (v.sub(0, mid), v.sub(mid, v.len - mid))
     }
-    fn split_mut<'a>(v: DViewMut<'a>, mid: usize) -> (DViewMut<'a>, DViewMut<'a>) {
+    fn split_mut<'a>(v: Self::ViewMut<'a>, mid: usize) -> (Self::ViewMut<'a>, Self::ViewMut<'a>) {
         assert!(mid <= v.len, "device split at {mid} of {}", v.len);
         (
             DViewMut {
