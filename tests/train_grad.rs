@@ -156,3 +156,21 @@ fn packing_and_checkpointing(arch: &str) {
         "checkpointing must recompute exactly"
     );
 }
+
+/// Dropout with p = 0 is no dropout: the same loss and gradients as none (no keep mask is drawn,
+/// so none may be read in backward).
+#[test]
+fn dropout_of_zero_is_no_dropout() {
+    let (lm, exs, lora) = setup("llama", "hf_f32");
+    let batch = Batch::from_examples(exs.iter());
+    let (loss, grads) = loss_and_grads(&lm, &batch, &lora, false);
+    let mut g = zeros_like(&lora);
+    let n = batch.scored.len() as f32;
+    let zero = edge_sft::train::proj::Dropout {
+        p: 0.0,
+        rng: edge_sft::infer::sampling::Rng::new(1),
+    };
+    let o = forward_backward(&lm.model, &lora, &batch, &mut g, 1.0 / n, false, Some(zero)).unwrap();
+    assert_eq!(o.nll_sum / n as f64, loss);
+    assert_eq!(flatten(&g), grads);
+}

@@ -71,8 +71,10 @@ pub fn step_on<B: Backend>(
     grads: &mut B::Lora,
     grad_scale: f32,
     checkpoint: bool,
-    mut dropout: Option<Dropout>,
+    dropout: Option<Dropout>,
 ) -> Result<StepOutput> {
+    // p = 0 is no dropout: no keep masks are drawn, so none may be read in backward.
+    let mut dropout = dropout.filter(|d| d.p > 0.0);
     let c = be.config();
     let d = c.d_model;
     let t = batch.len();
