@@ -52,7 +52,7 @@ pub struct Scratch<M: Mem = Host> {
     pub dq: M::Buf,          // [T, q_dim]
     pub dk: M::Buf,          // [T, kv_dim]
     pub dv: M::Buf,          // [T, kv_dim]
-    pub o: M::Buf, // [T, max(d, ffn)] a projection output before the residual add; in backward, two [T, d] partial input gradients
+    pub o: M::Buf, // [T, max(2d, ffn)] a projection output before the residual add; in backward, two [T, d] partial input gradients
     pub du: M::Buf, // [3, T, rank] LoRA: scale · dy · B, one per concurrent projection
     pub xd: M::Buf, // [T, max in] LoRA input after dropout (dropout only)
     pub hf: M::Buf, // [T, d] final-norm output, then its gradient
@@ -112,7 +112,7 @@ pub fn size_table(
         ),
         (
             "projection scratch",
-            t * d.max(ffn) + 3 * t * rank + if dropout { t * max_in } else { 0 },
+            t * (2 * d).max(ffn) + 3 * t * rank + if dropout { t * max_in } else { 0 },
         ),
         ("loss scratch", 4 * t * d + t),
         ("loss tile", t * CHUNK.min(c.vocab_size) + 2 * t * d + 4 * t),
@@ -230,7 +230,7 @@ impl<M: Mem> Arena<M> {
             dq: buf(t * qd),
             dk: buf(t * kvd),
             dv: buf(t * kvd),
-            o: buf(t * d.max(ffn)),
+            o: buf(t * (2 * d).max(ffn)),
             du: buf(3 * t * rank),
             xd: opt(dropout, t * max_in),
             hf: buf(t * d),
@@ -339,6 +339,20 @@ mod tests {
         for c in [config(), gemma] {
             check_size_table(c);
         }
+    }
+
+    /// Backward sums the K and V input gradients in two [T, d] halves of `o`, so it must hold
+    /// 2·T·d values even where the MLP is narrower than 2·d.
+    #[test]
+    fn o_holds_two_input_gradients_when_the_mlp_is_narrow() {
+        let c = ModelConfig {
+            ffn_dim: 20, // < 2 · d_model (16)
+            ..config()
+        };
+        check_size_table(c.clone());
+        let lora = init_lora(&c, 4, 8.0, &Target::ALL, 1);
+        let a = Arena::new(&c, &lora, 24, false, false);
+        assert!(a.scratch.o.len() >= 2 * 24 * c.d_model);
     }
 
     fn check_size_table(c: ModelConfig) {

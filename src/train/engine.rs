@@ -63,7 +63,9 @@ impl<'m> Engine<'m> {
     }
 
     /// One micro-batch of optimizer step `step` (whose parameters are `params`): adds
-    /// `grad_scale · ∂(Σ nll)/∂θ` into `grads`.
+    /// `grad_scale · ∂(Σ nll)/∂θ` into `grads`, which must be zero at the step's first
+    /// micro-batch (the trainer zeroes them; the GPU engine keeps the step's running sum on the
+    /// device and writes it over `grads` after each micro-batch).
     #[allow(clippy::too_many_arguments)]
     pub fn micro_step(
         &mut self,
@@ -117,6 +119,14 @@ mod cuda {
                      --dropout 0 (the default) or --device cpu"
                         .into(),
                 ));
+            }
+            // The fused loss puts scored rows on the grid's y dimension (kernels/nll.cu).
+            const MAX_ROWS: usize = 65535;
+            if t_max > MAX_ROWS {
+                return Err(crate::Error::Usage(format!(
+                    "--device cuda takes micro-batches of at most {MAX_ROWS} tokens; this run \
+                     packs up to {t_max} (lower --batch-tokens, or --max-seq)"
+                )));
             }
             let be = Cuda::new(model)?;
             let c = &model.config;
