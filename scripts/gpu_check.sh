@@ -49,8 +49,8 @@ if [ "${1:-}" = --prepare ]; then
     echo "carry list ($(du -sh "$CARRY" | cut -f1); with the tree it must stay under 64 MiB):"
     find "$CARRY" -type f | sort | sed 's/^/  /'
     # What runs without a GPU: the GPU tests skip, the device line names the missing driver.
-    "$CARRY/cuda_kernels" --test-threads 1 2>&1 | tail -1
-    "$CARRY/cuda_step" --test-threads 1 2>&1 | tail -1
+    "$CARRY/cuda_kernels" --test-threads 1 2>&1 | grep "test result"
+    "$CARRY/cuda_step" --test-threads 1 2>&1 | grep "test result"
     "$CARRY/edge-sft" inspect --device auto "$CARRY/tiny.gguf" | tail -1
     exit 0
 fi
@@ -62,6 +62,24 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
 fi
 start=$SECONDS
 OUTDIR=${OUT:-/tmp}/gpu_check; mkdir -p "$OUTDIR"
+# NVRTC and cuBLAS: edge-sft opens them at run time under the names a CUDA 12 install uses
+# (libnvrtc.so.12, or plain libnvrtc.so). A machine whose CUDA comes as pip wheels (torch's
+# nvidia-* packages, maybe CUDA 13) has them under site-packages and versioned otherwise: link
+# plain names to them and put their folders on the search path.
+LIBS=/tmp/gpu_check_libs; mkdir -p "$LIBS"
+for dir in $(python3 -c 'import glob, os, site
+for s in site.getsitepackages():
+    for d in glob.glob(os.path.join(s, "nvidia", "*", "lib")) + glob.glob(os.path.join(s, "nvidia", "cu*", "lib")):
+        print(d)' 2>/dev/null) /usr/local/cuda/lib64; do
+    [ -d "$dir" ] || continue
+    export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    for lib in nvrtc cublas cublasLt; do
+        f=$(ls "$dir"/lib$lib.so.[0-9]* 2>/dev/null | head -1 || true)
+        if [ -n "$f" ] && [ ! -e "$LIBS/lib$lib.so" ]; then ln -s "$f" "$LIBS/lib$lib.so"; fi
+    done
+done
+export LD_LIBRARY_PATH="$LIBS:${LD_LIBRARY_PATH:-}"
+echo "nvrtc: $(readlink "$LIBS/libnvrtc.so" || echo 'system'), cublas: $(readlink "$LIBS/libcublas.so" || echo 'system')"
 nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv
 echo "== 2. kernels vs CPU references"
 EDGE_SFT_REQUIRE_GPU=1 EDGE_SFT_PTX_DIR="$CARRY/ptx" timeout 150 "$CARRY/cuda_kernels" --test-threads 1
