@@ -8,18 +8,16 @@
 
 mod common;
 
-use common::peft_step;
+use common::peft_step::{self, setup};
 
-use edge_sft::data::{load_jsonl, DataOptions, Example, LossOn, TemplateMode};
 use edge_sft::device::cuda_backend::{Cuda, CudaLora};
 use edge_sft::loaded::LoadedModel;
 use edge_sft::model::lora::{LoraSet, Target};
 use edge_sft::train::arena::Arena;
 use edge_sft::train::backend::{Backend, Cpu};
 use edge_sft::train::batch::Batch;
-use edge_sft::train::params::{flatten, init_lora, unflatten, zeros_like};
+use edge_sft::train::params::zeros_like;
 use edge_sft::train::step::{step_on, StepOutput};
-use std::path::{Path, PathBuf};
 
 /// True if a GPU can be used; otherwise says the test was skipped (or fails when one is
 /// required).
@@ -36,44 +34,6 @@ fn have_gpu() -> bool {
         eprintln!("skipped: no CUDA device");
     }
     present
-}
-
-/// tests/golden/tiny of the checkout this was built in, or of the current directory (the test
-/// binary run elsewhere from a repository root, as scripts/gpu_check.sh does on the GPU machine).
-fn golden_root() -> PathBuf {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tiny");
-    if built.is_dir() {
-        built
-    } else {
-        PathBuf::from("tests/golden/tiny")
-    }
-}
-
-fn setup(arch: &str, variant: &str) -> (LoadedModel, Vec<Example>, LoraSet) {
-    let root = golden_root();
-    let p = if variant.starts_with("hf_") {
-        root.join(arch).join(variant)
-    } else {
-        root.join(arch).join(format!("{variant}.gguf"))
-    };
-    let lm = LoadedModel::open(&p).unwrap();
-    let opts = DataOptions {
-        loss_on: LossOn::Response,
-        template: TemplateMode::Model,
-        max_seq: 4096,
-        skip_bad: false,
-    };
-    let ds = load_jsonl(&root.join("records.jsonl"), &lm.tokenizer, &lm.chat, &opts).unwrap();
-    let mut lora = init_lora(&lm.model.config, 4, 8.0, &Target::ALL, 7);
-    // Nonzero B so every gradient is informative.
-    let mut flat = flatten(&lora);
-    for (i, v) in flat.iter_mut().enumerate() {
-        if *v == 0.0 {
-            *v = ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.1;
-        }
-    }
-    unflatten(&mut lora, &flat);
-    (lm, ds.examples, lora)
 }
 
 /// ‖a − b‖₂ / max(‖b‖₂, tiny).

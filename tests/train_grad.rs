@@ -10,40 +10,12 @@
 
 mod common;
 
-use edge_sft::data::{load_jsonl, DataOptions, Example, LossOn, TemplateMode};
+use common::peft_step::setup;
 use edge_sft::loaded::LoadedModel;
-use edge_sft::model::lora::{LoraSet, Target};
+use edge_sft::model::lora::LoraSet;
 use edge_sft::train::batch::Batch;
-use edge_sft::train::params::{flatten, init_lora, unflatten, zeros_like};
+use edge_sft::train::params::{flatten, unflatten, zeros_like};
 use edge_sft::train::step::forward_backward;
-use std::path::Path;
-
-fn setup(arch: &str, variant: &str) -> (LoadedModel, Vec<Example>, LoraSet) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tiny");
-    let p = if variant.starts_with("hf_") {
-        root.join(arch).join(variant)
-    } else {
-        root.join(arch).join(format!("{variant}.gguf"))
-    };
-    let lm = LoadedModel::open(&p).unwrap();
-    let opts = DataOptions {
-        loss_on: LossOn::Response,
-        template: TemplateMode::Model,
-        max_seq: 4096,
-        skip_bad: false,
-    };
-    let ds = load_jsonl(&root.join("records.jsonl"), &lm.tokenizer, &lm.chat, &opts).unwrap();
-    let mut lora = init_lora(&lm.model.config, 4, 8.0, &Target::ALL, 7);
-    // Nonzero B so every gradient is informative.
-    let mut flat = flatten(&lora);
-    for (i, v) in flat.iter_mut().enumerate() {
-        if *v == 0.0 {
-            *v = ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.1;
-        }
-    }
-    unflatten(&mut lora, &flat);
-    (lm, ds.examples, lora)
-}
 
 fn loss_and_grads(lm: &LoadedModel, batch: &Batch, lora: &LoraSet, ckpt: bool) -> (f64, Vec<f32>) {
     let mut g = zeros_like(lora);

@@ -9,7 +9,7 @@ use edge_sft::loaded::LoadedModel;
 use edge_sft::model::config::RopeStyle;
 use edge_sft::model::lora::{permute_rows, LoraSet, Target};
 use edge_sft::train::batch::Batch;
-use edge_sft::train::params::zeros_like;
+use edge_sft::train::params::{flatten, init_lora, unflatten, zeros_like};
 use edge_sft::train::step::StepOutput;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,33 @@ pub fn tiny(p: &str) -> PathBuf {
         PathBuf::from("tests/golden/tiny")
     };
     root.join(p)
+}
+
+/// Tiny `arch` in `variant` (a GGUF name, or an `hf_*` folder), the fixture records, and a
+/// rank-4 adapter on every target with B made nonzero, so that every gradient is informative.
+pub fn setup(arch: &str, variant: &str) -> (LoadedModel, Vec<Example>, LoraSet) {
+    let p = if variant.starts_with("hf_") {
+        tiny(arch).join(variant)
+    } else {
+        tiny(arch).join(format!("{variant}.gguf"))
+    };
+    let lm = LoadedModel::open(&p).unwrap();
+    let opts = DataOptions {
+        loss_on: LossOn::Response,
+        template: TemplateMode::Model,
+        max_seq: 4096,
+        skip_bad: false,
+    };
+    let ds = load_jsonl(&tiny("records.jsonl"), &lm.tokenizer, &lm.chat, &opts).unwrap();
+    let mut lora = init_lora(&lm.model.config, 4, 8.0, &Target::ALL, 7);
+    let mut flat = flatten(&lora);
+    for (i, v) in flat.iter_mut().enumerate() {
+        if *v == 0.0 {
+            *v = ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.1;
+        }
+    }
+    unflatten(&mut lora, &flat);
+    (lm, ds.examples, lora)
 }
 
 pub fn golden(arch: &str) -> Value {

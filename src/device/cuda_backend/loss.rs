@@ -66,24 +66,18 @@ impl Cuda<'_> {
         let (rs, loss) = (addr(&sc.row_scale), addr(&sc.loss));
         let chunk = sc.chunk;
         let mi = m as i32;
+        // logits [m, cn] = hs [m, d] · W[c0..c0 + cn] [cn, d]ᵀ; returns the decoded rows.
+        let logits_of = |c0: usize, cn: usize| {
+            let wp = out.f32_rows(&self.k, st, c0, c0 + cn, wtile);
+            let (a, b) = (n(hs.ptr, d), tr(wp, d));
+            gemm(&self.blas, what, m, cn, d, 1.0, a, b, 0.0, logits);
+            wp
+        };
 
         // Pass 1: running max, sum of exp and the target's logit per row.
         for c0 in (0..vocab).step_by(chunk) {
             let cn = chunk.min(vocab - c0);
-            let wp = out.f32_rows(&self.k, st, c0, c0 + cn, wtile);
-            // logits [m, cn] = hs [m, d] · W[c0..c0 + cn] [cn, d]ᵀ
-            gemm(
-                &self.blas,
-                what,
-                m,
-                cn,
-                d,
-                1.0,
-                n(hs.ptr, d),
-                tr(wp, d),
-                0.0,
-                logits,
-            );
+            logits_of(c0, cn);
             let (cni, c0i) = (cn as i32, c0 as i32);
             let mut b = st.launch_builder(&self.k.nll_chunk_stats);
             b.arg(&logits)
@@ -106,19 +100,7 @@ impl Cuda<'_> {
         super::mem::memset_zero(st, dhs);
         for c0 in (0..vocab).step_by(chunk) {
             let cn = chunk.min(vocab - c0);
-            let wp = out.f32_rows(&self.k, st, c0, c0 + cn, wtile);
-            gemm(
-                &self.blas,
-                what,
-                m,
-                cn,
-                d,
-                1.0,
-                n(hs.ptr, d),
-                tr(wp, d),
-                0.0,
-                logits,
-            );
+            let wp = logits_of(c0, cn);
             let (cni, c0i) = (cn as i32, c0 as i32);
             let mut b = st.launch_builder(&self.k.nll_chunk_grad);
             b.arg(&logits)
