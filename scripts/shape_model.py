@@ -3,13 +3,13 @@
 
 The GPU check (scripts/gpu_check.sh) times a training step of SmolLM2-135M's shapes on a
 machine that can only be sent 64 MiB, and the model is 98 MB. This keeps the file byte for byte
-(header, tokenizer, tensor types and layout) and replaces each tensor's data with the first
-64 KiB of it repeated: every block still has real scales and values, so the step's arithmetic
-is realistic, but the file compresses to a few MB. Its outputs are meaningless; its speed and
-memory are the real model's.
+(header, tokenizer, tensor types and layout) and replaces each tensor's data with its first
+whole blocks (up to 16 KiB) repeated: every block still has real scales and values, so the
+step's arithmetic is realistic, but the file compresses to a few MB. Its outputs are
+meaningless; its speed and memory are the real model's.
 
     python3 scripts/shape_model.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
-        --out target/gpu-carry/shape.gguf.gz
+        --out target/gpu-carry/smollm2-shapes.gguf.gz
 Needs the `gguf` package (to read tensor offsets).
 """
 import argparse

@@ -169,8 +169,9 @@ pub struct Args {
     /// Worker threads (default: physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Where to train: auto (the GPU when this build can train on it, else the CPU), cpu, or
-    /// cuda (an error naming what is missing when it cannot be used).
+    /// Where to train: auto (the CPU; it names a GPU it finds, whose CUDA step is not yet
+    /// verified and runs only when asked for), cpu, or cuda (the GPU, or an error naming what
+    /// is missing).
     #[arg(long, value_enum, default_value = "auto")]
     pub device: edge_sft::device::DeviceChoice,
     /// The effective settings, written to OUT/run.toml (set by main from the final matches).

@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 /// What the user asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceChoice {
-    /// The GPU when this build can train on it, else the CPU.
+    /// The CPU, naming any GPU found: the CUDA step is not yet verified on a GPU, so it runs
+    /// only when asked for with `cuda`.
     Auto,
     /// The CPU kernels (AVX2/AVX-512/NEON), always available.
     Cpu,

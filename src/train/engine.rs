@@ -84,7 +84,10 @@ impl<'m> Engine<'m> {
                 be, arena, params, batch, grads, grad_scale, checkpoint, dropout,
             ),
             #[cfg(feature = "cuda")]
-            Engine::Cuda(e) => e.micro_step(step, params, batch, grads, grad_scale, checkpoint),
+            Engine::Cuda(e) => {
+                crate::device::cuda_backend::check_supported(dropout.as_ref())?;
+                e.micro_step(step, params, batch, grads, grad_scale, checkpoint)
+            }
         }
     }
 }

@@ -30,6 +30,7 @@ pub fn forward_backward(
     checkpoint: bool,
     dropout: Option<Dropout>,
 ) -> Result<StepOutput> {
+    let dropout = dropout.filter(|d| d.p > 0.0); // as step_on does: one arena, the right one
     let mut arena = Arena::new(
         &model.config,
         lora,
