@@ -118,7 +118,9 @@ fn ten_random_sigkills_then_resume_equal_an_uninterrupted_run() {
     let deadline = Instant::now() + Duration::from_secs(600);
     while killed < KILLS {
         assert!(Instant::now() < deadline, "took too long (seed {seed})");
-        let started = cut.join("checkpoint").exists();
+        // A checkpoint is there once its state file is (what `--resume` looks for): a kill
+        // during the first checkpoint can leave the folder with no state in it yet.
+        let started = edge_sft::train::checkpoint::exists(&cut);
         let mut c = if started {
             tune(&data, &cut, &["--resume"])
         } else {
@@ -143,7 +145,7 @@ fn ten_random_sigkills_then_resume_equal_an_uninterrupted_run() {
             killed += 1;
         }
     }
-    let mut c = if cut.join("checkpoint").exists() {
+    let mut c = if edge_sft::train::checkpoint::exists(&cut) {
         let mut c = tune(&data, &cut, &["--resume"]);
         c.arg(&cut);
         c
